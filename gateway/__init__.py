@@ -1,0 +1,1 @@
+"""smsguard: a scope-aware authorization gateway for SMS APIs."""
