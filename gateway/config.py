@@ -119,6 +119,7 @@ class TokenSettings:
     """The token service: the gateway mints tokens as `issuer`, signed by the first key, verified by all."""
 
     enabled: bool = False
+    mount: str = "/3rdparty/v1"  # the token endpoints live at {mount}/auth/token, where SMSGate clients look
     issuer: str = "smsguard"
     audience: str = "sms-api"
     keys: tuple[KeySettings, ...] = ()
@@ -481,6 +482,7 @@ def _tokens(read: _Reader, node: Node | None) -> TokenSettings:
         (keys_node or node).fail("with several keys each needs its own kid (rotation picks keys by kid)")
     result = TokenSettings(
         enabled=enabled,
+        mount=_mount(f.get("mount")),
         issuer=read.text(f.require("issuer")) if "issuer" in f else TokenSettings.issuer,
         audience=read.text(f.require("audience")) if "audience" in f else TokenSettings.audience,
         keys=keys,
@@ -492,6 +494,15 @@ def _tokens(read: _Reader, node: Node | None) -> TokenSettings:
         node.fail("default_ttl_s is greater than max_ttl_s")
     f.close()
     return result
+
+
+def _mount(node: Node | None) -> str:
+    if node is None:
+        return TokenSettings.mount
+    mount = node.string().rstrip("/")
+    if mount and not mount.startswith("/"):
+        node.fail("a mount must start with /")
+    return mount
 
 
 def _signing_key(read: _Reader, node: Node) -> KeySettings:
