@@ -62,7 +62,9 @@ def test_own_issuer_is_trusted_when_issuing_is_enabled() -> None:
     """The gateway verifies the tokens it mints: its own issuer comes first."""
     settings = parse_settings(GOOD, env=ENV)
     own = settings.all_issuers()[0]
-    assert own.own and own.issuer == "smsguard" and own.algorithms == ("HS256",)
+    assert own.own
+    assert own.issuer == "smsguard"
+    assert own.algorithms == ("HS256",)
     assert parse_settings("tokens: {enabled: false}\n", env={}).all_issuers() == ()
 
 
@@ -90,7 +92,12 @@ def test_empty_config_gives_defaults() -> None:
         ("listen:\n  port: eighty\n", 2, "listen.port", "expected an integer"),
         ("listen:\n  port: 70000\n", 2, "listen.port", "not a TCP port"),
         ("store: mysql://x\n", 1, "store", "unsupported store"),
-        ("auth:\n  issuers:\n    - {name: a, issuer: b, algorithms: [HS256]}\n", 3, "auth.issuers[0].audience", "missing"),
+        (
+            "auth:\n  issuers:\n    - {name: a, issuer: b, algorithms: [HS256]}\n",
+            3,
+            "auth.issuers[0].audience",
+            "missing",
+        ),
         (
             "auth:\n  issuers:\n    - {name: a, issuer: b, audience: c, algorithms: [HS256], secret: short}\n",
             3,
@@ -124,7 +131,12 @@ def test_empty_config_gives_defaults() -> None:
         ("tokens: {enabled: true}\n", 1, "tokens", "signing key"),
         ("upstreams:\n  x: {url: 'ftp://h'}\n", 2, "upstreams.x.url", "absolute http"),
         ("upstreams:\n  x: {url: 'https://u:p@h'}\n", 2, "upstreams.x.url", "userinfo"),
-        ("upstreams:\n  x:\n    url: 'https://h'\n    credentials: {type: magic}\n", 4, "upstreams.x.credentials.type", "unknown"),
+        (
+            "upstreams:\n  x:\n    url: 'https://h'\n    credentials: {type: magic}\n",
+            4,
+            "upstreams.x.credentials.type",
+            "unknown",
+        ),
         ("listen: {}\nlisten: {}\n", 2, "listen", "duplicate key"),
         ("proxy: {trusted_proxies: [not-an-ip]}\n", 1, "proxy.trusted_proxies[0]", "CIDR"),
     ],
@@ -157,7 +169,8 @@ def test_dollar_escapes_and_argon_hashes_are_left_alone() -> None:
     assert settings.auth.basic_users[0].password_hash.reveal() == ARGON
     text = "upstreams:\n  x: {url: https://h, credentials: {type: header, headers: {X-K: a$$b}}}\n"
     headers = parse_settings(text, env={}).upstreams["x"].credentials.options["headers"]
-    assert isinstance(headers, dict) and headers["X-K"].reveal() == "a$b"
+    assert isinstance(headers, dict)
+    assert headers["X-K"].reveal() == "a$b"
 
 
 def test_load_settings_reads_file_and_reports_missing_file(tmp_path: Path) -> None:

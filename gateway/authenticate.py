@@ -1,0 +1,130 @@
+"""Turn a request's Authorization header into a Principal (Bearer JWT or Basic).
+
+Credentials are read from the `Authorization` header only: the Authenticator is handed the raw ASGI
+headers and never sees the query string, so a token in a URL (where it would land in access logs,
+browser history and Referer headers) is never honoured. Exactly one Authorization header is allowed:
+two could be read differently by the gateway and the upstream.
+
+Verified access tokens are cached by their exact string until their `exp` (bounded, least recently
+used evicted first), so a busy client costs one dict lookup instead of a signature check. The
+revocation hook is still awaited on every request, cache hit or not.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import time
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Sequence
+
+from .errors import BadRequest, Unauthorized
+from .passwords import BasicAuthenticator
+from .verify import Principal, TokenVerifier
+
+__all__ = ["Authenticator"]
+
+_AUTHORIZATION = b"authorization"
+
+
+def _malformed(message: str, code: str = "invalid_token:malformed") -> Unauthorized:
+    return Unauthorized(message, code=code, token_presented=True)
+
+
+class Authenticator:
+    """Authenticates requests from their headers; build once, share across requests."""
+
+    def __init__(
+        self,
+        verifier: TokenVerifier,
+        basic: BasicAuthenticator | None,
+        *,
+        max_header_bytes: int = 8192,
+        is_revoked: Callable[[Principal], Awaitable[bool]] | None = None,
+        cache_size: int = 10_000,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.verifier = verifier
+        self.basic = basic
+        self._max_header_bytes = max_header_bytes
+        self._is_revoked = is_revoked
+        self._cache_size = cache_size
+        self._cache: OrderedDict[str, Principal] = OrderedDict()
+        self._clock = clock
+
+    async def authenticate(self, headers: Sequence[tuple[bytes, bytes]]) -> Principal | None:
+        """The caller's Principal, None when no credentials were sent; invalid credentials raise."""
+        value = None
+        for name, raw in headers:
+            if len(name) == len(_AUTHORIZATION) and name.lower() == _AUTHORIZATION:
+                if value is not None:
+                    raise BadRequest(
+                        "send exactly one Authorization header", code="bad_request:duplicate_authorization"
+                    )
+                value = raw
+        if value is None:
+            return None
+        if len(value) > self._max_header_bytes:
+            raise _malformed("the Authorization header is too large", "invalid_token:too_large")
+        try:
+            text = value.decode("ascii").strip(" \t")
+        except UnicodeDecodeError:
+            raise _malformed("the Authorization header is not ASCII") from None
+        scheme, _, credentials = text.partition(" ")
+        credentials = credentials.strip(" \t")
+        scheme = scheme.lower()
+        if scheme == "bearer":
+            if not credentials:
+                raise _malformed("the bearer token is empty")
+            return await self._bearer(credentials)
+        if scheme == "basic":
+            return await self._basic(credentials)
+        raise _malformed("use the Bearer or Basic authorization scheme", "invalid_token:unsupported_scheme")
+
+    async def verify_refresh(self, token: str) -> Principal:
+        """A refresh token's Principal for the refresh endpoint: never cached, revocation checked."""
+        principal = await self.verifier.verify(token, refresh=True)
+        await self._check_revoked(principal)
+        return principal
+
+    async def _bearer(self, token: str) -> Principal:
+        principal = self._cache.get(token)
+        if principal is not None and (principal.expires_at or 0.0) > self._clock():
+            self._cache.move_to_end(token)
+        else:
+            if principal is not None:
+                del self._cache[token]
+            principal = await self.verifier.verify(token)
+            self._remember(token, principal)
+        await self._check_revoked(principal, token)
+        return principal
+
+    async def _basic(self, credentials: str) -> Principal:
+        if self.basic is None:
+            raise Unauthorized("basic authentication is disabled", code="basic_disabled", token_presented=True)
+        try:
+            raw = binascii.a2b_base64(credentials, strict_mode=True)
+            if base64.b64encode(raw).decode() != credentials:  # canonical only: no stray padding or bits
+                raise ValueError("non-canonical base64")
+            decoded = raw.decode("utf-8")
+        except (binascii.Error, ValueError):
+            raise _malformed("malformed basic credentials", "invalid_credentials:malformed") from None
+        username, colon, password = decoded.partition(":")
+        if not colon:
+            raise _malformed("malformed basic credentials", "invalid_credentials:malformed")
+        return await self.basic.verify(username, password)
+
+    async def _check_revoked(self, principal: Principal, token: str | None = None) -> None:
+        if self._is_revoked is None or principal.kind == "basic":
+            return
+        if await self._is_revoked(principal):
+            if token is not None:
+                self._cache.pop(token, None)
+            raise Unauthorized("token has been revoked", code="invalid_token:revoked", token_presented=True)
+
+    def _remember(self, token: str, principal: Principal) -> None:
+        if self._cache_size <= 0 or principal.expires_at is None:
+            return
+        self._cache[token] = principal
+        while len(self._cache) > self._cache_size:
+            self._cache.popitem(last=False)

@@ -1,0 +1,110 @@
+"""The authorization decision, in one place.
+
+The middleware, the reverse proxy and `gateway policy check` all call `Authorizer.authorize`, so a policy
+test or a CLI check decides exactly as the running gateway does. Order matters and is fixed:
+canonicalize the path (400) → match a rule (404, default deny) → authenticate unless public (401) →
+check scopes (403).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+import httpx
+
+from .authenticate import Authenticator
+from .config import Settings
+from .errors import BadRequest, Forbidden, NotFound, Unauthorized
+from .matcher import Match, Matcher
+from .passwords import BasicAuthenticator
+from .paths import canonical_path
+from .policy import Policy, Rule, load_policies
+from .verify import Principal, TokenVerifier
+
+__all__ = ["Authorizer", "Decision"]
+
+_TOKEN_QUERY_KEY = b"access_token="  # RFC 6750 section 2.3, refused: URLs end up in logs
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """An allowed request: what matched, who asked, and the canonical path that must be forwarded."""
+
+    path: str
+    rule: Rule
+    params: Mapping[str, str]
+    principal: Principal | None
+
+
+class Authorizer:
+    """Decides allow or deny for (method, raw path, headers) against the compiled policy."""
+
+    def __init__(self, matcher: Matcher, authenticator: Authenticator) -> None:
+        self.matcher = matcher
+        self.authenticator = authenticator
+
+    @classmethod
+    def from_settings(
+        cls,
+        settings: Settings,
+        *,
+        policies: Sequence[Policy] | None = None,
+        http: httpx.AsyncClient | None = None,
+        is_revoked: Callable[[Principal], Awaitable[bool]] | None = None,
+    ) -> Authorizer:
+        """Compile the policies and build the verifiers that `settings` describe."""
+        auth = settings.auth
+        verifier = TokenVerifier(
+            settings.all_issuers(),
+            leeway_s=auth.leeway_s,
+            max_token_lifetime_s=auth.max_token_lifetime_s,
+            max_refresh_lifetime_s=settings.tokens.refresh_ttl_s,
+            http=http,
+        )
+        basic = BasicAuthenticator(auth.basic_users, enabled=auth.basic_enabled)
+        authenticator = Authenticator(verifier, basic, max_header_bytes=auth.max_header_bytes, is_revoked=is_revoked)
+        loaded = load_policies(settings.policies) if policies is None else policies
+        return cls(Matcher(loaded), authenticator)
+
+    async def aclose(self) -> None:
+        await self.authenticator.verifier.aclose()
+
+    async def authorize(
+        self, method: str, raw_path: bytes | str, headers: Sequence[tuple[bytes, bytes]], query: bytes = b""
+    ) -> Decision:
+        """Return the Decision for an allowed request; raise an HTTPError for any refusal."""
+        path, match = self.route(method, raw_path, query)
+        principal = None if match.rule.public else await self.authenticator.authenticate(headers)
+        return self.decide(path, match, principal)
+
+    def route(self, method: str, raw_path: bytes | str, query: bytes = b"") -> tuple[str, Match]:
+        """Canonicalize and match: 400 for a non-canonical path, 404 when no rule matches (default deny)."""
+        path = canonical_path(raw_path)
+        match = self.matcher.match(method, path)
+        if match is None:
+            raise NotFound(f"no route for {method} {path}", code="no_route")
+        if _token_in_query(query):
+            raise BadRequest(
+                "tokens are not accepted in the query string; use the Authorization header",
+                code="bad_request:token_in_query",
+            )
+        return path, match
+
+    def decide(self, path: str, match: Match, principal: Principal | None) -> Decision:
+        """Check the matched rule against who is asking: 401 for nobody, 403 for missing scopes."""
+        rule = match.rule
+        if rule.public:
+            return Decision(path, rule, match.params, principal)
+        if principal is None:
+            raise Unauthorized("authentication required", code="missing_token")
+        if not rule.allows(principal.scopes):
+            required = rule.required_text
+            raise Forbidden(f"insufficient scope: {required} required", required=required)
+        return Decision(path, rule, match.params, principal)
+
+
+def _token_in_query(query: bytes) -> bool:
+    if not query:
+        return False
+    return any(part.lower().startswith(_TOKEN_QUERY_KEY) for part in query.split(b"&"))
