@@ -1,0 +1,583 @@
+"""The forwarder: an ASGI app that sends an authorized request to its upstream and streams the answer back.
+
+It runs behind `GuardMiddleware`, which leaves the `Decision` in `scope["smsguard"]`; a request without
+one is never forwarded. The data plane is aiohttp (one ClientSession and connection pool per upstream;
+see DESIGN.md for why not httpx), used as a plain pipe:
+
+- the upstream URL is the configured base URL plus the *canonical* path (mount removed) plus the
+  validated raw query, built with `yarl.URL.build(encoded=True)` from the base's scheme and authority,
+  so no path or query spelling can move the request to another host (`upstream_url`);
+- headers are sanitized (`headers.py`), `X-Forwarded-*` rebuilt, the upstream's credentials injected
+  by its `Credentials` flow; aiohttp adds nothing of its own (no Accept, Accept-Encoding, User-Agent,
+  Content-Type or cookies) and never follows redirects or reads proxy settings from the environment;
+- bodies stream both ways without being held whole: a request body up to `retry_buffer_bytes` is read
+  first (replayable, and sent with a Content-Length even when the client chunked it), a bigger one is
+  streamed with the client's Content-Length (chunked only when the client chunked); the response is
+  relayed chunk by chunk, bytes untouched (`auto_decompress=False`);
+- nothing is ever resent on its own: aiohttp's silent retry of idempotent requests after a dropped
+  connection is disabled (`_no_retry`), and only an injector's explicit second attempt (a token
+  exchange after a 401) is honoured, and only for a replayable body;
+- faults become SMSGate-shaped errors before the response starts (502 refused/reset/garbled, 504
+  timeout, 503 + Retry-After when the upstream's in-flight limit stays full, 413 too large); after it
+  started, the client connection is dropped (`ResponseAborted`), never answered twice;
+- a client that goes away closes the upstream request: once its body is read, a watcher waits for
+  `http.disconnect` and cancels the exchange.
+
+Error messages name what failed, never a URL, header or credential.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import re
+from collections.abc import AsyncIterator, Mapping
+from typing import TYPE_CHECKING
+from urllib.parse import quote, unquote_plus, urlencode
+
+import aiohttp
+from yarl import URL
+
+from .asgi import Receive, Scope, Send
+from .config import ProxySettings, UpstreamSettings
+from .credentials import Credentials, OutgoingRequest, build_credentials
+from .errors import BadGateway, BadRequest, GatewayTimeout, HTTPError, PayloadTooLarge, ServiceUnavailable
+from .headers import forwarded_headers, normalized_names, sanitize_request_headers, sanitize_response_headers
+from .responses import send_error
+
+if TYPE_CHECKING:
+    from .authorize import Decision
+
+__all__ = ["ProxyApp", "ResponseAborted", "Upstream", "rewrite_location", "upstream_url"]
+
+# A canonical path relative to the mount: "" or /segment/... (a trailing slash allowed), pchar minus ";".
+_SEGMENT = r"(?:[A-Za-z0-9\-._~!$&'()*+,=:@]|%[0-9A-F]{2})+"
+_RELATIVE_PATH = re.compile(rf"(?:/{_SEGMENT})*/?")
+_ESCAPE = re.compile(r"%[0-9A-F]{2}")
+_UNRESERVED = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
+# Canonical paths keep only escapes that must stay escaped: never an unreserved byte (%2E is a dot an
+# upstream may normalize), a control byte, '/', a backslash or ';'.
+_CANONICAL_ESCAPES = frozenset(
+    f"%{byte:02X}" for byte in range(0x20, 0x100) if byte not in _UNRESERVED and byte not in (0x2F, 0x3B, 0x5C, 0x7F)
+)
+_QUERY = re.compile(r"[!\"$-~]*")  # printable ASCII without '#' or space
+_ABSOLUTE = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*)://([^/?#]*)(.*)", re.DOTALL)
+_PATH_END = re.compile(r"[?#]")
+_SKIP_AUTO_HEADERS = frozenset({"Accept", "Accept-Encoding", "User-Agent", "Content-Type"})
+_CONTENT_LENGTH = b"content-length"
+_TRANSFER_ENCODING = b"transfer-encoding"
+
+
+class ResponseAborted(Exception):
+    """The upstream failed after the response began: the client connection is dropped, not answered twice."""
+
+
+class _ClientGone(Exception):
+    """The client disconnected; there is nobody to answer."""
+
+
+class _UpstreamDropped(aiohttp.ClientConnectionError):
+    """The upstream dropped the connection before answering (kept out of aiohttp's idempotent retry)."""
+
+
+async def _no_retry(request: aiohttp.ClientRequest, handler: aiohttp.ClientHandlerType) -> aiohttp.ClientResponse:
+    """aiohttp resends GET/PUT/DELETE once after a dropped connection; the request may have been processed."""
+    try:
+        return await handler(request)
+    except aiohttp.ClientConnectorError:
+        raise  # not connected at all: nothing went out, and aiohttp does not retry these anyway
+    except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as exc:
+        raise _UpstreamDropped(type(exc).__name__) from exc
+
+
+def _bad_target(what: str) -> BadRequest:
+    return BadRequest(f"cannot forward: {what}", code="bad_target")
+
+
+def upstream_url(base: URL, mount: str, canonical_path: str, raw_query: str) -> URL:
+    """The upstream URL for a canonical request path under `mount`: always on `base`'s scheme, host and port.
+
+    The path must lie under `mount` and be canonical (see `paths.canonical_path`); the query must be
+    printable ASCII without `#` or spaces. Anything else is a BadRequest, never a different URL.
+    """
+    if not mount:
+        relative = canonical_path
+    elif canonical_path == mount:
+        relative = ""
+    elif canonical_path.startswith(mount) and canonical_path[len(mount) : len(mount) + 1] == "/":
+        relative = canonical_path[len(mount) :]
+    else:
+        raise _bad_target("the path is outside the route's mount")
+    if not _RELATIVE_PATH.fullmatch(relative) or (not mount and not relative):
+        raise _bad_target("the path is not canonical")
+    if "/." in relative and any(segment in (".", "..") for segment in relative.split("/")):
+        raise _bad_target("the path has dot segments")
+    if "%" in relative and not all(escape in _CANONICAL_ESCAPES for escape in _ESCAPE.findall(relative)):
+        raise _bad_target("the path has escapes that canonical paths never keep")
+    if not _QUERY.fullmatch(raw_query):
+        raise BadRequest("the query string must be printable ASCII without spaces or '#'", code="bad_query")
+    path = base.raw_path.rstrip("/") + relative
+    return URL.build(
+        scheme=base.scheme, authority=base.raw_authority, path=path or "/", query_string=raw_query, encoded=True
+    )
+
+
+def rewrite_location(location: str, base: URL, mount: str) -> str:
+    """Point a `Location` into the upstream base (absolute URL on the same origin, or an absolute path) at the mount.
+
+    SMSGate answers `202` with `Location: /3rdparty/v1/messages/<id>`; a client must follow it through the
+    gateway. Locations elsewhere are left alone (the gateway never follows redirects itself).
+    """
+    match = _ABSOLUTE.fullmatch(location)
+    if match is not None:
+        scheme, authority, target = match.groups()
+        try:
+            origin = URL.build(scheme=scheme.lower(), authority=authority, encoded=True)
+            same = (origin.scheme, origin.host, origin.port) == (base.scheme, base.host, base.port)
+        except (ValueError, TypeError):
+            return location
+        if not same:
+            return location
+        target = target or "/"
+    elif location.startswith("/") and not location.startswith("//"):
+        target = location
+    else:
+        return location
+    end = _PATH_END.search(target)
+    path, rest = (target[: end.start()], target[end.start() :]) if end else (target, "")
+    base_path = base.raw_path.rstrip("/")
+    if path == base_path:
+        relative = ""
+    elif path.startswith(base_path + "/"):
+        relative = path[len(base_path) :]
+    else:
+        return location
+    return (mount + relative or "/") + rest
+
+
+def _drop_query_params(raw_query: str, names: frozenset[str]) -> str:
+    """The raw query without parameters whose decoded, lowercased name is in `names` (the rest byte for byte)."""
+    if not raw_query:
+        return raw_query
+    return "&".join(p for p in raw_query.split("&") if unquote_plus(p.partition("=")[0]).lower() not in names)
+
+
+def _content_length(headers: list[tuple[bytes, bytes]]) -> int | None:
+    """The declared body length; conflicting or malformed framing is a 400 (request smuggling)."""
+    value: bytes | None = None
+    chunked = False
+    for name, raw in headers:
+        if name == _CONTENT_LENGTH:
+            if value is not None and raw != value:
+                raise BadRequest("conflicting Content-Length headers", code="bad_framing")
+            value = raw
+        elif name == _TRANSFER_ENCODING:
+            chunked = True
+    if value is None:
+        return None
+    if chunked:
+        raise BadRequest("both Content-Length and Transfer-Encoding", code="bad_framing")
+    if not value.isdigit() or len(value) > 15:
+        raise BadRequest("invalid Content-Length", code="bad_framing")
+    return int(value)
+
+
+class Upstream:
+    """One configured upstream: base URL, credentials, timeouts, and (once started) its pool and in-flight limit."""
+
+    __slots__ = (
+        "base",
+        "credentials",
+        "name",
+        "pool_size",
+        "pool_timeout_s",
+        "retry_after_s",
+        "session",
+        "slots",
+        "strip_headers",
+        "strip_query",
+        "timeout",
+    )
+
+    def __init__(self, settings: UpstreamSettings, credentials: Credentials) -> None:
+        self.name = settings.name
+        self.base = URL(settings.url)
+        if self.base.scheme not in ("http", "https") or not self.base.raw_host:
+            raise ValueError(f"upstream {settings.name!r}: url must be an absolute http(s) URL")
+        if self.base.raw_user or self.base.raw_password or self.base.raw_query_string or self.base.raw_fragment:
+            raise ValueError(f"upstream {settings.name!r}: url must not carry userinfo, a query or a fragment")
+        self.credentials = credentials
+        self.strip_headers = normalized_names(credentials.header_names)
+        self.strip_query = frozenset(name.lower() for name in credentials.query_names)
+        self.timeout = aiohttp.ClientTimeout(
+            total=None,
+            connect=settings.connect_timeout_s,
+            sock_connect=settings.connect_timeout_s,
+            sock_read=settings.read_timeout_s,
+        )
+        self.pool_size = settings.pool_size
+        self.pool_timeout_s = settings.pool_timeout_s
+        self.retry_after_s = max(1, math.ceil(settings.pool_timeout_s))
+        self.session: aiohttp.ClientSession | None = None
+        self.slots: asyncio.Semaphore | None = None
+
+    def url(self, mount: str, canonical_path: str, raw_query: str) -> URL:
+        return upstream_url(self.base, mount, canonical_path, raw_query)
+
+    async def start(self) -> None:
+        """Open the pool (inside the running loop); a second call does nothing."""
+        if self.session is not None:
+            return
+        connector = aiohttp.TCPConnector(limit=self.pool_size, limit_per_host=0)
+        self.session = aiohttp.ClientSession(
+            connector=connector,
+            timeout=self.timeout,
+            trust_env=False,
+            auto_decompress=False,
+            cookie_jar=aiohttp.DummyCookieJar(),
+            skip_auto_headers=_SKIP_AUTO_HEADERS,
+            raise_for_status=False,
+            middlewares=(_no_retry,),
+        )
+        self.slots = asyncio.Semaphore(self.pool_size)
+
+    async def aclose(self) -> None:
+        session, self.session, self.slots = self.session, None, None
+        if session is not None:
+            await session.close()
+
+    async def acquire(self) -> asyncio.Semaphore:
+        """Take an in-flight slot, waiting at most `pool_timeout_s`; 503 + Retry-After when none frees."""
+        slots = self.slots
+        if slots is None:
+            raise ServiceUnavailable("the gateway is not ready", code="not_ready")
+        if slots.locked():
+            try:
+                async with asyncio.timeout(self.pool_timeout_s):
+                    await slots.acquire()
+            except TimeoutError:
+                raise ServiceUnavailable(
+                    "too many requests in flight to the upstream",
+                    retry_after_s=self.retry_after_s,
+                    code="upstream_busy",
+                ) from None
+        else:
+            await slots.acquire()
+        return slots
+
+
+class _Exchange:
+    """Per-request state shared by the forwarder, the body streamer and the disconnect watcher."""
+
+    __slots__ = ("cancelled", "finished", "gone", "receive", "started", "task", "too_large", "watcher")
+
+    def __init__(self, receive: Receive) -> None:
+        self.receive = receive
+        self.task: asyncio.Task[object] | None = None
+        self.watcher: asyncio.Task[None] | None = None
+        self.cancelled = False  # the watcher cancelled `task` because the client left
+        self.gone = False  # the client left while its body was being read
+        self.too_large = False
+        self.started = False  # http.response.start was sent
+        self.finished = False  # the whole upstream body was read
+
+    def watch(self) -> None:
+        """The request body is consumed: from now on `http.disconnect` is the only thing `receive` can say."""
+        if self.watcher is None and self.task is not None:
+            self.watcher = asyncio.get_running_loop().create_task(self._watch())
+
+    async def _watch(self) -> None:
+        if (await self.receive())["type"] != "http.disconnect":
+            return  # a non-compliant server: stop watching rather than spin on it
+        if not self.finished and self.task is not None:
+            self.cancelled = True
+            self.task.cancel()
+
+    def stop(self) -> None:
+        if self.watcher is not None:
+            self.watcher.cancel()
+
+
+class ProxyApp:
+    """The forwarding ASGI app; owns one `Upstream` per configured upstream and their credentials."""
+
+    def __init__(
+        self,
+        upstreams: Mapping[str, UpstreamSettings],
+        proxy: ProxySettings,
+        credentials: Mapping[str, Credentials] | None = None,
+    ) -> None:
+        given = credentials or {}
+        self.upstreams: dict[str, Upstream] = {
+            name: Upstream(settings, given[name] if name in given else build_credentials(settings.credentials))
+            for name, settings in upstreams.items()
+        }
+        # A policy without `upstream:` is served by the only upstream, if there is exactly one.
+        self._default = next(iter(self.upstreams.values())) if len(self.upstreams) == 1 else None
+        self._max_body = proxy.max_body_bytes
+        self._buffer_bytes = min(proxy.retry_buffer_bytes, proxy.max_body_bytes)
+        self._trusted = proxy.trusted_proxies
+        self._started = False
+        self._closed = False
+
+    async def start(self) -> None:
+        """Open every upstream's pool; call inside the running loop (the lifespan does)."""
+        for upstream in self.upstreams.values():
+            await upstream.start()
+        self._started = True
+        self._closed = False
+
+    async def aclose(self) -> None:
+        self._closed = True
+        for upstream in self.upstreams.values():
+            await upstream.aclose()
+            await upstream.credentials.aclose()
+
+    def ready(self) -> bool:
+        """Pools are open and not closed."""
+        return (
+            self._started
+            and not self._closed
+            and all(upstream.session is not None for upstream in self.upstreams.values())
+        )
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind == "http":
+            exchange = _Exchange(receive)
+            try:
+                await self._forward(scope, send, exchange)
+            except HTTPError as exc:
+                if exchange.started:  # never a second response start; errors after it are ResponseAborted
+                    raise ResponseAborted(exc.message) from None
+                await send_error(send, exc)
+            except _ClientGone:
+                return
+        elif kind == "lifespan":
+            await self._lifespan(receive, send)
+        elif kind == "websocket":
+            await send({"type": "websocket.close", "code": 1008})
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                try:
+                    await self.start()
+                except Exception as exc:
+                    await send({"type": "lifespan.startup.failed", "message": type(exc).__name__})
+                    return
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await self.aclose()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    async def _forward(self, scope: Scope, send: Send, exchange: _Exchange) -> None:
+        decision: Decision | None = scope.get("smsguard")
+        if decision is None:
+            raise HTTPError("no authorization decision reached the proxy", code="no_decision")
+        method: str = scope["method"]
+        if method == "CONNECT":  # aiohttp would turn it into a tunnel request to the upstream's host
+            raise BadRequest("CONNECT is never forwarded", code="bad_method")
+        rule = decision.rule
+        upstream = self._default if rule.upstream is None else self.upstreams.get(rule.upstream)
+        if upstream is None:
+            raise BadGateway("no upstream is configured for this route", code="no_upstream")
+        if upstream.session is None:
+            raise ServiceUnavailable("the gateway is not ready", code="not_ready")
+        raw_query = scope.get("query_string", b"").decode("latin-1")
+        if upstream.strip_query:
+            raw_query = _drop_query_params(raw_query, upstream.strip_query)
+        url = upstream.url(rule.mount, decision.path, raw_query)
+        raw_headers: list[tuple[bytes, bytes]] = scope["headers"]
+        length = _content_length(raw_headers)
+        if length is not None and length > self._max_body:
+            raise PayloadTooLarge(f"the request body is larger than {self._max_body} bytes")
+        headers = sanitize_request_headers(raw_headers, upstream.strip_headers)
+        headers.extend(forwarded_headers(scope, self._trusted))
+
+        body: bytes | AsyncIterator[bytes] | None
+        if length is not None and length > self._buffer_bytes:
+            headers.append(("Content-Length", str(length)))
+            body = self._stream_body(b"", exchange)
+        else:
+            prefix, more = await self._read_prefix(exchange.receive)
+            if more:
+                body = self._stream_body(prefix, exchange)  # chunked and bigger than the buffer: stays chunked
+            else:
+                if prefix or length is not None:
+                    headers.append(("Content-Length", str(len(prefix))))
+                body = prefix or None
+
+        exchange.task = asyncio.current_task()
+        if not isinstance(body, AsyncIterator):
+            exchange.watch()
+        request = OutgoingRequest(method, headers, None, raw_query)
+        try:
+            slots = await upstream.acquire()
+            response: aiohttp.ClientResponse | None = None
+            try:
+                response = await self._exchange(upstream, url, request, body, exchange)
+                await self._relay(response, send, exchange, upstream, rule.mount)
+            finally:
+                if response is not None:
+                    if exchange.finished:
+                        response.release()
+                    else:
+                        response.close()
+                slots.release()
+        except asyncio.CancelledError:
+            task = exchange.task
+            if exchange.cancelled and task is not None and task.uncancel() == 0:
+                return  # the client left; the upstream connection is closed
+            raise
+        finally:
+            exchange.stop()
+
+    async def _read_prefix(self, receive: Receive) -> tuple[bytes, bool]:
+        """Read the body up to the buffer size: (bytes read, whether more follows); 413 past the maximum."""
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                raise _ClientGone
+            chunk: bytes = message.get("body", b"")
+            more: bool = message.get("more_body", False)
+            if chunk:
+                size += len(chunk)
+                if size > self._max_body:
+                    raise PayloadTooLarge(f"the request body is larger than {self._max_body} bytes")
+                chunks.append(chunk)
+            if not more or size > self._buffer_bytes:
+                return (chunks[0] if len(chunks) == 1 else b"".join(chunks)), more
+
+    async def _stream_body(self, prefix: bytes, exchange: _Exchange) -> AsyncIterator[bytes]:
+        """Feed the rest of the client's body to aiohttp as it arrives, enforcing the maximum size."""
+        receive = exchange.receive
+        size = len(prefix)
+        if prefix:
+            yield prefix
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                exchange.gone = True
+                raise _ClientGone
+            chunk: bytes = message.get("body", b"")
+            size += len(chunk)
+            if size > self._max_body:
+                exchange.too_large = True
+                raise PayloadTooLarge(f"the request body is larger than {self._max_body} bytes")
+            if chunk:
+                yield chunk
+            if not message.get("more_body", False):
+                break
+        exchange.watch()
+
+    async def _exchange(
+        self,
+        upstream: Upstream,
+        url: URL,
+        request: OutgoingRequest,
+        body: bytes | AsyncIterator[bytes] | None,
+        exchange: _Exchange,
+    ) -> aiohttp.ClientResponse:
+        """Run the credentials flow: send, report the status, and resend once if the flow asks and the body allows."""
+        raw_query = request.raw_query
+        flow = upstream.credentials.flow(request)
+        try:
+            outgoing = await anext(flow)
+            response = await self._send(upstream, url, raw_query, outgoing, body, exchange)
+            try:
+                retry = await flow.asend(response.status)
+            except StopAsyncIteration:
+                return response
+            except BaseException:
+                response.close()
+                raise
+            if isinstance(body, AsyncIterator):
+                return response  # the body is gone: the first answer stands
+            response.close()
+            response = await self._send(upstream, url, raw_query, retry, body, exchange)
+            try:
+                await flow.asend(response.status)  # the flow learns the outcome; a third attempt is never made
+            except StopAsyncIteration:
+                pass
+            except BaseException:
+                response.close()
+                raise
+            return response
+        finally:
+            await flow.aclose()
+
+    async def _send(
+        self,
+        upstream: Upstream,
+        url: URL,
+        raw_query: str,
+        request: OutgoingRequest,
+        body: bytes | AsyncIterator[bytes] | None,
+        exchange: _Exchange,
+    ) -> aiohttp.ClientResponse:
+        if request.query is not None or request.raw_query != raw_query:
+            query = request.raw_query
+            if request.query:
+                added = urlencode(request.query, quote_via=quote, safe="")
+                query = f"{query}&{added}" if query else added
+            url = URL.build(
+                scheme=url.scheme, authority=url.raw_authority, path=url.raw_path, query_string=query, encoded=True
+            )
+        session = upstream.session
+        if session is None:
+            raise ServiceUnavailable("the gateway is shutting down", code="not_ready")
+        try:
+            return await session.request(request.method, url, headers=request.headers, data=body, allow_redirects=False)
+        except (aiohttp.ClientError, OSError) as exc:  # TimeoutError is an OSError
+            raise _upstream_error(exc, exchange) from None
+
+    async def _relay(
+        self, response: aiohttp.ClientResponse, send: Send, exchange: _Exchange, upstream: Upstream, mount: str
+    ) -> None:
+        """Stream the upstream's answer to the client as it arrives."""
+        headers = sanitize_response_headers(response.raw_headers)
+        for index, (name, value) in enumerate(headers):
+            if name == b"location":
+                location = rewrite_location(value.decode("latin-1"), upstream.base, mount)
+                headers[index] = (name, location.encode("latin-1"))
+        exchange.started = True
+        await send({"type": "http.response.start", "status": response.status, "headers": headers})
+        content = response.content
+        while True:
+            try:
+                chunk = await content.readany()
+            except (aiohttp.ClientError, OSError) as exc:
+                raise ResponseAborted(f"the upstream failed mid-response ({type(exc).__name__})") from None
+            if not chunk:
+                break
+            if content.at_eof():
+                exchange.finished = True
+                await send({"type": "http.response.body", "body": chunk, "more_body": False})
+                return
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        exchange.finished = True
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
+def _upstream_error(exc: BaseException, exchange: _Exchange) -> Exception:
+    """The client-facing error for a failure before the response started (never the URL or a header)."""
+    if exchange.gone:
+        return _ClientGone()
+    if exchange.too_large:
+        return PayloadTooLarge("the request body is too large")
+    if isinstance(exc, aiohttp.ConnectionTimeoutError):
+        return GatewayTimeout("connecting to the upstream timed out", code="upstream_connect_timeout")
+    if isinstance(exc, TimeoutError):
+        return GatewayTimeout("the upstream did not answer in time", code="upstream_read_timeout")
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return BadGateway("could not connect to the upstream", code="upstream_unreachable")
+    if isinstance(exc, aiohttp.ClientResponseError):
+        return BadGateway("the upstream sent an invalid response", code="upstream_protocol_error")
+    if isinstance(exc, aiohttp.ClientConnectionError | OSError):
+        return BadGateway("the upstream closed the connection without answering", code="upstream_reset")
+    return BadGateway("the upstream request failed", code="upstream_error")

@@ -1,0 +1,138 @@
+"""The token service: issue, refresh, revoke — shared by the HTTP endpoints and the CLI.
+
+It fixes SMSGate's weakness: a caller can never mint a scope it does not hold itself. Every issued token
+is recorded in the Store (subject, family, expiry) so `DELETE /auth/token/{jti}` can check ownership and
+revoke the right family; records and revocations expire with the tokens, so the store never grows forever.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+
+from .config import TokenSettings
+from .errors import BadRequest, Forbidden, NotFound, Unauthorized
+from .issue import REFRESH_SCOPE, TokenIssuer, TokenPair
+from .scopes import SUPERUSER, is_valid_scope
+from .stores import Store
+from .verify import Principal
+
+__all__ = ["MANAGE_SCOPE", "TokenRecord", "TokenService"]
+
+MANAGE_SCOPE = "tokens:manage"
+_RECORD = "tok:"
+
+
+@dataclass(frozen=True, slots=True)
+class TokenRecord:
+    subject: str
+    family: str
+    expires_at: float
+
+
+class TokenService:
+    """Mints, rotates and revokes the gateway's own tokens against a Store."""
+
+    def __init__(
+        self,
+        settings: TokenSettings,
+        store: Store,
+        vocabulary: Iterable[str],
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.vocabulary = frozenset(vocabulary) | {SUPERUSER}
+        self._clock = clock
+        self.issuer = TokenIssuer(settings, clock=clock) if settings.enabled else None
+
+    def _issuer(self) -> TokenIssuer:
+        if self.issuer is None:
+            raise RuntimeError("token issuing is disabled")
+        return self.issuer
+
+    def check_request(self, caller: Principal | None, scopes: Sequence[str], ttl_s: int | None) -> int:
+        """Validate a token request: 400 for malformed input, 403 for a scope the caller lacks; returns the TTL."""
+        if not scopes:
+            raise BadRequest("scopes must be a non-empty list")
+        for scope in scopes:
+            if scope == REFRESH_SCOPE:
+                raise BadRequest(f"scope {scope} cannot be requested; refresh tokens come with every token")
+            if scope != SUPERUSER and not is_valid_scope(scope):
+                raise BadRequest(f"malformed scope {scope!r}: scopes look like resource:action")
+            if scope not in self.vocabulary:
+                raise BadRequest(f"unknown scope {scope}: it is not in any loaded policy")
+        if caller is not None:
+            for scope in scopes:
+                if scope not in caller.scopes and SUPERUSER not in caller.scopes:
+                    raise Forbidden(f"cannot grant scope {scope}: the caller does not hold it", required=scope)
+        if ttl_s is None:
+            return self.settings.default_ttl_s
+        if ttl_s <= 0:
+            raise BadRequest("ttl must be a positive number of seconds")
+        return min(ttl_s, self.settings.max_ttl_s)
+
+    async def issue(
+        self, subject: str, scopes: Sequence[str], ttl_s: int | None, *, caller: Principal | None
+    ) -> TokenPair:
+        """Mint an access/refresh pair; `caller=None` is the local operator (CLI) who may grant anything."""
+        ttl = self.check_request(caller, scopes, ttl_s)
+        pair = self._issuer().mint_pair(subject, scopes, ttl)
+        await self.store.start_family(pair.family, pair.refresh.jti, pair.refresh.expires_at)
+        await self._record(pair)
+        return pair
+
+    async def refresh(self, principal: Principal) -> TokenPair:
+        """Rotate a verified refresh token: the old one dies; presenting a dead one again ends the family."""
+        family = principal.claims.get("fam")
+        granted = principal.claims.get("grant_scope")
+        ttl = principal.claims.get("ttl")
+        if not isinstance(family, str) or not isinstance(granted, str) or principal.token_id is None:
+            raise Unauthorized(
+                "not a refresh token of this gateway", code="invalid_token:malformed", token_presented=True
+            )
+        ttl_s = min(ttl, self.settings.max_ttl_s) if isinstance(ttl, int) and ttl > 0 else self.settings.default_ttl_s
+        pair = self._issuer().mint_pair(principal.subject, granted.split(), ttl_s, family=family)
+        outcome = await self.store.rotate_refresh(family, principal.token_id, pair.refresh.jti, pair.refresh.expires_at)
+        if outcome == "replayed":
+            raise Unauthorized(
+                "refresh token reuse detected: every token of this family is revoked",
+                code="invalid_token:refresh_replayed",
+                token_presented=True,
+            )
+        if outcome != "rotated":
+            raise Unauthorized("refresh token has been revoked", code="invalid_token:revoked", token_presented=True)
+        await self.store.revoke([principal.token_id], principal.expires_at or pair.refresh.expires_at)
+        await self._record(pair)
+        return pair
+
+    async def revoke(self, jti: str, *, caller: Principal | None) -> TokenRecord:
+        """Revoke a token and its refresh family; only its subject or an `all:any` caller may (None = CLI)."""
+        raw = await self.store.get(_RECORD + jti)
+        if raw is None:
+            raise NotFound("no such token (unknown, or already expired)", code="no_token")
+        data = json.loads(raw)
+        record = TokenRecord(data["sub"], data["fam"], data["exp"])
+        if caller is not None and caller.subject != record.subject and SUPERUSER not in caller.scopes:
+            raise Forbidden("only the token's subject or an all:any caller may revoke it", required=SUPERUSER)
+        family_until = self._clock() + self.settings.refresh_ttl_s
+        await self.store.revoke([jti], record.expires_at)
+        await self.store.revoke([record.family], family_until)
+        return record
+
+    async def is_revoked(self, principal: Principal) -> bool:
+        """The per-request revocation check: the token itself, or its whole family."""
+        ids = [principal.token_id] if principal.token_id else []
+        family = principal.claims.get("fam") if principal.kind != "basic" else None
+        if isinstance(family, str):
+            ids.append(family)
+        return bool(ids) and await self.store.is_revoked(*ids)
+
+    async def _record(self, pair: TokenPair) -> None:
+        now = self._clock()
+        for token in (pair.access, pair.refresh):
+            value = json.dumps({"sub": pair.subject, "fam": pair.family, "exp": token.expires_at}).encode()
+            await self.store.set(_RECORD + token.jti, value, max(token.expires_at - now, 1))

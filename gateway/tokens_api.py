@@ -1,0 +1,140 @@
+"""The token endpoints, shaped like SMSGate's so its clients work against the gateway unchanged.
+
+    POST   {mount}/auth/token          Basic, or Bearer holding tokens:manage   → 201 token pair
+    POST   {mount}/auth/token/refresh  Bearer refresh token                     → 201 new pair
+    DELETE {mount}/auth/token/{jti}    Bearer holding tokens:manage             → 204
+
+Both SMSGate servers answer snake_case; the `android-sms-gateway` Python client reads camelCase; the
+answer carries both spellings. With issuing disabled every endpoint answers 501.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+
+from .asgi import Receive, Scope, Send, read_body
+from .authenticate import Authenticator
+from .errors import BadRequest, Forbidden, HTTPError, NotFound, NotImplementedHTTP, Unauthorized
+from .issue import TokenPair
+from .responses import send_error, send_json
+from .scopes import satisfies
+from .tokens import MANAGE_SCOPE, TokenService
+from .verify import Principal
+
+__all__ = ["TokenEndpoints", "token_response"]
+
+MAX_BODY = 16 * 1024
+_NO_STORE = {"cache-control": "no-store", "pragma": "no-cache"}
+
+
+def rfc3339(timestamp: float) -> str:
+    return datetime.fromtimestamp(timestamp, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def token_response(pair: TokenPair) -> dict[str, str]:
+    """The 201 body in SMSGate's snake_case and the Python client's camelCase."""
+    expires_at = rfc3339(pair.access.expires_at)
+    return {
+        "id": pair.access.jti,
+        "token_type": "Bearer",
+        "access_token": pair.access.token,
+        "refresh_token": pair.refresh.token,
+        "expires_at": expires_at,
+        "tokenType": "Bearer",
+        "accessToken": pair.access.token,
+        "refreshToken": pair.refresh.token,
+        "expiresAt": expires_at,
+    }
+
+
+class TokenEndpoints:
+    """Answers the token endpoints under `mount`; `handles(method, path)` says whether a request is ours."""
+
+    def __init__(self, mount: str, service: TokenService | None, authenticator: Authenticator) -> None:
+        self.base = mount.rstrip("/") + "/auth/token"
+        self.refresh_path = self.base + "/refresh"
+        self.service = service
+        self.authenticator = authenticator
+
+    def handles(self, path: str) -> bool:
+        return path == self.base or path.startswith(self.base + "/")
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send, path: str) -> None:
+        try:
+            await self._dispatch(scope, receive, send, path)
+        except HTTPError as exc:
+            await send_error(send, exc)
+
+    async def _dispatch(self, scope: Scope, receive: Receive, send: Send, path: str) -> None:
+        method = scope["method"]
+        tail = path[len(self.base) :]
+        if self.service is None or self.service.issuer is None:
+            raise NotImplementedHTTP("token issuing is disabled on this gateway")
+        if path == self.base and method == "POST":
+            await self._issue(scope, receive, send, self.service)
+        elif path == self.refresh_path and method == "POST":
+            await self._refresh(scope, send, self.service)
+        elif tail.count("/") == 1 and tail != "/refresh" and len(tail) > 1 and method == "DELETE":
+            await self._revoke(scope, send, self.service, tail[1:])
+        else:
+            raise NotFound(f"no route for {method} {path}", code="no_route")
+
+    async def _caller(self, scope: Scope) -> Principal:
+        principal = await self.authenticator.authenticate(scope["headers"])
+        if principal is None:
+            raise Unauthorized("authentication required")
+        if principal.kind != "basic" and not satisfies(principal.scopes, (MANAGE_SCOPE,), "any", False):
+            raise Forbidden(f"insufficient scope: {MANAGE_SCOPE} required", required=MANAGE_SCOPE)
+        return principal
+
+    async def _issue(self, scope: Scope, receive: Receive, send: Send, service: TokenService) -> None:
+        caller = await self._caller(scope)
+        scopes, ttl = _parse_request(await read_body(receive, MAX_BODY))
+        pair = await service.issue(caller.subject, scopes, ttl, caller=caller)
+        await send_json(send, 201, token_response(pair), _NO_STORE)
+
+    async def _refresh(self, scope: Scope, send: Send, service: TokenService) -> None:
+        token = _bearer(scope["headers"])
+        principal = await self.authenticator.verify_refresh(token)
+        pair = await service.refresh(principal)
+        await send_json(send, 201, token_response(pair), _NO_STORE)
+
+    async def _revoke(self, scope: Scope, send: Send, service: TokenService, jti: str) -> None:
+        caller = await self._caller(scope)
+        await service.revoke(jti, caller=caller)
+        await send_json(send, 204, None)
+
+
+def _bearer(headers: list[tuple[bytes, bytes]]) -> str:
+    values = [value for name, value in headers if name == b"authorization"]
+    if not values:
+        raise Unauthorized("a refresh token is required")
+    if len(values) > 1:
+        raise BadRequest("more than one Authorization header", code="bad_request:duplicate_authorization")
+    scheme, _, token = values[0].decode("latin-1").partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise Unauthorized(
+            "a Bearer refresh token is required", code="invalid_token:unsupported_scheme", token_presented=True
+        )
+    return token.strip()
+
+
+def _parse_request(body: bytes) -> tuple[list[str], int | None]:
+    """Validate `{"scopes": [...], "ttl": N}`; anything else is a 400 naming the problem."""
+    try:
+        data = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        raise BadRequest('body must be JSON like {"scopes": ["messages:send"], "ttl": 900}') from None
+    if not isinstance(data, dict):
+        raise BadRequest("body must be a JSON object")
+    unknown = sorted(set(data) - {"scopes", "ttl"})
+    if unknown:
+        raise BadRequest(f"unknown field(s): {', '.join(unknown)}")
+    scopes = data.get("scopes")
+    if not isinstance(scopes, list) or not all(isinstance(s, str) for s in scopes):
+        raise BadRequest("scopes must be a list of strings")
+    ttl = data.get("ttl")
+    if ttl is not None and (not isinstance(ttl, int) or isinstance(ttl, bool)):
+        raise BadRequest("ttl must be an integer number of seconds")
+    return scopes, ttl

@@ -1,0 +1,75 @@
+"""Build gateway configs for tests: a real config.yaml on disk, secrets in an env mapping, policies shipped."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from gateway.config import Settings, load_settings
+
+ROOT = Path(__file__).resolve().parent.parent
+SMSGATE_POLICY = ROOT / "policies" / "smsgate.yaml"
+
+TOKEN_SECRET = "canary-token-secret-" + "t" * 24
+UPSTREAM_USER = "canary-upstream-user"
+UPSTREAM_PASSWORD = "canary-upstream-password-7d1f"
+OPS_PASSWORD = "canary-ops-password-91c2"
+SENDER_PASSWORD = "canary-sender-password-55ab"
+# argon2id hashes of OPS_PASSWORD and SENDER_PASSWORD with cheap test parameters (m=1024, t=1, p=1)
+CANARIES = (TOKEN_SECRET, UPSTREAM_USER, UPSTREAM_PASSWORD, OPS_PASSWORD, SENDER_PASSWORD)
+
+
+def cheap_hash(password: str) -> str:
+    from argon2 import PasswordHasher
+
+    return PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1).hash(password)
+
+
+@dataclass
+class GatewayConfig:
+    """A config file for a gateway in front of `upstream_url`, with canary secrets in `env`."""
+
+    directory: Path
+    upstream_url: str
+    store: str = "memory://"
+    tokens_enabled: bool = True
+    extra: str = ""
+    env: dict[str, str] = field(default_factory=dict)
+
+    def write(self) -> Path:
+        self.env.update(
+            {
+                "T_TOKEN_SECRET": TOKEN_SECRET,
+                "T_UPSTREAM_URL": self.upstream_url,
+                "T_UPSTREAM_USER": UPSTREAM_USER,
+                "T_UPSTREAM_PASSWORD": UPSTREAM_PASSWORD,
+                "T_OPS_HASH": cheap_hash(OPS_PASSWORD),
+                "T_SENDER_HASH": cheap_hash(SENDER_PASSWORD),
+            }
+        )
+        tokens = (
+            "tokens:\n  enabled: true\n  max_ttl_s: 3600\n  default_ttl_s: 600\n  keys:\n"
+            "    - {kid: k1, algorithm: HS256, secret: \"${T_TOKEN_SECRET}\"}\n"
+            if self.tokens_enabled
+            else "tokens: {enabled: false}\n"
+        )
+        text = f"""\
+listen: {{host: 127.0.0.1, port: 0}}
+store: {self.store}
+policies: [{SMSGATE_POLICY}]
+auth:
+  basic_users:
+    - {{username: ops, password_hash: "${{T_OPS_HASH}}", scopes: [all:any]}}
+    - {{username: sender, password_hash: "${{T_SENDER_HASH}}", scopes: [messages:send, messages:read]}}
+{tokens}upstreams:
+  smsgate:
+    url: ${{T_UPSTREAM_URL}}
+    read_timeout_s: 5
+    credentials: {{type: basic, username: "${{T_UPSTREAM_USER}}", password: "${{T_UPSTREAM_PASSWORD}}"}}
+{self.extra}"""
+        path = self.directory / "config.yaml"
+        path.write_text(text)
+        return path
+
+    def settings(self) -> Settings:
+        return load_settings(self.write(), env=self.env)
