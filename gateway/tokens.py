@@ -86,7 +86,11 @@ class TokenService:
         return pair
 
     async def refresh(self, principal: Principal) -> TokenPair:
-        """Rotate a verified refresh token: the old one dies; presenting a dead one again ends the family."""
+        """Rotate a verified refresh token: the old one dies; presenting a dead one again ends the family.
+
+        The used token is dead because the family's live jti moved on, not because it is revoked: a
+        replayed token must reach `rotate_refresh`, which is what detects the replay and revokes the family.
+        """
         family = principal.claims.get("fam")
         granted = principal.claims.get("grant_scope")
         ttl = principal.claims.get("ttl")
@@ -105,7 +109,6 @@ class TokenService:
             )
         if outcome != "rotated":
             raise Unauthorized("refresh token has been revoked", code="invalid_token:revoked", token_presented=True)
-        await self.store.revoke([principal.token_id], principal.expires_at or pair.refresh.expires_at)
         await self._record(pair)
         return pair
 

@@ -48,6 +48,7 @@ class UvicornServer:
             log_level="critical",
             access_log=False,
             server_header=False,
+            proxy_headers=False,  # as `gateway serve` runs it: X-Forwarded-* from clients is not trusted
             timeout_graceful_shutdown=2,
         )
         self._server = _Server(self._config)

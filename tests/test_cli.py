@@ -1,0 +1,116 @@
+"""cli.py: `gateway serve` as a real process (drain on SIGTERM, workers, config errors), hash-password."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from argon2 import PasswordHasher
+from fakes import RecordingUpstream, Reply
+from gatewayconfig import GatewayConfig
+from processes import free_port, gateway_process
+
+from gateway.cli import main, uvicorn_options
+from gateway.config import parse_settings
+
+
+async def test_sigterm_finishes_in_flight_requests(tmp_path: Path) -> None:
+    """SIGTERM stops accepting but lets a slow in-flight request finish with its real answer."""
+    async with RecordingUpstream(Reply(200, body=b'{"done":true}', delay_s=1.5)) as upstream:
+        cfg = GatewayConfig(tmp_path, upstream.url + "/3rdparty/v1")
+        with gateway_process(cfg.write(), cfg.env) as gateway:
+            url = gateway.url
+            async with httpx.AsyncClient(timeout=10) as client:
+                in_flight = asyncio.create_task(client.get(url + "/3rdparty/v1/health"))
+                await upstream.wait_for(1)
+                os.kill(gateway.pid, signal.SIGTERM)  # mid-request
+                response = await in_flight
+                assert response.status_code == 200
+                assert response.json() == {"done": True}
+                await asyncio.sleep(0.3)
+                with pytest.raises(httpx.TransportError):
+                    await client.get(url + "/healthz")
+
+
+def test_serve_with_two_workers_answers(tmp_path: Path) -> None:
+    """--workers 2 starts two processes that both load the config (SMSGUARD_CONFIG factory)."""
+    cfg = GatewayConfig(tmp_path, "http://127.0.0.1:9/3rdparty/v1")
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "gateway", "serve", "--config", str(cfg.write()), "--port", str(port), "--workers", "2"],
+        env={**os.environ, **cfg.env},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
+        import psutil
+
+        assert len(psutil.Process(process.pid).children()) >= 2
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=20)
+
+
+def test_bad_config_exits_2_naming_file_line_and_key(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A config mistake is one clear line on stderr with file:line:column and key, exit code 2."""
+    path = tmp_path / "config.yaml"
+    path.write_text("listen:\n  port: 8080\n  hots: x\n")
+    assert main(["serve", "--config", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert f"{path}:3:3: listen.hots: unknown key" in err
+
+
+def test_missing_variable_names_it_without_a_value(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """An unset ${VAR} stops start-up and names the variable."""
+    path = tmp_path / "config.yaml"
+    path.write_text("upstreams:\n  x:\n    url: ${SMSGUARD_TEST_UNSET_URL}\n")
+    os.environ.pop("SMSGUARD_TEST_UNSET_URL", None)
+    assert main(["serve", "--config", str(path)]) == 2
+    assert "SMSGUARD_TEST_UNSET_URL is not set" in capsys.readouterr().err
+
+
+def test_hash_password_prints_a_verifiable_argon2id_hash(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`gateway hash-password --stdin` prints an argon2id hash of the password and nothing else."""
+    import io
+
+    monkeypatch.setattr(sys, "stdin", io.StringIO("correct horse\n"))
+    assert main(["hash-password", "--stdin"]) == 0
+    printed = capsys.readouterr().out.strip()
+    assert printed.startswith("$argon2id$")
+    assert PasswordHasher().verify(printed, "correct horse")
+    assert "correct horse" not in printed
+
+
+def test_server_options_are_the_hardened_ones() -> None:
+    """httptools + uvloop, no proxy-header trust, and a drain longer than any upstream timeout."""
+    settings = parse_settings("upstreams:\n  a: {url: 'https://x', read_timeout_s: 40, connect_timeout_s: 5}\n", env={})
+    options = uvicorn_options(settings)
+    assert options["http"] == "httptools"
+    assert options["loop"] == "uvloop"
+    assert options["proxy_headers"] is False
+    assert options["timeout_graceful_shutdown"] > 45
+
+
+def test_module_entry_point_shows_help() -> None:
+    """`python -m gateway --help` lists the commands."""
+    out = subprocess.run([sys.executable, "-m", "gateway", "--help"], capture_output=True, text=True, check=True)
+    for command in ("serve", "demo", "token", "hash-password", "policy"):
+        assert command in out.stdout
