@@ -49,7 +49,7 @@ class GatewayConfig:
         )
         tokens = (
             "tokens:\n  enabled: true\n  max_ttl_s: 3600\n  default_ttl_s: 600\n  keys:\n"
-            "    - {kid: k1, algorithm: HS256, secret: \"${T_TOKEN_SECRET}\"}\n"
+            '    - {kid: k1, algorithm: HS256, secret: "${T_TOKEN_SECRET}"}\n'
             if self.tokens_enabled
             else "tokens: {enabled: false}\n"
         )

@@ -759,6 +759,7 @@ class TestSchema:
     def test_shipped_files_validate(self) -> None:
         """The shipped policy, config and test fixture are valid under the schemas; typos are flagged."""
         import jsonschema
+
         policy = jsonschema.Draft202012Validator(schema("policy.schema.json"))
         config = jsonschema.Draft202012Validator(schema("config.schema.json"))
         assert list(policy.iter_errors(yaml.safe_load((ROOT / SHIPPED).read_text()))) == []
