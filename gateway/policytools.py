@@ -174,6 +174,14 @@ class GatewayRoute:
     path: str
     prefix: bool  # also everything below `path + "/"`
     what: str
+    # Rules the gateway itself enforces on this route, as (method, template with "{}" params, scopes):
+    # a policy rule saying exactly that documents the route rather than being shadowed by it.
+    enforces: frozenset[tuple[str, str, tuple[str, ...]]] = frozenset()
+
+    def describes(self, rule: Rule) -> bool:
+        """The rule states exactly what the gateway enforces here (e.g. SMSGate's token endpoints)."""
+        template = re.sub(r"\{[^}]*\}", "{}", rule.full_path)
+        return bool(rule.methods) and all((m, template, rule.scopes) in self.enforces for m in rule.methods)
 
     def serves(self, path: str) -> bool:
         return path == self.path or (self.prefix and path.startswith(self.path + "/"))
@@ -186,7 +194,18 @@ def gateway_routes(settings: Settings) -> tuple[GatewayRoute, ...]:
     """What `gateway.app.Gateway` intercepts in front of the policy (keep in step with app.py)."""
     mount = settings.tokens.mount.rstrip("/")
     return (
-        GatewayRoute(f"{mount}/auth/token", True, "token endpoints"),
+        GatewayRoute(
+            f"{mount}/auth/token",
+            True,
+            "token endpoints",
+            frozenset(
+                {
+                    ("POST", f"{mount}/auth/token", ("tokens:manage",)),
+                    ("DELETE", f"{mount}/auth/token/{{}}", ("tokens:manage",)),
+                    ("POST", f"{mount}/auth/token/refresh", ("tokens:refresh",)),
+                }
+            ),
+        ),
         GatewayRoute("/healthz", False, "liveness probe"),
         GatewayRoute("/readyz", False, "readiness probe"),
         GatewayRoute("/metrics", False, "metrics"),
@@ -420,7 +439,7 @@ def _rule_warnings(item: _Loaded, matcher: Matcher, routes: Sequence[GatewayRout
                 yield Diagnostic(rule.file, line, column, "warning", key, message, "remove one of the rules")
         for route in routes:
             reach = _overlap(rule.full_path, route)
-            if reach is None:
+            if reach is None or route.describes(rule):
                 continue
             served = f"the gateway answers {route.shape()} itself ({route.what})"
             if reach == "all":
