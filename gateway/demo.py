@@ -41,9 +41,10 @@ smsguard demo is running at {base} in front of a sandbox SMSGate (made-up data; 
 
   Basic credential (demo only):  {DEMO_USER}:{DEMO_PASSWORD}
 
-  # 1. get a short-lived token that may only send and read messages
+  # 1. get a short-lived token that may only send, read and list messages
   TOKEN=$(curl -s -u {DEMO_USER}:{DEMO_PASSWORD} -X POST {api}/auth/token \\
-    -H 'content-type: application/json' -d '{{"scopes":["messages:send","messages:read"],"ttl":900}}' | {take})
+    -H 'content-type: application/json' -d '{{"scopes":["messages:send","messages:read","messages:list"],"ttl":900}}' \\
+    | {take})
 
   # 2. send a message through the gateway (the sandbox credentials are injected for you)
   curl -si -H "Authorization: Bearer $TOKEN" -X POST {api}/messages \\
