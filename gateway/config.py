@@ -11,14 +11,17 @@ import ipaddress
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit
 
+import yaml
+
 from .yamlsource import Fields, Node, load_file, load_text
 
 __all__ = [
+    "AdminSettings",
     "AuthSettings",
     "BasicUser",
     "CredentialSettings",
@@ -26,6 +29,7 @@ __all__ = [
     "KeySettings",
     "ListenSettings",
     "ProxySettings",
+    "ReloadSettings",
     "Secret",
     "Settings",
     "TokenSettings",
@@ -169,6 +173,23 @@ class ProxySettings:
 
 
 @dataclass(frozen=True)
+class ReloadSettings:
+    """Hot reload: watch the config and policy files (SIGHUP always reloads)."""
+
+    watch: bool = True
+    debounce_ms: int = 200
+
+
+@dataclass(frozen=True)
+class AdminSettings:
+    """`GET /admin/policy`: off unless enabled, then only for `scope` from the issuer named `issuer`."""
+
+    enabled: bool = False
+    issuer: str = ""
+    scope: str = "settings:read"
+
+
+@dataclass(frozen=True)
 class Settings:
     """Everything `config.yaml` says, resolved: paths absolute, secrets read, defaults filled in."""
 
@@ -180,6 +201,8 @@ class Settings:
     tokens: TokenSettings = field(default_factory=TokenSettings)
     upstreams: Mapping[str, UpstreamSettings] = field(default_factory=dict)
     proxy: ProxySettings = field(default_factory=ProxySettings)
+    reload: ReloadSettings = field(default_factory=ReloadSettings)
+    admin: AdminSettings = field(default_factory=AdminSettings)
 
     def all_issuers(self) -> tuple[IssuerSettings, ...]:
         """Configured issuers plus, when issuing is on, the gateway's own."""
@@ -284,9 +307,46 @@ def _parse(root: Node, env: Mapping[str, str], base: Path) -> Settings:
         tokens=_tokens(read, top.get("tokens")),
         upstreams=_upstreams(read, top.get("upstreams")),
         proxy=_proxy(top.get("proxy")),
+        reload=_reload(top.get("reload")),
     )
+    settings = replace(settings, admin=_admin(top.get("admin"), settings))
     top.close()
     return settings
+
+
+def _reload(node: Node | None) -> ReloadSettings:
+    if node is None:
+        return ReloadSettings()
+    f = node.fields()
+    result = ReloadSettings(
+        watch=_bool(f, "watch", ReloadSettings.watch),
+        debounce_ms=_int(f, "debounce_ms", ReloadSettings.debounce_ms, minimum=10),
+    )
+    f.close()
+    return result
+
+
+def _admin(node: Node | None, settings: Settings) -> AdminSettings:
+    from .scopes import is_valid_scope
+
+    if node is None:
+        return AdminSettings()
+    f = node.fields()
+    enabled = _bool(f, "enabled", True)
+    issuer_node = f.get("issuer")
+    issuer = issuer_node.string() if issuer_node else ""
+    names = {item.name for item in settings.all_issuers()} | {"basic"}
+    if enabled and issuer not in names:
+        (issuer_node or node).fail(
+            f"admin.issuer must name a configured issuer ({', '.join(sorted(names))})",
+            hint="'self' is the gateway's own tokens, 'basic' the Basic users",
+        )
+    scope_node = f.get("scope")
+    scope = scope_node.string() if scope_node else AdminSettings.scope
+    if scope_node is not None and not is_valid_scope(scope):
+        scope_node.fail(f"malformed scope {scope!r}")
+    f.close()
+    return AdminSettings(enabled=enabled, issuer=issuer, scope=scope)
 
 
 def _items(node: Node | None) -> list[Node]:
@@ -546,7 +606,7 @@ def _upstreams(read: _Reader, node: Node | None) -> dict[str, UpstreamSettings]:
         result[name] = UpstreamSettings(
             name=name,
             url=url.rstrip("/"),
-            credentials=_credentials(read, f.get("credentials")),
+            credentials=_credentials(read, f.get("credentials"), url.rstrip("/")),
             connect_timeout_s=_float(f, "connect_timeout_s", UpstreamSettings.connect_timeout_s, minimum=0.01),
             read_timeout_s=_float(f, "read_timeout_s", UpstreamSettings.read_timeout_s, minimum=0.01),
             pool_size=_int(f, "pool_size", UpstreamSettings.pool_size, minimum=1),
@@ -556,11 +616,22 @@ def _upstreams(read: _Reader, node: Node | None) -> dict[str, UpstreamSettings]:
     return result
 
 
-CredentialKind = Literal["none", "basic", "header"]
+CredentialKind = Literal["none", "basic", "header", "query", "token_exchange"]
+CREDENTIAL_KINDS: tuple[str, ...] = ("none", "basic", "header", "query", "token_exchange")
+_HEADER_NAME = re.compile(r"[A-Za-z0-9!#$%&'*+.^_`|~-]+")
+_JSON_PATH = re.compile(r"[^.]+(?:\.[^.]+)*")
+_LOGIN_METHODS = ("GET", "POST", "PUT", "PATCH")
+_EXPIRY_UNITS = ("seconds", "minutes", "unix", "iso8601")
+# BSG answers a bad API key with HTTP 200 and {"error": 2, "errorDescription": "Invalid API key"}.
+_BSG_CREDENTIAL_ERROR: Mapping[str, object] = {"status": 200, "field": "error", "equals": 2}
 
 
-def _credentials(read: _Reader, node: Node | None) -> CredentialSettings:
-    """Parse an upstream's `credentials:` block; each kind has its own keys."""
+def _credentials(read: _Reader, node: Node | None, url: str = "") -> CredentialSettings:
+    """Parse an upstream's `credentials:` block; each kind has its own keys.
+
+    A provider preset (`bsg_v2`, `smsportal`, ...) expands into a generic kind, its endpoints relative to
+    the upstream's `url`, so a user writes only the secrets.
+    """
     if node is None:
         return CredentialSettings()
     f = node.fields()
@@ -573,18 +644,278 @@ def _credentials(read: _Reader, node: Node | None) -> CredentialSettings:
         options["username"] = read.secret(f.require("username"))
         options["password"] = read.secret(f.require("password"))
     elif kind == "header":
-        headers = {}
-        for header, value in f.require("headers").entries():
-            if not re.fullmatch(r"[A-Za-z0-9!#$%&'*+.^_`|~-]+", header):
-                value.fail(f"not a valid header name: {header!r}")
-            headers[header] = read.secret(value)
-        if not headers:
-            node.fail("header credentials need at least one header")
-        options["headers"] = headers
+        options["headers"] = _secret_map(read, f.require("headers"), "header")
+    elif kind == "query":
+        options["params"] = _secret_map(read, f.require("params"), "parameter")
+    elif kind == "token_exchange":
+        options = _token_exchange(read, f)
+    elif kind in _PRESETS:
+        kind, options = _PRESETS[kind](read, f, node, url)
     else:
-        kind_node.fail(f"unknown credentials type {kind!r}", hint="one of: none, basic, header")
+        kind_node.fail(
+            f"unknown credentials type {kind!r}", hint="one of: " + ", ".join((*CREDENTIAL_KINDS, *_PRESETS))
+        )
+    if kind_node.string() in CREDENTIAL_KINDS and kind != "none":
+        rule = f.get("credential_error")
+        if rule is not None:
+            options["credential_error"] = _credential_error(rule)
     f.close()
     return CredentialSettings(kind, options)
+
+
+def _secret_map(read: _Reader, node: Node, what: str) -> dict[str, Secret]:
+    """`{name: ${VAR}}` for static headers or query parameters; names are checked, values are secrets."""
+    values: dict[str, Secret] = {}
+    for name, value in node.entries():
+        if not _HEADER_NAME.fullmatch(name):
+            value.fail(f"not a valid {what} name: {name!r}")
+        values[name] = read.secret(value)
+    if not values:
+        node.fail(f"{what} credentials need at least one {what}")
+    return values
+
+
+def _http_url(read: _Reader, node: Node) -> str:
+    url = read.text(node)
+    parts = urlsplit(url)
+    if parts.scheme not in {"http", "https"} or not parts.hostname or parts.username or parts.password:
+        node.fail("expected an absolute http(s) URL without userinfo")
+    return url
+
+
+def _login_method(node: Node | None, default: str) -> str:
+    if node is None:
+        return default
+    method = node.string()
+    if method not in _LOGIN_METHODS:
+        node.fail(f"unsupported method {method!r}", hint="one of " + ", ".join(_LOGIN_METHODS))
+    return method
+
+
+def _json_path(node: Node) -> str:
+    path = node.string()
+    if not _JSON_PATH.fullmatch(path):
+        node.fail("expected a dotted JSON path such as token or data.access_token")
+    return path
+
+
+def _token_format(node: Node | None) -> str:
+    if node is None:
+        return "Bearer {token}"
+    template = node.string()
+    if template.count("{token}") != 1 or re.search(r"[\x00-\x1f\x7f]", template):
+        node.fail("the format must contain {token} exactly once", hint='e.g. "Bearer {token}" or "Bearer: {token}"')
+    return template
+
+
+def _basic_pair(read: _Reader, node: Node) -> dict[str, Secret]:
+    f = node.fields()
+    pair = _basic_pair_from(read, f)
+    f.close()
+    return pair
+
+
+def _basic_pair_from(read: _Reader, f: Fields) -> dict[str, Secret]:
+    return {"username": _basic_username(read, f.require("username")), "password": read.secret(f.require("password"))}
+
+
+def _basic_username(read: _Reader, node: Node) -> Secret:
+    username = read.secret(node)
+    if ":" in username.reveal():
+        node.fail("a Basic username must contain no ':'")
+    return username
+
+
+def _json_body(read: _Reader, node: Node) -> dict[str, object]:
+    """A login's JSON body: strings are secrets (`${VAR}`), numbers and booleans literal, lists of strings plain."""
+    body: dict[str, object] = {}
+    for key, value in node.entries():
+        if isinstance(value.raw, yaml.SequenceNode):
+            body[key] = [read.text(item) for item in value.items()]
+            continue
+        scalar = value.value_or_none()
+        if isinstance(scalar, str):
+            body[key] = read.secret(value)
+        elif isinstance(scalar, bool | int | float):
+            body[key] = scalar
+        else:
+            value.fail("expected a string, number, boolean or list of strings")
+    return body
+
+
+def _request_block(read: _Reader, node: Node, *, login: bool) -> dict[str, object]:
+    f = node.fields()
+    request: dict[str, object] = {
+        "url": _http_url(read, f.require("url")),
+        "method": _login_method(f.get("method"), "POST"),
+    }
+    if login:
+        basic = f.get("basic")
+        if basic is not None:
+            request["basic"] = _basic_pair(read, basic)
+        body = f.get("json")
+        if body is not None:
+            request["json"] = _json_body(read, body)
+    f.close()
+    return request
+
+
+def _expiry_block(node: Node) -> dict[str, object]:
+    f = node.fields()
+    field_node, jwt_node, ttl_node, unit_node = f.get("field"), f.get("jwt_exp"), f.get("ttl_s"), f.get("unit")
+    given = [n for n in (field_node, jwt_node, ttl_node) if n is not None]
+    if len(given) != 1:
+        node.fail("give exactly one of field (+ unit), jwt_exp: true, ttl_s")
+    expiry: dict[str, object]
+    if field_node is not None:
+        unit = unit_node.string() if unit_node is not None else "seconds"
+        if unit_node is not None and unit not in _EXPIRY_UNITS:
+            unit_node.fail(f"unknown unit {unit!r}", hint="one of " + ", ".join(_EXPIRY_UNITS))
+        expiry = {"field": _json_path(field_node), "unit": unit}
+    elif unit_node is not None:
+        unit_node.fail("unit goes with field")
+    elif jwt_node is not None:
+        if not jwt_node.boolean():
+            jwt_node.fail("jwt_exp must be true when given")
+        expiry = {"jwt_exp": True}
+    else:
+        assert ttl_node is not None
+        ttl = ttl_node.number(minimum=0.001)
+        expiry = {"ttl_s": ttl}
+    f.close()
+    return expiry
+
+
+def _token_exchange(read: _Reader, f: Fields) -> dict[str, object]:
+    options: dict[str, object] = {
+        "login": _request_block(read, f.require("login"), login=True),
+        "token_field": _json_path(f.require("token_field")),
+        "expiry": _expiry_block(f.require("expiry")),
+        "format": _token_format(f.get("format")),
+        "margin_s": _float(f, "margin_s", 60.0),
+        "timeout_s": _float(f, "timeout_s", 10.0, minimum=0.1),
+    }
+    header = f.get("header")
+    if header is not None:
+        if not _HEADER_NAME.fullmatch(header.string()):
+            header.fail(f"not a valid header name: {header.string()!r}")
+        options["header"] = header.string()
+    refresh = f.get("refresh")
+    if refresh is not None:
+        options["refresh"] = _request_block(read, refresh, login=False)
+    return options
+
+
+def _credential_error(node: Node) -> dict[str, object]:
+    f = node.fields()
+    status_node = f.get("status")
+    status = 200 if status_node is None else status_node.integer(minimum=100)
+    if status_node is not None and status > 599:
+        status_node.fail(f"not an HTTP status: {status}")
+    equals_node = f.require("equals")
+    equals = equals_node.value()
+    if not isinstance(equals, str | int | bool):
+        equals_node.fail("expected a string, integer or boolean")
+    rule = {"status": status, "field": _json_path(f.require("field")), "equals": equals}
+    f.close()
+    return rule
+
+
+# --- provider presets: (read, fields, node, upstream url) -> (generic kind, its options)
+
+
+def _preset_url(read: _Reader, f: Fields, key: str, default: str) -> str:
+    node = f.get(key)
+    return default if node is None else _http_url(read, node)
+
+
+def _preset_bsg_v1(read: _Reader, f: Fields, node: Node, url: str) -> tuple[str, dict[str, object]]:
+    """BSG API v1: `X-API-KEY: live_...` on every request; its 200 `error: 2` answer is a credential failure."""
+    return "header", {
+        "headers": {"X-API-KEY": read.secret(f.require("api_key"))},
+        "credential_error": dict(_BSG_CREDENTIAL_ERROR),
+    }
+
+
+def _preset_bsg_v2(read: _Reader, f: Fields, node: Node, url: str) -> tuple[str, dict[str, object]]:
+    """BSG API v2: POST {url}/auth/login {"api_key"} → {"bearer": JWT}; renewed at {url}/auth/refresh."""
+    return "token_exchange", {
+        "login": {
+            "url": _preset_url(read, f, "login_url", url + "/auth/login"),
+            "method": "POST",
+            "json": {"api_key": read.secret(f.require("api_key"))},
+        },
+        "token_field": "bearer",
+        "expiry": {"jwt_exp": True},
+        "format": _token_format(f.get("format")),
+        "refresh": {"url": _preset_url(read, f, "refresh_url", url + "/auth/refresh"), "method": "POST"},
+        "margin_s": _float(f, "margin_s", 60.0),
+        "timeout_s": _float(f, "timeout_s", 10.0, minimum=0.1),
+        "credential_error": dict(_BSG_CREDENTIAL_ERROR),
+    }
+
+
+def _preset_smsportal(read: _Reader, f: Fields, node: Node, url: str) -> tuple[str, dict[str, object]]:
+    """SMSPortal: GET {url}/Authentication with Basic(client id:secret) → {"token", "expiresInMinutes"};
+    renewed an hour early, as SMSPortal advises (23 h of 24 h)."""
+    return "token_exchange", {
+        "login": {
+            "url": _preset_url(read, f, "login_url", url + "/Authentication"),
+            "method": "GET",
+            "basic": {
+                "username": _basic_username(read, f.require("client_id")),
+                "password": read.secret(f.require("api_secret")),
+            },
+        },
+        "token_field": "token",
+        "expiry": {"field": "expiresInMinutes", "unit": "minutes"},
+        "format": "Bearer {token}",
+        "margin_s": _float(f, "margin_s", 3600.0),
+        "timeout_s": _float(f, "timeout_s", 10.0, minimum=0.1),
+    }
+
+
+def _preset_smsgatewaycenter(read: _Reader, f: Fields, node: Node, url: str) -> tuple[str, dict[str, object]]:
+    """SMSGatewayCenter: the `apiKey` header, or `userId` and `password` request parameters."""
+    api_key, user_id, password = f.get("api_key"), f.get("user_id"), f.get("password")
+    if api_key is not None and (user_id is not None or password is not None):
+        node.fail("give api_key, or user_id and password, not both")
+    if api_key is not None:
+        return "header", {"headers": {"apiKey": read.secret(api_key)}}
+    if user_id is None or password is None:
+        node.fail("smsgatewaycenter needs api_key, or user_id and password")
+    return "query", {"params": {"userId": read.secret(user_id), "password": read.secret(password)}}
+
+
+def _preset_smsgate_jwt(read: _Reader, f: Fields, node: Node, url: str) -> tuple[str, dict[str, object]]:
+    """SMSGate cloud: POST {url}/auth/token with Basic and {"ttl", "scopes"} → {"access_token", "expires_at"}."""
+    scopes_node = f.get("scopes")
+    return "token_exchange", {
+        "login": {
+            "url": _preset_url(read, f, "login_url", url + "/auth/token"),
+            "method": "POST",
+            "basic": _basic_pair_from(read, f),
+            "json": {
+                "ttl": _int(f, "ttl_s", 3600, minimum=60),
+                "scopes": ["all:any"] if scopes_node is None else list(read.texts(scopes_node)),
+            },
+        },
+        "token_field": "access_token",
+        "expiry": {"field": "expires_at", "unit": "iso8601"},
+        "format": "Bearer {token}",
+        "margin_s": _float(f, "margin_s", 300.0),
+        "timeout_s": _float(f, "timeout_s", 10.0, minimum=0.1),
+    }
+
+
+_PRESETS = {
+    "bsg_v1": _preset_bsg_v1,
+    "bsg_v2": _preset_bsg_v2,
+    "smsportal": _preset_smsportal,
+    "smsgatewaycenter": _preset_smsgatewaycenter,
+    "smsgate_jwt": _preset_smsgate_jwt,
+}
+PRESETS: tuple[str, ...] = tuple(_PRESETS)
 
 
 def _proxy(node: Node | None) -> ProxySettings:

@@ -16,7 +16,12 @@ see DESIGN.md for why not httpx), used as a plain pipe:
   relayed chunk by chunk, bytes untouched (`auto_decompress=False`);
 - nothing is ever resent on its own: aiohttp's silent retry of idempotent requests after a dropped
   connection is disabled (`_no_retry`), and only an injector's explicit second attempt (a token
-  exchange after a 401) is honoured, and only for a replayable body;
+  exchange after a 401) is honoured, and only for a replayable body; the injector's first request is
+  prepared (a token exchange may log in) before an in-flight slot is taken, so logins never hold the pool;
+- a provider that reports bad credentials inside a success (BSG's `200 {"error": 2}`, the injector's
+  `credential_error`) is caught: such upstreams are asked for uncompressed answers, and small JSON
+  answers with the rule's status (at most `INSPECT_BYTES`) are read before relaying; a match becomes a
+  502 `upstream_credentials`, logged on `smsguard.upstream`, never a success;
 - faults become SMSGate-shaped errors before the response starts (502 refused/reset/garbled, 504
   timeout, 503 + Retry-After when the upstream's in-flight limit stays full, 413 too large); after it
   started, the client connection is dropped (`ResponseAborted`), never answered twice;
@@ -29,9 +34,12 @@ Error messages name what failed, never a URL, header or credential.
 from __future__ import annotations
 
 import asyncio
+import json
+import logging
 import math
 import re
-from collections.abc import AsyncIterator, Mapping
+import zlib
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from typing import TYPE_CHECKING
 from urllib.parse import quote, unquote_plus, urlencode
 
@@ -40,7 +48,7 @@ from yarl import URL
 
 from .asgi import Receive, Scope, Send
 from .config import ProxySettings, UpstreamSettings
-from .credentials import Credentials, OutgoingRequest, build_credentials
+from .credentials import CredentialErrorRule, Credentials, OutgoingRequest, build_credentials
 from .errors import BadGateway, BadRequest, GatewayTimeout, HTTPError, PayloadTooLarge, ServiceUnavailable
 from .headers import forwarded_headers, normalized_names, sanitize_request_headers, sanitize_response_headers
 from .responses import send_error
@@ -48,7 +56,11 @@ from .responses import send_error
 if TYPE_CHECKING:
     from .authorize import Decision
 
-__all__ = ["ProxyApp", "ResponseAborted", "Upstream", "rewrite_location", "upstream_url"]
+__all__ = ["INSPECT_BYTES", "ProxyApp", "ResponseAborted", "Upstream", "rewrite_location", "upstream_url"]
+
+log = logging.getLogger("smsguard.upstream")
+
+INSPECT_BYTES = 64 * 1024  # the largest answer read whole to look for a provider's credential error
 
 # A canonical path relative to the mount: "" or /segment/... (a trailing slash allowed), pchar minus ";".
 _SEGMENT = r"(?:[A-Za-z0-9\-._~!$&'()*+,=:@]|%[0-9A-F]{2})+"
@@ -66,6 +78,7 @@ _PATH_END = re.compile(r"[?#]")
 _SKIP_AUTO_HEADERS = frozenset({"Accept", "Accept-Encoding", "User-Agent", "Content-Type"})
 _CONTENT_LENGTH = b"content-length"
 _TRANSFER_ENCODING = b"transfer-encoding"
+_JSON_TYPE = re.compile(r"\s*application/(?:[\w.+-]*\+)?json\s*(?:;.*)?", re.IGNORECASE | re.DOTALL)
 
 
 class ResponseAborted(Exception):
@@ -309,7 +322,9 @@ class ProxyApp:
     ) -> None:
         given = credentials or {}
         self.upstreams: dict[str, Upstream] = {
-            name: Upstream(settings, given[name] if name in given else build_credentials(settings.credentials))
+            name: Upstream(
+                settings, given[name] if name in given else build_credentials(settings.credentials, name=name)
+            )
             for name, settings in upstreams.items()
         }
         # A policy without `upstream:` is served by the only upstream, if there is exactly one.
@@ -410,16 +425,27 @@ class ProxyApp:
                     headers.append(("Content-Length", str(len(prefix))))
                 body = prefix or None
 
+        check = upstream.credentials.credential_error
+        if check is not None:  # the answer may have to be read: ask for it uncompressed
+            headers = [(name, value) for name, value in headers if name.lower() != "accept-encoding"]
+            headers.append(("Accept-Encoding", "identity"))
+
         exchange.task = asyncio.current_task()
-        if not isinstance(body, AsyncIterator):
+        replayable = not isinstance(body, AsyncIterator)
+        if replayable:
             exchange.watch()
-        request = OutgoingRequest(method, headers, None, raw_query)
+        request = OutgoingRequest(method, headers, None, raw_query, replayable)
+        flow = upstream.credentials.flow(request)
         try:
+            outgoing = await anext(flow)  # before taking a slot: a token exchange may log in here
             slots = await upstream.acquire()
             response: aiohttp.ClientResponse | None = None
             try:
-                response = await self._exchange(upstream, url, request, body, exchange)
-                await self._relay(response, send, exchange, upstream, rule.mount)
+                response = await self._exchange(upstream, url, raw_query, flow, outgoing, body, exchange)
+                prefix, complete = b"", False
+                if check is not None:
+                    prefix, complete = await self._inspect(response, check, upstream)
+                await self._relay(response, send, exchange, upstream, rule.mount, prefix, complete)
             finally:
                 if response is not None:
                     if exchange.finished:
@@ -433,6 +459,7 @@ class ProxyApp:
                 return  # the client left; the upstream connection is closed
             raise
         finally:
+            await flow.aclose()
             exchange.stop()
 
     async def _read_prefix(self, receive: Receive) -> tuple[bytes, bool]:
@@ -479,37 +506,75 @@ class ProxyApp:
         self,
         upstream: Upstream,
         url: URL,
-        request: OutgoingRequest,
+        raw_query: str,
+        flow: AsyncGenerator[OutgoingRequest, int],
+        outgoing: OutgoingRequest,
         body: bytes | AsyncIterator[bytes] | None,
         exchange: _Exchange,
     ) -> aiohttp.ClientResponse:
-        """Run the credentials flow: send, report the status, and resend once if the flow asks and the body allows."""
-        raw_query = request.raw_query
-        flow = upstream.credentials.flow(request)
+        """Send the flow's request, report the status, and resend once if the flow asks and the body allows."""
+        response = await self._send(upstream, url, raw_query, outgoing, body, exchange)
         try:
-            outgoing = await anext(flow)
-            response = await self._send(upstream, url, raw_query, outgoing, body, exchange)
-            try:
-                retry = await flow.asend(response.status)
-            except StopAsyncIteration:
-                return response
-            except BaseException:
-                response.close()
-                raise
-            if isinstance(body, AsyncIterator):
-                return response  # the body is gone: the first answer stands
-            response.close()
-            response = await self._send(upstream, url, raw_query, retry, body, exchange)
-            try:
-                await flow.asend(response.status)  # the flow learns the outcome; a third attempt is never made
-            except StopAsyncIteration:
-                pass
-            except BaseException:
-                response.close()
-                raise
+            retry = await flow.asend(response.status)
+        except StopAsyncIteration:
             return response
-        finally:
-            await flow.aclose()
+        except BaseException:
+            response.close()
+            raise
+        if isinstance(body, AsyncIterator):
+            return response  # the body is gone: the first answer stands
+        response.close()
+        response = await self._send(upstream, url, raw_query, retry, body, exchange)
+        try:
+            await flow.asend(response.status)  # the flow learns the outcome; a third attempt is never made
+        except StopAsyncIteration:
+            pass
+        except BaseException:
+            response.close()
+            raise
+        return response
+
+    async def _inspect(
+        self, response: aiohttp.ClientResponse, check: CredentialErrorRule, upstream: Upstream
+    ) -> tuple[bytes, bool]:
+        """Read a small JSON answer whole to look for the provider's credential error.
+
+        Returns the bytes read and whether that is the whole body, for `_relay` to send on unchanged.
+        Answers with another status, another type, or over `INSPECT_BYTES` pass through unread.
+        """
+        if response.status != check.status or not _JSON_TYPE.fullmatch(response.headers.get("Content-Type", "")):
+            return b"", False
+        if (response.content_length or 0) > INSPECT_BYTES:
+            return b"", False
+        chunks: list[bytes] = []
+        size = 0
+        content = response.content
+        try:
+            while size <= INSPECT_BYTES:
+                chunk = await content.readany()
+                if not chunk:
+                    break
+                chunks.append(chunk)
+                size += len(chunk)
+        except (aiohttp.ClientError, OSError):
+            raise BadGateway("the upstream failed while answering", code="upstream_reset") from None
+        data = b"".join(chunks)
+        if size > INSPECT_BYTES:
+            return data, False
+        try:
+            document = json.loads(_decoded(data, response.headers.get("Content-Encoding", "")))
+        except (ValueError, zlib.error):
+            return data, True
+        if check.matches(response.status, document):
+            log.error(
+                "upstream %r rejected the gateway's credentials (HTTP %d with %s=%r)",
+                upstream.name,
+                response.status,
+                check.field,
+                check.equals,
+            )
+            raise BadGateway("upstream rejected the gateway's credentials", code="upstream_credentials")
+        return data, True
 
     async def _send(
         self,
@@ -537,9 +602,16 @@ class ProxyApp:
             raise _upstream_error(exc, exchange) from None
 
     async def _relay(
-        self, response: aiohttp.ClientResponse, send: Send, exchange: _Exchange, upstream: Upstream, mount: str
+        self,
+        response: aiohttp.ClientResponse,
+        send: Send,
+        exchange: _Exchange,
+        upstream: Upstream,
+        mount: str,
+        prefix: bytes = b"",
+        complete: bool = False,
     ) -> None:
-        """Stream the upstream's answer to the client as it arrives."""
+        """Stream the upstream's answer to the client as it arrives (after `prefix`, the bytes already read)."""
         headers = sanitize_response_headers(response.raw_headers)
         for index, (name, value) in enumerate(headers):
             if name == b"location":
@@ -547,6 +619,12 @@ class ProxyApp:
                 headers[index] = (name, location.encode("latin-1"))
         exchange.started = True
         await send({"type": "http.response.start", "status": response.status, "headers": headers})
+        if complete:
+            exchange.finished = True
+            await send({"type": "http.response.body", "body": prefix, "more_body": False})
+            return
+        if prefix:
+            await send({"type": "http.response.body", "body": prefix, "more_body": True})
         content = response.content
         while True:
             try:
@@ -562,6 +640,21 @@ class ProxyApp:
             await send({"type": "http.response.body", "body": chunk, "more_body": True})
         exchange.finished = True
         await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
+def _decoded(data: bytes, encoding: str) -> bytes:
+    """The body without a gzip/deflate Content-Encoding (for inspection only), at most `INSPECT_BYTES`."""
+    coding = encoding.strip().lower()
+    if coding in ("", "identity"):
+        return data
+    if coding not in ("gzip", "x-gzip", "deflate"):
+        raise ValueError(f"cannot inspect {coding!r} content")
+    wbits = 47 if coding != "deflate" else 15  # 47: gzip or zlib header, auto-detected
+    inflater = zlib.decompressobj(wbits)
+    plain = inflater.decompress(data, INSPECT_BYTES + 1)
+    if len(plain) > INSPECT_BYTES:
+        raise ValueError("too large to inspect")
+    return plain
 
 
 def _upstream_error(exc: BaseException, exchange: _Exchange) -> Exception:

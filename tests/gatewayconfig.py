@@ -34,6 +34,7 @@ class GatewayConfig:
     store: str = "memory://"
     tokens_enabled: bool = True
     extra: str = ""
+    policy: Path = SMSGATE_POLICY
     env: dict[str, str] = field(default_factory=dict)
 
     def write(self) -> Path:
@@ -56,7 +57,7 @@ class GatewayConfig:
         text = f"""\
 listen: {{host: 127.0.0.1, port: 0}}
 store: {self.store}
-policies: [{SMSGATE_POLICY}]
+policies: [{self.policy}]
 auth:
   basic_users:
     - {{username: ops, password_hash: "${{T_OPS_HASH}}", scopes: [all:any]}}

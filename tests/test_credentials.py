@@ -9,10 +9,12 @@ import pytest
 from gateway.config import CredentialSettings, Secret, parse_settings
 from gateway.credentials import (
     BasicCredentials,
+    CredentialErrorRule,
     Credentials,
     HeaderCredentials,
     NoCredentials,
     OutgoingRequest,
+    QueryCredentials,
     build_credentials,
 )
 from gateway.errors import LoadError
@@ -139,3 +141,75 @@ upstreams:
     assert isinstance(header, HeaderCredentials)
     assert CANARY in basic.secret_values
     assert header.secret_values == ("live_" + CANARY,)
+
+
+# ------------------------------------------------------------------------------------- query, errors
+
+
+async def test_query_adds_each_parameter_once() -> None:
+    """`query` appends its parameters (after any another injector added) and names them for stripping."""
+    credentials = build_credentials(
+        CredentialSettings("query", {"params": {"userId": Secret("u1"), "password": Secret(CANARY)}})
+    )
+    assert isinstance(credentials, QueryCredentials)
+    sent, retried = await run_flow(credentials, status=401)
+    assert sent[0].query == [("userId", "u1"), ("password", CANARY)]
+    assert sent[0].raw_query == "a=1"  # the client's query stays; the forwarder already dropped its copies
+    assert not retried
+    assert credentials.query_names == {"userid", "password"}
+    assert credentials.header_names == frozenset()
+    assert set(credentials.secret_values) == {"u1", CANARY}
+    assert CANARY not in repr(credentials)
+
+
+@pytest.mark.parametrize(
+    ("params", "message"),
+    [
+        ({}, "at least one parameter"),
+        ({"bad name": Secret("v")}, "not a valid parameter name"),
+        ({"userId": Secret("a"), "USERID": Secret("b")}, "given twice"),
+        ({"password": Secret("")}, "empty or contains control"),
+        ({"password": Secret("a\r\nb")}, "empty or contains control"),
+    ],
+)
+def test_invalid_query_credentials(params: dict[str, Secret], message: str) -> None:
+    """Bad query parameters fail at startup, naming the parameter but never its value."""
+    with pytest.raises(LoadError, match=message) as caught:
+        build_credentials(CredentialSettings("query", {"params": params}))
+    assert "a\r\nb" not in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("document", "status", "matches"),
+    [
+        ({"error": 2, "errorDescription": "Invalid API key"}, 200, True),
+        ({"error": 2}, 201, False),
+        ({"error": 0}, 200, False),
+        ({"error": "2"}, 200, False),
+        ({"error": True}, 200, False),
+        ({"result": {"error": 2}}, 200, False),
+        ([{"error": 2}], 200, False),
+        ("error", 200, False),
+    ],
+)
+def test_credential_error_rule_matches_exactly(document: object, status: int, matches: bool) -> None:
+    """BSG's rule matches status 200 with `error` equal to the integer 2, nothing looser."""
+    rule = CredentialErrorRule.from_options({"status": 200, "field": "error", "equals": 2})
+    assert rule is not None
+    assert rule.matches(status, document) is matches
+
+
+def test_credential_error_rule_on_any_kind() -> None:
+    """Any kind can carry a credential_error rule; nested fields use dotted paths."""
+    credentials = build_credentials(
+        CredentialSettings(
+            "basic",
+            {"username": Secret("u"), "password": Secret("p"), "credential_error": {"field": "a.b", "equals": "x"}},
+        )
+    )
+    assert credentials.credential_error is not None
+    assert credentials.credential_error.matches(200, {"a": {"b": "x"}})
+    with pytest.raises(LoadError, match="dotted JSON path"):
+        CredentialErrorRule.from_options({"field": "a..b", "equals": 1})
+    with pytest.raises(LoadError, match="HTTP status"):
+        CredentialErrorRule.from_options({"status": 99, "field": "a", "equals": 1})

@@ -1,0 +1,516 @@
+"""Token exchange: the gateway logs in to the upstream, caches the provider's token, and sends it.
+
+    flow(request)
+      token ← this process's copy, else the Store's, else one login per upstream
+              (an asyncio lock in the process, then the Store's lock across processes; re-checked inside)
+      yield request + `Authorization: Bearer {token}`                  ─► upstream status
+      401 → the token is dropped (the Store's copy only while it is still that token), one fresh token,
+            yield again: only for a replayable body; a streamed one gets a 502 and is never resent
+
+Tokens are renewed `margin_s` before they expire (at half-life when they live less than twice the
+margin): through the refresh request when one is configured (BSG `/api/auth/refresh`), else, or when
+that fails, by logging in again. A failed login is remembered for `failure_cooldown_s`, so a burst of
+requests against a provider that refuses the gateway's key costs one login, not one per request.
+
+Login calls are control plane: httpx, no proxies from the environment, no redirects, a timeout, and a
+bounded answer. Secrets and tokens never reach a log line or an error message; Store keys carry the
+upstream's name only (`uptoken:{name}`, `login:{name}`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import json
+import logging
+import math
+import re
+import time
+from collections.abc import AsyncGenerator, Callable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Literal, cast
+
+import httpx
+import jwt
+from redis.exceptions import RedisError
+
+from .config import Secret
+from .credentials import CredentialErrorRule, Credentials, OutgoingRequest, field_value
+from .errors import BadGateway, GatewayTimeout, HTTPError, LoadError
+from .stores import MemoryStore, Store
+
+__all__ = [
+    "MAX_LOGIN_ANSWER_BYTES",
+    "ExchangeSettings",
+    "Expiry",
+    "LoginRequest",
+    "ProviderToken",
+    "TokenExchange",
+    "exchange_settings",
+]
+
+log = logging.getLogger("smsguard.upstream")
+
+MAX_LOGIN_ANSWER_BYTES = 64 * 1024
+Unit = Literal["seconds", "minutes", "unix", "iso8601"]
+UNITS: tuple[Unit, ...] = ("seconds", "minutes", "unix", "iso8601")
+LOGIN_METHODS = frozenset({"GET", "POST", "PUT", "PATCH"})
+_TOKEN_VALUE = re.compile(r"[\x21-\x7e]{1,8192}")  # visible ASCII: safe inside a header value
+_HEADER_NAME = re.compile(r"[A-Za-z0-9!#$%&'*+.^_`|~-]+")
+_UNSAFE = re.compile(r"[\x00-\x1f\x7f]")
+
+
+@dataclass(frozen=True, slots=True)
+class LoginRequest:
+    """A control-plane request: the login (secrets as Basic or in a JSON body) or the refresh (the token)."""
+
+    url: str
+    method: str = "POST"
+    basic: tuple[Secret, Secret] | None = None
+    json: Mapping[str, object] | None = None  # values may be Secret; revealed only when sent
+
+
+@dataclass(frozen=True, slots=True)
+class Expiry:
+    """Where a token's lifetime comes from: exactly one of a JSON field, the JWT's own `exp`, a fixed TTL."""
+
+    field: str | None = None
+    unit: Unit = "seconds"
+    jwt_exp: bool = False
+    ttl_s: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ExchangeSettings:
+    login: LoginRequest
+    token_field: str
+    expiry: Expiry
+    header: str = "Authorization"
+    format: str = "Bearer {token}"
+    refresh: LoginRequest | None = None
+    margin_s: float = 60.0
+    timeout_s: float = 10.0
+    failure_cooldown_s: float = 1.0
+    credential_error: CredentialErrorRule | None = None  # checked on login answers too
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderToken:
+    """A provider token with its expiry and the moment it is due for renewal (unix seconds)."""
+
+    value: str
+    expires_at: float
+    renew_at: float
+
+    def usable(self, now: float) -> bool:
+        return now < self.renew_at
+
+    def alive(self, now: float) -> bool:
+        return now < self.expires_at
+
+    def dump(self) -> bytes:
+        return json.dumps({"t": self.value, "e": self.expires_at, "r": self.renew_at}).encode()
+
+    @classmethod
+    def load(cls, raw: bytes) -> ProviderToken | None:
+        try:
+            data = json.loads(raw)
+            return cls(str(data["t"]), float(data["e"]), float(data["r"]))
+        except (ValueError, TypeError, KeyError):
+            return None  # written by another version: treat as absent
+
+    def __repr__(self) -> str:
+        return f"ProviderToken(value='**********', expires_at={self.expires_at}, renew_at={self.renew_at})"
+
+
+# ------------------------------------------------------------------------------------------ settings
+
+
+def _fail(key: str, message: str) -> LoadError:
+    return LoadError(message, key=f"credentials.{key}")
+
+
+def _url(value: object, key: str) -> str:
+    if not isinstance(value, str) or not value.startswith(("http://", "https://")) or _UNSAFE.search(value):
+        raise _fail(key, "must be an absolute http(s) URL")
+    return value
+
+
+def _method(value: object, key: str) -> str:
+    if value is None:
+        return "POST"
+    if not isinstance(value, str) or value not in LOGIN_METHODS:
+        raise _fail(key, "must be one of " + ", ".join(sorted(LOGIN_METHODS)))
+    return value
+
+
+def _request(options: object, key: str) -> LoginRequest:
+    if not isinstance(options, Mapping):
+        raise _fail(key, "must be a mapping with at least url")
+    basic = options.get("basic")
+    pair: tuple[Secret, Secret] | None = None
+    if basic is not None:
+        if not isinstance(basic, Mapping):
+            raise _fail(f"{key}.basic", "must map username and password")
+        username, password = basic.get("username"), basic.get("password")
+        if not isinstance(username, Secret) or not isinstance(password, Secret):
+            raise _fail(f"{key}.basic", "needs username and password")
+        if ":" in username.reveal() or not username.reveal():
+            raise _fail(f"{key}.basic.username", "a Basic username must be non-empty and contain no ':'")
+        pair = (username, password)
+    body = options.get("json")
+    if body is not None and not isinstance(body, Mapping):
+        raise _fail(f"{key}.json", "must be a mapping (the JSON object sent)")
+    return LoginRequest(
+        _url(options.get("url"), f"{key}.url"), _method(options.get("method"), f"{key}.method"), pair, body
+    )
+
+
+def _expiry(options: object) -> Expiry:
+    if not isinstance(options, Mapping):
+        raise _fail("expiry", "must be a mapping: field (+ unit), jwt_exp: true, or ttl_s")
+    given = [key for key in ("field", "jwt_exp", "ttl_s") if options.get(key) not in (None, False)]
+    if len(given) != 1:
+        raise _fail("expiry", "give exactly one of field (+ unit), jwt_exp: true, ttl_s")
+    unit = options.get("unit", "seconds")
+    if unit not in UNITS:
+        raise _fail("expiry.unit", "must be one of " + ", ".join(UNITS))
+    if given == ["field"]:
+        field = options["field"]
+        if not isinstance(field, str) or not field:
+            raise _fail("expiry.field", "must be a dotted JSON path")
+        return Expiry(field=field, unit=cast(Unit, unit))
+    if given == ["jwt_exp"]:
+        if options["jwt_exp"] is not True:
+            raise _fail("expiry.jwt_exp", "must be true")
+        return Expiry(jwt_exp=True)
+    ttl = options["ttl_s"]
+    if not isinstance(ttl, int | float) or isinstance(ttl, bool) or not 0 < ttl < math.inf:
+        raise _fail("expiry.ttl_s", "must be a positive number of seconds")
+    return Expiry(ttl_s=float(ttl))
+
+
+def _seconds(options: Mapping[str, object], key: str, default: float, minimum: float = 0.0) -> float:
+    value = options.get(key, default)
+    if not isinstance(value, int | float) or isinstance(value, bool) or not minimum <= value < math.inf:
+        raise _fail(key, f"must be a number of seconds, at least {minimum}")
+    return float(value)
+
+
+def exchange_settings(options: Mapping[str, object]) -> ExchangeSettings:
+    """Validate `type: token_exchange` options (as config.py or a preset builds them) into settings."""
+    header = options.get("header", "Authorization")
+    if not isinstance(header, str) or not _HEADER_NAME.fullmatch(header):
+        raise _fail("header", "must be a header name")
+    template = options.get("format", "Bearer {token}")
+    if not isinstance(template, str) or template.count("{token}") != 1 or _UNSAFE.search(template):
+        raise _fail("format", "must contain {token} exactly once and no control characters")
+    token_field = options.get("token_field")
+    if not isinstance(token_field, str) or not token_field or "" in token_field.split("."):
+        raise _fail("token_field", "must be a dotted JSON path such as token or data.access_token")
+    refresh = options.get("refresh")
+    return ExchangeSettings(
+        login=_request(options.get("login"), "login"),
+        token_field=token_field,
+        expiry=_expiry(options.get("expiry")),
+        header=header,
+        format=template,
+        refresh=None if refresh is None else _request(refresh, "refresh"),
+        margin_s=_seconds(options, "margin_s", 60.0),
+        timeout_s=_seconds(options, "timeout_s", 10.0, minimum=0.1),
+        failure_cooldown_s=_seconds(options, "failure_cooldown_s", 1.0),
+        credential_error=CredentialErrorRule.from_options(options.get("credential_error")),
+    )
+
+
+def _reveal(value: object) -> object:
+    if isinstance(value, Secret):
+        return value.reveal()
+    if isinstance(value, Mapping):
+        return {str(k): _reveal(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_reveal(v) for v in value]
+    return value
+
+
+def _secrets(value: object) -> list[str]:
+    if isinstance(value, Secret):
+        return [value.reveal()] if value.reveal() else []
+    if isinstance(value, Mapping):
+        return [s for v in value.values() for s in _secrets(v)]
+    if isinstance(value, list | tuple):
+        return [s for v in value for s in _secrets(v)]
+    return []
+
+
+def _basic_value(pair: tuple[Secret, Secret]) -> str:
+    raw = f"{pair[0].reveal()}:{pair[1].reveal()}".encode()
+    return "Basic " + base64.b64encode(raw).decode("ascii")
+
+
+# -------------------------------------------------------------------------------------------- injector
+
+
+class TokenExchange(Credentials):
+    """`type: token_exchange` (and the bsg_v2, smsportal, smsgate_jwt presets); see the module docstring."""
+
+    kind = "token_exchange"
+
+    def __init__(
+        self,
+        settings: ExchangeSettings,
+        *,
+        name: str,
+        store: Store | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.settings = settings
+        self.name = name
+        self.header_names = frozenset({settings.header.lower()})
+        login = settings.login
+        secrets = _secrets(login.json)
+        if login.basic is not None:
+            secrets += [*_secrets(login.basic), _basic_value(login.basic).removeprefix("Basic ")]
+        self.secret_values = tuple(dict.fromkeys(secrets))
+        self.credential_error = settings.credential_error
+        self._store: Store = store if store is not None else MemoryStore()
+        self._key = f"uptoken:{name}"
+        self._lock_name = f"login:{name}"
+        self._lock_ttl_s = 2 * settings.timeout_s + 5  # a refresh and a login, with room to spare
+        self._clock = clock
+        self._client: httpx.AsyncClient | None = None
+        self._local: ProviderToken | None = None
+        self._mutex = asyncio.Lock()
+        self._failure: tuple[float, HTTPError] | None = None
+        self.logins = 0  # requests made by this process, for tests and metrics
+        self.refreshes = 0
+
+    # ---------------------------------------------------------------------------------------- the flow
+
+    async def flow(self, request: OutgoingRequest) -> AsyncGenerator[OutgoingRequest, int]:
+        token = await self.token()
+        index = len(request.headers)
+        request.headers.append((self.settings.header, self._render(token.value)))
+        status = yield request
+        if status != 401:
+            return
+        if not request.replayable:
+            await self.drop(token)
+            log.error("upstream %r refused the gateway's token; the streamed request was not resent", self.name)
+            raise BadGateway(
+                "the upstream refused the gateway's token and the streamed request body cannot be replayed; "
+                "send the request again",
+                code="upstream_credentials",
+            )
+        fresh = await self.token(stale=token.value)
+        request.headers[index] = (self.settings.header, self._render(fresh.value))
+        status = yield request
+        if status == 401:
+            await self.drop(fresh)
+            log.error("upstream %r refused a freshly obtained token", self.name)
+            raise BadGateway("upstream rejected the gateway's credentials", code="upstream_credentials")
+
+    def _render(self, token: str) -> str:
+        return self.settings.format.replace("{token}", token)
+
+    # --------------------------------------------------------------------------------------- the cache
+
+    async def token(self, *, stale: str | None = None) -> ProviderToken:
+        """A usable provider token; `stale` is one the upstream just refused, never handed out again."""
+        local = self._local
+        if local is not None and local.value != stale and local.usable(self._clock()):
+            return local
+        async with self._mutex:  # one coroutine per process goes on; the others find its result
+            now = self._clock()
+            local = self._local
+            if local is not None and local.value != stale and local.usable(now):
+                return local
+            if self._failure is not None and now < self._failure[0] + self.settings.failure_cooldown_s:
+                error = self._failure[1]
+                raise type(error)(error.message, code=error.code)
+            cached = await self._load()
+            if cached is not None and cached.value != stale and cached.usable(now):
+                self._local = cached
+                return cached
+            token = await self._renew(stale)
+            self._local = token
+            return token
+
+    async def drop(self, token: ProviderToken) -> None:
+        """Forget a token the upstream refused: here, and in the Store if it still holds that very token."""
+        if self._local is not None and self._local.value == token.value:
+            self._local = None
+        async with contextlib.AsyncExitStack() as stack:
+            try:
+                await stack.enter_async_context(
+                    self._store.lock(self._lock_name, ttl_s=self._lock_ttl_s, wait_s=self._lock_ttl_s)
+                )
+            except TimeoutError:
+                return  # the holder is renewing it anyway
+            except (RedisError, OSError) as exc:
+                log.warning("upstream %r: store lock unavailable (%s)", self.name, type(exc).__name__)
+            cached = await self._load()
+            if cached is not None and cached.value == token.value:
+                with contextlib.suppress(RedisError, OSError):
+                    await self._store.delete(self._key)
+
+    async def _renew(self, stale: str | None) -> ProviderToken:
+        async with contextlib.AsyncExitStack() as stack:
+            try:
+                await stack.enter_async_context(
+                    self._store.lock(self._lock_name, ttl_s=self._lock_ttl_s, wait_s=self._lock_ttl_s)
+                )
+            except TimeoutError:
+                log.error("upstream %r: timed out waiting for another gateway's login", self.name)
+                raise GatewayTimeout(
+                    "timed out waiting for the gateway's login to the upstream", code="upstream_login_timeout"
+                ) from None
+            except (RedisError, OSError) as exc:
+                log.warning(
+                    "upstream %r: store lock unavailable (%s); logging in without it", self.name, type(exc).__name__
+                )
+            cached = await self._load()  # another process may have renewed it while we waited
+            now = self._clock()
+            if cached is not None and cached.value != stale and cached.usable(now):
+                return cached
+            previous = next(
+                (t for t in (cached, self._local) if t is not None and t.value != stale and t.alive(now)), None
+            )
+            token = await self._obtain(previous)
+            await self._save(token)
+            return token
+
+    async def _load(self) -> ProviderToken | None:
+        try:
+            raw = await self._store.get(self._key)
+        except (RedisError, OSError) as exc:
+            log.warning("upstream %r: store unavailable (%s)", self.name, type(exc).__name__)
+            return None
+        return None if raw is None else ProviderToken.load(raw)
+
+    async def _save(self, token: ProviderToken) -> None:
+        ttl_s = token.expires_at - self._clock()
+        if ttl_s <= 0:
+            return
+        try:
+            await self._store.set(self._key, token.dump(), ttl_s)
+        except (RedisError, OSError) as exc:
+            log.warning("upstream %r: could not cache the token (%s)", self.name, type(exc).__name__)
+
+    # ----------------------------------------------------------------------------------- login, refresh
+
+    async def _obtain(self, previous: ProviderToken | None) -> ProviderToken:
+        refresh = self.settings.refresh
+        if previous is not None and refresh is not None:
+            try:
+                self.refreshes += 1
+                return await self._call(refresh, "refresh", bearer=previous.value)
+            except HTTPError as exc:
+                log.warning("upstream %r: token refresh failed (%s); logging in again", self.name, exc.message)
+        try:
+            self.logins += 1
+            token = await self._call(self.settings.login, "login")
+        except HTTPError as exc:
+            log.error("upstream %r: login failed (%s)", self.name, exc.message)
+            self._failure = (self._clock(), exc)
+            raise
+        self._failure = None
+        return token
+
+    async def _call(self, spec: LoginRequest, what: str, *, bearer: str | None = None) -> ProviderToken:
+        headers = {"Accept": "application/json"}
+        if spec.basic is not None:
+            headers["Authorization"] = _basic_value(spec.basic)
+        if bearer is not None:
+            headers[self.settings.header] = self._render(bearer)
+        content: bytes | None = None
+        if spec.json is not None:
+            content = json.dumps(_reveal(spec.json)).encode()
+            headers["Content-Type"] = "application/json"
+        try:
+            async with self._http().stream(spec.method, spec.url, headers=headers, content=content) as response:
+                status = response.status_code
+                body = bytearray()
+                async for chunk in response.aiter_bytes():
+                    body += chunk
+                    if len(body) > MAX_LOGIN_ANSWER_BYTES:
+                        raise _failed(what, "its answer is too large")
+        except httpx.TimeoutException:
+            raise GatewayTimeout(
+                f"the upstream's {what} endpoint did not answer in time", code="upstream_login_timeout"
+            ) from None
+        except httpx.HTTPError as exc:
+            raise _failed(what, f"the request failed ({type(exc).__name__})") from None
+        if not 200 <= status < 300:
+            raise _failed(what, f"the upstream answered HTTP {status}")
+        try:
+            document = json.loads(body)
+        except ValueError:
+            raise _failed(what, "its answer is not JSON") from None
+        rule = self.settings.credential_error
+        if rule is not None and rule.matches(status, document):
+            raise _failed(what, f"the upstream rejected the gateway's credentials ({rule.field}={rule.equals!r})")
+        value = field_value(document, self.settings.token_field)
+        if not isinstance(value, str) or not _TOKEN_VALUE.fullmatch(value):
+            raise _failed(what, f"its answer has no usable token in {self.settings.token_field!r}")
+        now = self._clock()
+        expires_at = self._expires_at(document, value, now, what)
+        lifetime = expires_at - now
+        if not 0 < lifetime < math.inf:
+            raise _failed(what, "the upstream issued a token that has already expired")
+        return ProviderToken(value, expires_at, expires_at - min(self.settings.margin_s, lifetime / 2))
+
+    def _expires_at(self, document: object, token: str, now: float, what: str) -> float:
+        expiry = self.settings.expiry
+        if expiry.ttl_s is not None:
+            return now + expiry.ttl_s
+        if expiry.jwt_exp:
+            try:
+                claims = jwt.decode(token, options={"verify_signature": False, "verify_exp": False})
+            except jwt.PyJWTError:
+                raise _failed(what, "the token is not a JWT") from None
+            exp = claims.get("exp")
+            if not isinstance(exp, int | float) or isinstance(exp, bool):
+                raise _failed(what, "the token has no numeric exp claim")
+            return float(exp)
+        field = cast(str, expiry.field)
+        raw = field_value(document, field)
+        if expiry.unit == "iso8601":
+            try:
+                moment = datetime.fromisoformat(cast(str, raw).replace("Z", "+00:00"))
+            except (AttributeError, TypeError, ValueError):
+                raise _failed(what, f"{field!r} is not an ISO 8601 time") from None
+            if moment.tzinfo is None:
+                raise _failed(what, f"{field!r} has no time zone")
+            return moment.timestamp()
+        try:
+            number = float(cast(str, raw)) if isinstance(raw, int | float | str) and not isinstance(raw, bool) else None
+        except ValueError:
+            number = None
+        if number is None or not math.isfinite(number):
+            raise _failed(what, f"{field!r} is not a number")
+        if expiry.unit == "unix":
+            return number
+        return now + number * (60 if expiry.unit == "minutes" else 1)
+
+    def _http(self) -> httpx.AsyncClient:
+        if self._client is None:
+            self._client = httpx.AsyncClient(
+                trust_env=False, follow_redirects=False, timeout=httpx.Timeout(self.settings.timeout_s)
+            )
+        return self._client
+
+    async def aclose(self) -> None:
+        client, self._client = self._client, None
+        if client is not None:
+            await client.aclose()
+
+
+def _failed(what: str, reason: str) -> BadGateway:
+    """The client-facing error: what failed and why, never a URL, a body, a secret or a token."""
+    return BadGateway(
+        f"the gateway could not {'log in to' if what == 'login' else what + ' its token at'} the upstream: {reason}",
+        code="upstream_login_failed",
+    )

@@ -1,0 +1,108 @@
+"""Gateway configs in front of the fake providers: each under its shipped policy and mount, canary secrets.
+
+    config = ProvidersConfig(tmp_path).add("bsg_v2", bsg.url + "/api", "{type: bsg_v2, api_key: '${T_BSG_KEY}'}")
+    gateway = create_app(config.settings())
+    token = config.token("messages:send")
+
+Secrets live in `ENV` and reach the config only as `${VAR}`; every one is a canary (`PROVIDER_CANARIES`) that
+must never show up in a response, a log record or an exception. An upstream named differently from the
+shipped policy's (`name=`, for tests sharing one Redis) gets a copy of that policy naming it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Self
+
+from gateway.config import Settings, load_settings
+from gateway.issue import TokenIssuer
+
+ROOT = Path(__file__).resolve().parent.parent
+POLICIES = ROOT / "policies"
+
+TOKEN_SECRET = "canary-providers-token-secret-" + "p" * 16
+BSG_KEY = "live_canaryBsgKey3f9a1c"
+BSG_WRONG_KEY = "live_canaryBsgWrongKey77e0"
+SMSPORTAL_ID = "canary-smsportal-client-51d2"
+SMSPORTAL_SECRET = "canary-smsportal-secret-a8c3"
+SGC_KEY = "canary-sgc-api-key-0b6e"
+SGC_USER = "canary-sgc-user-6d21"
+SGC_PASSWORD = "canary-sgc-password-e41f"
+SMSGATE_USER = "canary-smsgate-user-2c7b"
+SMSGATE_PASSWORD = "canary-smsgate-password-9a5d"
+PROVIDER_CANARIES = (
+    BSG_KEY,
+    BSG_WRONG_KEY,
+    SMSPORTAL_ID,
+    SMSPORTAL_SECRET,
+    SGC_KEY,
+    SGC_USER,
+    SGC_PASSWORD,
+    SMSGATE_USER,
+    SMSGATE_PASSWORD,
+)
+ENV = {
+    "T_TOKEN_SECRET": TOKEN_SECRET,
+    "T_BSG_KEY": BSG_KEY,
+    "T_BSG_WRONG_KEY": BSG_WRONG_KEY,
+    "T_SMSPORTAL_ID": SMSPORTAL_ID,
+    "T_SMSPORTAL_SECRET": SMSPORTAL_SECRET,
+    "T_SGC_KEY": SGC_KEY,
+    "T_SGC_USER": SGC_USER,
+    "T_SGC_PASSWORD": SGC_PASSWORD,
+    "T_SMSGATE_USER": SMSGATE_USER,
+    "T_SMSGATE_PASSWORD": SMSGATE_PASSWORD,
+}
+
+
+@dataclass
+class ProvidersConfig:
+    """A config.yaml with one upstream per `add`, the gateway's own HS256 tokens, and `ENV` for its secrets."""
+
+    directory: Path
+    store: str = "memory://"
+    proxy: str = ""  # the body of a `proxy:` block, e.g. "{retry_buffer_bytes: 16}"
+    upstreams: list[tuple[str, str, str, Path]] = field(default_factory=list)
+
+    @property
+    def env(self) -> dict[str, str]:
+        return dict(ENV)
+
+    def add(self, policy: str, url: str, credentials: str, *, name: str | None = None) -> Self:
+        """Serve the shipped `policies/{policy}.yaml` by an upstream at `url` with these credentials (YAML flow)."""
+        name = name or policy
+        path = POLICIES / f"{policy}.yaml"
+        if name != policy:
+            text = path.read_text().replace(f"upstream: {policy}\n", f"upstream: {name}\n")
+            path = self.directory / f"{name}.policy.yaml"
+            path.write_text(text)
+        self.upstreams.append((name, url, credentials, path))
+        return self
+
+    def write(self) -> Path:
+        policies = ", ".join(str(path) for *_, path in self.upstreams)
+        upstreams = "".join(
+            f"  {name}:\n    url: {url}\n    read_timeout_s: 5\n    pool_size: 256\n    credentials: {credentials}\n"
+            for name, url, credentials, _ in self.upstreams
+        )
+        text = (
+            "listen: {host: 127.0.0.1, port: 0}\n"
+            f"store: {self.store}\n"
+            f"policies: [{policies}]\n"
+            "tokens:\n  enabled: true\n  keys:\n"
+            '    - {kid: k1, algorithm: HS256, secret: "${T_TOKEN_SECRET}"}\n'
+            f"upstreams:\n{upstreams}" + (f"proxy: {self.proxy}\n" if self.proxy else "")
+        )
+        path = self.directory / "config.yaml"
+        path.write_text(text)
+        return path
+
+    def settings(self) -> Settings:
+        """Write the file and load it (the gateway watches it: write before starting, never after)."""
+        return load_settings(self.write(), env=self.env)
+
+    def token(self, *scopes: str) -> str:
+        """A client access token of the gateway's own issuer (nothing is written to the store or the disk)."""
+        issuer = TokenIssuer(load_settings(self.directory / "config.yaml", env=self.env).tokens)
+        return issuer.mint_pair("app-1", scopes, 300).access.token
