@@ -1,33 +1,47 @@
 """`create_app(settings)`: the reverse-proxy gateway as one ASGI app that owns its clients and stores.
 
-    request ─┬─ /healthz, /readyz, /.well-known/jwks.json     answered here
-             ├─ {tokens.mount}/auth/token...                   TokenEndpoints
+    request ─┬─ /healthz, /readyz, /.well-known/jwks.json, /admin/policy   answered here
+             ├─ {tokens.mount}/auth/token...                              TokenEndpoints
              └─ everything else ── GuardMiddleware ── ProxyApp ── upstream (credentials injected)
 
-Nothing is global: the store, the HTTP pools and the JWKS client are created by `create_app` and opened
-and closed by the ASGI lifespan, so two apps in one process never share state.
+Everything derived from one version of config.yaml and the policies lives in a `Runtime`. Hot reload
+(file change or SIGHUP) builds and validates a whole new Runtime and swaps it in with one assignment;
+a request keeps the Runtime it started with, and a replaced Runtime's pools close once its last request
+has finished. An invalid edit changes nothing: the last good version keeps serving and the error is
+reported in /readyz and /admin/policy. Nothing is global: two apps in one process share no state.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import asyncio
+import contextlib
+import hashlib
+import logging
+import signal
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
 
 from .asgi import Receive, Scope, Send
 from .authorize import Authorizer
-from .config import Settings
+from .config import Settings, load_settings
 from .credentials import build_credentials
-from .errors import HTTPError, LoadError
+from .errors import Forbidden, HTTPError, LoadError, NotFound, Unauthorized
 from .issue import TokenIssuer
 from .middleware import GuardMiddleware
 from .paths import canonical_path
 from .policy import Policy, load_policies
 from .proxy import ProxyApp
 from .responses import send_error, send_json
+from .scopes import satisfies
 from .stores import Store, open_store
 from .tokens import TokenService
 from .tokens_api import TokenEndpoints
 
-__all__ = ["Gateway", "check_policies_against_upstreams", "create_app"]
+__all__ = ["Gateway", "Runtime", "build_runtime", "check_policies_against_upstreams", "create_app"]
+
+log = logging.getLogger("smsguard.reload")
 
 
 def check_policies_against_upstreams(settings: Settings, policies: Sequence[Policy]) -> None:
@@ -47,64 +61,237 @@ def check_policies_against_upstreams(settings: Settings, policies: Sequence[Poli
             )
 
 
+def version_of(settings: Settings) -> str:
+    """A short hash of the config and policy files as they are on disk (what /admin/policy reports)."""
+    digest = hashlib.sha256()
+    for file in (settings.file, *settings.policies):
+        with contextlib.suppress(OSError):
+            digest.update(Path(file).read_bytes())
+        digest.update(b"\0")
+    return digest.hexdigest()[:12]
+
+
+@dataclass(eq=False)
+class Runtime:
+    """One validated version of the config and policies, with the objects built from it."""
+
+    settings: Settings
+    policies: tuple[Policy, ...]
+    version: str
+    loaded_at: float
+    tokens: TokenService
+    authorizer: Authorizer
+    proxy: ProxyApp
+    guarded: GuardMiddleware
+    token_endpoints: TokenEndpoints
+    jwks: dict[str, list[dict[str, object]]]
+    in_flight: int = 0
+
+    async def aclose(self) -> None:
+        await self.proxy.aclose()
+        await self.authorizer.aclose()
+
+
+def build_runtime(settings: Settings, store: Store) -> Runtime:
+    """Load and check everything `settings` names; raises LoadError and builds nothing half-way."""
+    policies = load_policies(settings.policies)
+    check_policies_against_upstreams(settings, policies)
+    vocabulary = {scope for policy in policies for scope in policy.scopes}
+    tokens = TokenService(settings.tokens, store, vocabulary)
+    authorizer = Authorizer.from_settings(settings, policies=policies, is_revoked=tokens.is_revoked)
+    # Token exchanges cache provider tokens in the shared store (one login across instances on Redis,
+    # and across reloads); their login clients close with the proxy (ProxyApp.aclose closes every injector).
+    credentials = {
+        name: build_credentials(up.credentials, name=name, store=store) for name, up in settings.upstreams.items()
+    }
+    proxy = ProxyApp(settings.upstreams, settings.proxy, credentials)
+    issuer = tokens.issuer
+    return Runtime(
+        settings=settings,
+        policies=policies,
+        version=version_of(settings),
+        loaded_at=time.time(),
+        tokens=tokens,
+        authorizer=authorizer,
+        proxy=proxy,
+        guarded=GuardMiddleware(proxy, authorizer=authorizer),
+        token_endpoints=TokenEndpoints(settings.tokens.mount, tokens, authorizer.authenticator),
+        jwks=issuer.jwks() if isinstance(issuer, TokenIssuer) else {"keys": []},
+    )
+
+
 class Gateway:
     """The ASGI application behind `gateway serve`."""
 
-    def __init__(self, settings: Settings, *, store: Store | None = None) -> None:
-        self.settings = settings
-        self.policies = load_policies(settings.policies)
-        check_policies_against_upstreams(settings, self.policies)
-        self.store = store or open_store(settings.store)
-        vocabulary = {scope for policy in self.policies for scope in policy.scopes}
-        self.tokens = TokenService(settings.tokens, self.store, vocabulary)
-        self.authorizer = Authorizer.from_settings(settings, policies=self.policies, is_revoked=self.tokens.is_revoked)
-        credentials = {name: build_credentials(up.credentials) for name, up in settings.upstreams.items()}
-        self.proxy = ProxyApp(settings.upstreams, settings.proxy, credentials)
-        self.guarded = GuardMiddleware(self.proxy, authorizer=self.authorizer)
-        self.token_endpoints = TokenEndpoints(settings.tokens.mount, self.tokens, self.authorizer.authenticator)
-        issuer = self.tokens.issuer
-        self.jwks = issuer.jwks() if isinstance(issuer, TokenIssuer) else {"keys": []}
+    def __init__(self, settings: Settings, *, store: Store | None = None, env: Mapping[str, str] | None = None) -> None:
+        self.env = env
+        self.store = store if store is not None else open_store(settings.store)
+        self.runtime = build_runtime(settings, self.store)
+        self.last_error: str | None = None
+        self.reloads = 0
         self.started = False
+        self._retiring: set[asyncio.Task[None]] = set()
+        self._watcher: asyncio.Task[None] | None = None
+        self._stop_watching = asyncio.Event()
+        self._reload_lock = asyncio.Lock()
+        self._sighup = False
+
+    # The current version's parts, for callers that want "the gateway's" token service or settings.
+    @property
+    def settings(self) -> Settings:
+        return self.runtime.settings
+
+    @property
+    def tokens(self) -> TokenService:
+        return self.runtime.tokens
+
+    @property
+    def authorizer(self) -> Authorizer:
+        return self.runtime.authorizer
 
     async def startup(self) -> None:
-        await self.proxy.start()
+        await self.runtime.proxy.start()
         self.started = True
+        if self.settings.reload.watch:
+            self._watcher = asyncio.create_task(self._watch())
+        loop = asyncio.get_running_loop()
+        with contextlib.suppress(ValueError, RuntimeError, NotImplementedError, AttributeError):
+            loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(self.reload()))
+            self._sighup = True
 
     async def shutdown(self) -> None:
         self.started = False
-        await self.proxy.aclose()
-        await self.authorizer.aclose()
+        if self._sighup:
+            asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
+            self._sighup = False
+        if self._watcher is not None:
+            self._stop_watching.set()
+            self._watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watcher
+        for task in list(self._retiring):
+            task.cancel()
+        await self.runtime.aclose()
         await self.store.aclose()
+
+    async def reload(self) -> bool:
+        """Validate the files in full and swap them in; on any error keep serving the last good version."""
+        async with self._reload_lock:
+            current = self.runtime
+            try:
+                settings = load_settings(current.settings.file, env=self.env)
+                if settings.store != current.settings.store:
+                    raise LoadError("the store cannot change while running; restart the gateway", key="store")
+                fresh = build_runtime(settings, self.store)
+                if fresh.version == current.version:
+                    return True
+                await fresh.proxy.start()
+            except LoadError as exc:
+                self.last_error = str(exc)
+                log.error("reload rejected, still serving version %s: %s", current.version, exc)
+                return False
+            self.runtime = fresh
+            self.last_error = None
+            self.reloads += 1
+            log.info("reloaded: version %s replaces %s", fresh.version, current.version)
+            task = asyncio.create_task(self._retire(current))
+            self._retiring.add(task)
+            task.add_done_callback(self._retiring.discard)
+            return True
+
+    async def _retire(self, old: Runtime) -> None:
+        """Close a replaced version once its in-flight requests are done (bounded by the graceful timeout)."""
+        grace = max((up.read_timeout_s for up in old.settings.upstreams.values()), default=0.0) + 5
+        deadline = time.monotonic() + grace
+        while old.in_flight and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        await old.aclose()
+
+    async def _watch(self) -> None:
+        """Reload when the config or a policy file changes (watchfiles, debounced)."""
+        from watchfiles import awatch
+
+        while not self._stop_watching.is_set():
+            settings = self.settings
+            paths = [p for p in (settings.file, *settings.policies) if Path(p).exists()]
+            if not paths:
+                return
+            async for _ in awatch(
+                *paths,
+                stop_event=self._stop_watching,
+                debounce=settings.reload.debounce_ms,
+                step=50,
+                rust_timeout=500,
+            ):
+                await self.reload()
+                break  # the watched set may have changed with the new policies
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
         if kind == "http":
-            await self._http(scope, receive, send)
+            runtime = self.runtime
+            runtime.in_flight += 1
+            try:
+                await self._http(runtime, scope, receive, send)
+            finally:
+                runtime.in_flight -= 1
         elif kind == "lifespan":
             await self._lifespan(receive, send)
 
-    async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
+    async def _http(self, runtime: Runtime, scope: Scope, receive: Receive, send: Send) -> None:
         path = scope["path"]
         if path == "/healthz":
             await send_json(send, 200, {"status": "ok"})
         elif path == "/readyz":
-            await self._ready(send)
-        elif path == "/.well-known/jwks.json" and self.jwks["keys"]:
-            await send_json(send, 200, self.jwks, {"cache-control": "public, max-age=300"})
-        elif self.token_endpoints.handles(path):
+            await self._ready(runtime, send)
+        elif path == "/.well-known/jwks.json" and runtime.jwks["keys"]:
+            await send_json(send, 200, runtime.jwks, {"cache-control": "public, max-age=300"})
+        elif path == "/admin/policy":
+            try:
+                await self._admin_policy(runtime, scope, send)
+            except HTTPError as exc:
+                await send_error(send, exc)
+        elif runtime.token_endpoints.handles(path):
             try:
                 canonical = canonical_path(scope.get("raw_path") or path.encode())
             except HTTPError as exc:
                 await send_error(send, exc)
                 return
-            await self.token_endpoints(scope, receive, send, canonical)
+            await runtime.token_endpoints(scope, receive, send, canonical)
         else:
-            await self.guarded(scope, receive, send)
+            await runtime.guarded(scope, receive, send)
 
-    async def _ready(self, send: Send) -> None:
-        checks = {"config": True, "upstreams": self.started and self.proxy.ready(), "store": await self.store.ping()}
+    def policy_status(self, runtime: Runtime) -> dict[str, object]:
+        return {
+            "version": runtime.version,
+            "loaded_at": runtime.loaded_at,
+            "files": [runtime.settings.file, *runtime.settings.policies],
+            "reloads": self.reloads,
+            "last_error": self.last_error,
+        }
+
+    async def _ready(self, runtime: Runtime, send: Send) -> None:
+        checks = {
+            "config": True,
+            "upstreams": self.started and runtime.proxy.ready(),
+            "store": await self.store.ping(),
+        }
         ready = all(checks.values())
-        await send_json(send, 200 if ready else 503, {"status": "ready" if ready else "not ready", "checks": checks})
+        body = {"status": "ready" if ready else "not ready", "checks": checks, "policy": self.policy_status(runtime)}
+        await send_json(send, 200 if ready else 503, body)
+
+    async def _admin_policy(self, runtime: Runtime, scope: Scope, send: Send) -> None:
+        admin = runtime.settings.admin
+        if not admin.enabled or scope["method"] != "GET":
+            raise NotFound(f"no route for {scope['method']} /admin/policy", code="no_route")
+        principal = await runtime.authorizer.authenticator.authenticate(scope["headers"])
+        if principal is None:
+            raise Unauthorized("authentication required")
+        if principal.issuer != admin.issuer or not satisfies(principal.scopes, (admin.scope,), "any", False):
+            raise Forbidden(
+                f"insufficient scope: {admin.scope} from issuer {admin.issuer} required", required=admin.scope
+            )
+        await send_json(send, 200, self.policy_status(runtime), {"cache-control": "no-store"})
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         while True:
@@ -122,6 +309,9 @@ class Gateway:
                 return
 
 
-def create_app(settings: Settings, *, store: Store | None = None) -> Gateway:
-    """Build the gateway for `settings`; raises LoadError when the policies or config do not fit together."""
-    return Gateway(settings, store=store)
+def create_app(settings: Settings, *, store: Store | None = None, env: Mapping[str, str] | None = None) -> Gateway:
+    """Build the gateway for `settings`; raises LoadError when the policies or config do not fit together.
+
+    `env` is where `${VAR}`s are read from on reload (default: the process environment).
+    """
+    return Gateway(settings, store=store, env=env)
