@@ -23,7 +23,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from .asgi import Receive, Scope, Send
+from .asgi import Receive, Scope, Send, run_lifespan
 from .authorize import Authorizer
 from .config import Settings, load_settings
 from .credentials import build_credentials
@@ -294,19 +294,7 @@ class Gateway:
         await send_json(send, 200, self.policy_status(runtime), {"cache-control": "no-store"})
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
-        while True:
-            message = await receive()
-            if message["type"] == "lifespan.startup":
-                try:
-                    await self.startup()
-                except Exception as exc:  # report to the server, which then exits
-                    await send({"type": "lifespan.startup.failed", "message": f"{type(exc).__name__}: {exc}"})
-                    return
-                await send({"type": "lifespan.startup.complete"})
-            elif message["type"] == "lifespan.shutdown":
-                await self.shutdown()
-                await send({"type": "lifespan.shutdown.complete"})
-                return
+        await run_lifespan(receive, send, self.startup, self.shutdown)
 
 
 def create_app(settings: Settings, *, store: Store | None = None, env: Mapping[str, str] | None = None) -> Gateway:

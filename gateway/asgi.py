@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
-__all__ = ["ASGIApp", "Message", "Receive", "Scope", "Send", "header_values", "read_body"]
+__all__ = ["ASGIApp", "Message", "Receive", "Scope", "Send", "header_values", "read_body", "run_lifespan"]
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -37,3 +37,29 @@ async def read_body(receive: Receive, limit: int) -> bytes:
         if not message.get("more_body", False):
             break
     return b"".join(chunks)
+
+
+async def run_lifespan(
+    receive: Receive, send: Send, startup: Callable[[], Awaitable[None]], shutdown: Callable[[], Awaitable[None]]
+) -> None:
+    """Answer the ASGI lifespan protocol with `startup` and `shutdown`.
+
+    A failed start-up is reported to the server (which then exits) with the error's type, plus its text
+    only for smsguard's own errors, whose messages never carry secrets.
+    """
+    from .errors import SmsguardError
+
+    while True:
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            try:
+                await startup()
+            except Exception as exc:
+                text = f"{type(exc).__name__}: {exc}" if isinstance(exc, SmsguardError) else type(exc).__name__
+                await send({"type": "lifespan.startup.failed", "message": text})
+                return
+            await send({"type": "lifespan.startup.complete"})
+        elif message["type"] == "lifespan.shutdown":
+            await shutdown()
+            await send({"type": "lifespan.shutdown.complete"})
+            return

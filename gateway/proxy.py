@@ -46,7 +46,7 @@ from urllib.parse import quote, unquote_plus, urlencode
 import aiohttp
 from yarl import URL
 
-from .asgi import Receive, Scope, Send
+from .asgi import Receive, Scope, Send, run_lifespan
 from .config import ProxySettings, UpstreamSettings
 from .credentials import CredentialErrorRule, Credentials, OutgoingRequest, build_credentials
 from .errors import BadGateway, BadRequest, GatewayTimeout, HTTPError, PayloadTooLarge, ServiceUnavailable
@@ -374,19 +374,7 @@ class ProxyApp:
             await send({"type": "websocket.close", "code": 1008})
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
-        while True:
-            message = await receive()
-            if message["type"] == "lifespan.startup":
-                try:
-                    await self.start()
-                except Exception as exc:
-                    await send({"type": "lifespan.startup.failed", "message": type(exc).__name__})
-                    return
-                await send({"type": "lifespan.startup.complete"})
-            elif message["type"] == "lifespan.shutdown":
-                await self.aclose()
-                await send({"type": "lifespan.shutdown.complete"})
-                return
+        await run_lifespan(receive, send, self.start, self.aclose)
 
     async def _forward(self, scope: Scope, send: Send, exchange: _Exchange) -> None:
         decision: Decision | None = scope.get("smsguard")
