@@ -34,5 +34,21 @@ redis:
 	@$(BIN)/python -c "import socket; socket.create_connection(('127.0.0.1', 6379), 1).close()" 2>/dev/null \
 	  || redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save "" --appendonly no
 
+# End-to-end benchmark -> bench/RESULTS.md (~6 min): nginx and wrk come from Debian's packages, installed
+# here when missing (needs root). BENCH_ARGS passes options, e.g. BENCH_ARGS="--duration 10 --rounds 3".
+# The matcher alone: $(BIN)/python bench/match_bench.py (bench/MATCH_RESULTS.md).
+bench: $(STAMP)
+	@command -v wrk >/dev/null && command -v nginx >/dev/null || { apt-get update -q && \
+	  { DEBIAN_FRONTEND=noninteractive apt-get install -y -q nginx-light wrk || \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -q nginx wrk; }; }
+	$(BIN)/python bench/run.py $(BENCH_ARGS)
+
+# Long fuzzing runs outside `make test` (~15 min): token parsing, Authorization headers, config and policy
+# loading; the suite runs the same targets with a small budget. FUZZ_EXAMPLES sets examples per target.
+FUZZ_EXAMPLES ?= 100000
+fuzz: $(STAMP)
+	$(BIN)/python tests/security/fuzz_tokens.py --examples $(FUZZ_EXAMPLES)
+	$(BIN)/python tests/security/fuzz_config.py --examples $(FUZZ_EXAMPLES)
+
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache build *.egg-info

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+from urllib.parse import unquote_plus
 
 import httpx
 
@@ -22,9 +24,12 @@ from .paths import canonical_path
 from .policy import Policy, Rule, load_policies
 from .verify import Principal, TokenVerifier
 
+if TYPE_CHECKING:
+    from .observe import RequestRecord
+
 __all__ = ["Authorizer", "Decision"]
 
-_TOKEN_QUERY_KEY = b"access_token="  # RFC 6750 section 2.3, refused: URLs end up in logs
+_TOKEN_QUERY_NAME = b"access_token"  # RFC 6750 section 2.3, refused: URLs end up in logs
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,11 +76,26 @@ class Authorizer:
         await self.authenticator.verifier.aclose()
 
     async def authorize(
-        self, method: str, raw_path: bytes | str, headers: Sequence[tuple[bytes, bytes]], query: bytes = b""
+        self,
+        method: str,
+        raw_path: bytes | str,
+        headers: Sequence[tuple[bytes, bytes]],
+        query: bytes = b"",
+        *,
+        record: RequestRecord | None = None,
     ) -> Decision:
-        """Return the Decision for an allowed request; raise an HTTPError for any refusal."""
+        """Return the Decision for an allowed request; raise an HTTPError for any refusal.
+
+        `record` (the access log's) learns the canonical path, the rule and the principal as soon as
+        each is known, so a refusal is logged with what was known: who lacked which scope for which rule.
+        """
         path, match = self.route(method, raw_path, query)
+        if record is not None:
+            record.path = path
+            record.rule = match.rule
         principal = None if match.rule.public else await self.authenticator.authenticate(headers)
+        if record is not None:
+            record.principal = principal
         return self.decide(path, match, principal)
 
     def route(self, method: str, raw_path: bytes | str, query: bytes = b"") -> tuple[str, Match]:
@@ -105,6 +125,15 @@ class Authorizer:
 
 
 def _token_in_query(query: bytes) -> bool:
+    """Whether any parameter is named `access_token` as the upstream will read it (decoded, any case)."""
     if not query:
         return False
-    return any(part.lower().startswith(_TOKEN_QUERY_KEY) for part in query.split(b"&"))
+    for part in query.split(b"&"):
+        name, equals, _ = part.partition(b"=")
+        if not equals:
+            continue
+        if b"%" in name or b"+" in name:
+            name = unquote_plus(name.decode("latin-1")).encode("latin-1", "replace")
+        if name.lower() == _TOKEN_QUERY_NAME:
+            return True
+    return False

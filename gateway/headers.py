@@ -2,10 +2,11 @@
 
 Request side: hop-by-hop headers, everything the client names in `Connection`, its `Host`, framing
 (`Content-Length`; the forwarder frames the body itself), its credentials (`Authorization`, `Cookie`),
-method overrides, and client-made forwarding claims (`Forwarded`, `X-Forwarded-*`, `X-Real-IP`) are
-dropped. Names are compared *normalized* (lowercase, `_` and `.` read as `-`) because many upstream
-frameworks fold `X_Api_Key` into `X-Api-Key`: a client must not smuggle a second credential in under an
-alias. `X-Forwarded-*` is then rebuilt from the real connection (see `forwarded_headers`).
+method and path overrides (`X-HTTP-Method-Override`, `X-Original-URL`, ...), and client-made
+forwarding claims (`Forwarded`, `X-Forwarded-*`, `X-Real-IP`) are dropped. Names are compared
+*normalized* (lowercase, `_` and `.` read as `-`) because many upstream frameworks fold `X_Api_Key` into
+`X-Api-Key`: a client must not smuggle a second credential in under an alias. `X-Forwarded-*` is then
+rebuilt from the real connection (see `forwarded_headers`).
 
 Response side: hop-by-hop and `Connection`-named headers are dropped; everything else is the upstream's.
 """
@@ -56,6 +57,8 @@ REQUEST_DROPPED = HOP_BY_HOP | frozenset(
         "x-http-method-override",
         "x-http-method",
         "x-method-override",
+        "x-original-url",  # path overrides some frameworks (IIS, old Symfony/Zend) route by instead of the target
+        "x-rewrite-url",
         "forwarded",
         "x-real-ip",
     }

@@ -2,14 +2,16 @@
 
 A gateway and its upstream must agree on which resource a request names. Every spelling that two
 parsers could read differently (dot segments, encoded slashes or backslashes, `;` parameters, empty
-segments, control bytes, malformed escapes) is refused with a 400 instead of being guessed at; the
-harmless variants (escaped unreserved characters, lowercase hex) are normalized. The result is the
-only path the policy sees and the only path sent upstream.
+segments, control bytes, malformed escapes, escapes that are not UTF-8 such as the overlong `%C0%AE`)
+is refused with a 400 instead of being guessed at; the harmless variants (escaped unreserved
+characters, lowercase hex) are normalized. The result is the only path the policy sees and the only
+path sent upstream.
 """
 
 from __future__ import annotations
 
 import re
+from urllib.parse import unquote_to_bytes
 
 from .errors import BadRequest
 
@@ -53,6 +55,7 @@ def _canonical_segment(segment: str, raw: str, last: bool) -> str:
         raise _bad("empty segment ('//')", raw)
     parts: list[str] = []
     pos = 0
+    non_ascii = False
     for token in _TOKEN.finditer(segment):
         if token.start() != pos:
             break
@@ -69,6 +72,7 @@ def _canonical_segment(segment: str, raw: str, last: bool) -> str:
         elif byte in _FORBIDDEN_ESCAPES:
             raise _bad(_FORBIDDEN_ESCAPES[byte], raw)
         else:
+            non_ascii = non_ascii or byte > 0x7F
             parts.append(text.upper())
     if pos != len(segment):
         char = segment[pos]
@@ -77,6 +81,11 @@ def _canonical_segment(segment: str, raw: str, last: bool) -> str:
     canonical = "".join(parts)
     if canonical in (".", ".."):
         raise _bad("a dot segment", raw)
+    if non_ascii:  # overlong forms (%C0%AE is a '.' to a lax decoder) and other invalid UTF-8 are refused
+        try:
+            unquote_to_bytes(canonical).decode("utf-8")
+        except UnicodeDecodeError:
+            raise _bad("escapes that are not UTF-8", raw) from None
     return canonical
 
 

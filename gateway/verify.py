@@ -425,9 +425,15 @@ def _numeric_date(claims: Mapping[str, Any], name: str) -> float | None:
     if name not in claims:
         return None
     value = claims[name]
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+    if isinstance(value, bool) or not isinstance(value, int | float):
         _reject("bad_claim_type", f"token {name} claim is not a number")
-    return float(value)
+    try:
+        number = float(value)  # JSON integers are unbounded: 1e400 written out in digits overflows a float
+    except OverflowError:
+        number = math.inf
+    if not math.isfinite(number):
+        _reject("bad_claim_type", f"token {name} claim is not a finite number")
+    return number
 
 
 def _token_type(header: Mapping[str, Any]) -> str | None:

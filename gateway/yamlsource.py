@@ -16,7 +16,9 @@ import yaml
 
 from .errors import LoadError
 
-__all__ = ["Fields", "Node", "load_file", "load_text"]
+__all__ = ["MAX_INTEGER", "Fields", "Node", "load_file", "load_text"]
+
+MAX_INTEGER = 2**53  # the largest integer a float holds exactly; NaN and infinities fail the range check too
 
 
 # libyaml's loader composes the same nodes with the same marks, about 3.5x faster on large policies.
@@ -86,7 +88,11 @@ class Node:
     def value(self) -> object:
         """The plain Python value of a scalar (str, int, float, bool or None)."""
         self._expect(yaml.ScalarNode, "a single value")
-        return _constructor.construct_object(self.raw, deep=True)
+        try:
+            return _constructor.construct_object(self.raw, deep=True)
+        except Exception as exc:  # PyYAML's constructors on hostile scalars: `<<`, `!!bool x`, 2001-13-45, 5000 digits
+            problem = getattr(exc, "problem", None) or type(exc).__name__
+            self.fail(f"unreadable value ({problem})", hint="quote it to make it a string")
 
     def value_or_none(self) -> object:
         """The scalar value, or None for a mapping or list."""
@@ -120,14 +126,16 @@ class Node:
         value = self.value()
         if not isinstance(value, int) or isinstance(value, bool):
             self.fail(f"expected an integer, got {self.describe()}")
+        if abs(value) > MAX_INTEGER:  # no setting needs more, and a float (timeouts, lifetimes) must hold it
+            self.fail(f"must be at most {MAX_INTEGER} in size")
         if minimum is not None and value < minimum:
             self.fail(f"must be at least {minimum}, got {value}")
         return value
 
     def number(self, minimum: float | None = None) -> float:
         value = self.value()
-        if not isinstance(value, int | float) or isinstance(value, bool):
-            self.fail(f"expected a number, got {self.describe()}")
+        if not isinstance(value, int | float) or isinstance(value, bool) or not -MAX_INTEGER <= value <= MAX_INTEGER:
+            self.fail(f"expected a finite number, got {self.describe()}")
         if minimum is not None and value < minimum:
             self.fail(f"must be at least {minimum}, got {value}")
         return float(value)

@@ -7,6 +7,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -33,10 +34,12 @@ class GatewayProcess:
 def gateway_process(config: Path, env: Mapping[str, str], *, timeout_s: float = 20.0) -> Iterator[GatewayProcess]:
     """Start the gateway, wait for /readyz, yield its URL and pid, then SIGTERM it and wait."""
     port = free_port()
+    # a file, not a pipe: an unread pipe fills up and blocks the gateway
+    output = tempfile.TemporaryFile()  # noqa: SIM115 (closed in the finally below)
     process = subprocess.Popen(
         [sys.executable, "-m", "gateway", "serve", "--config", str(config), "--port", str(port)],
         env={**os.environ, **env},
-        stdout=subprocess.PIPE,
+        stdout=output,
         stderr=subprocess.STDOUT,
     )
     url = f"http://127.0.0.1:{port}"
@@ -44,8 +47,8 @@ def gateway_process(config: Path, env: Mapping[str, str], *, timeout_s: float = 
         deadline = time.monotonic() + timeout_s
         while True:
             if process.poll() is not None:
-                output = process.stdout.read().decode() if process.stdout else ""
-                raise RuntimeError(f"gateway exited with {process.returncode}: {output}")
+                output.seek(0)
+                raise RuntimeError(f"gateway exited with {process.returncode}: {output.read().decode()[-2000:]}")
             try:
                 if httpx.get(url + "/readyz", timeout=1).status_code == 200:
                     break
@@ -62,5 +65,4 @@ def gateway_process(config: Path, env: Mapping[str, str], *, timeout_s: float = 
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
-        if process.stdout:
-            process.stdout.close()
+        output.close()

@@ -16,6 +16,7 @@ from argon2 import PasswordHasher
 from fakes import RecordingUpstream, Reply
 from gatewayconfig import GatewayConfig
 from processes import free_port, gateway_process
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from gateway.cli import main, uvicorn_options
 from gateway.config import parse_settings
@@ -100,10 +101,11 @@ def test_hash_password_prints_a_verifiable_argon2id_hash(
 
 
 def test_server_options_are_the_hardened_ones() -> None:
-    """httptools + uvloop, no proxy-header trust, and a drain longer than any upstream timeout."""
+    """httptools (with head limits) + uvloop, no proxy-header trust, and a drain longer than any upstream timeout."""
     settings = parse_settings("upstreams:\n  a: {url: 'https://x', read_timeout_s: 40, connect_timeout_s: 5}\n", env={})
     options = uvicorn_options(settings)
-    assert options["http"] == "httptools"
+    assert issubclass(options["http"].func, HttpToolsProtocol)
+    assert options["http"].keywords == {"head_timeout_s": 10.0, "max_head_bytes": 65536}
     assert options["loop"] == "uvloop"
     assert options["proxy_headers"] is False
     assert options["timeout_graceful_shutdown"] > 45

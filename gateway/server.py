@@ -1,0 +1,165 @@
+"""The HTTP/1.1 server protocol `gateway serve` runs: uvicorn's httptools protocol with the limits it lacks.
+
+uvicorn with httptools bounds neither how long a client may take to send a request head nor how big
+the head may grow, and it reduces an absolute-form target (`GET http://evil/x HTTP/1.1`) to its path
+without telling the app. `GatewayHttpProtocol` adds, per connection:
+
+- a head deadline: from the moment the connection opens, or the first byte of a later request head
+  arrives, the whole head must be in within `head_timeout_s`, else the connection is closed
+  (slowloris; idle connections that never send anything are closed the same way);
+- a head size limit: a head larger than `max_head_bytes` is answered 431 and the connection closed,
+  before httptools has buffered more than that (it buffers a header line whole, without a limit);
+- origin-form targets only: a target that does not start with `/` (absolute-form, authority-form,
+  asterisk-form) is answered 400 and never reaches the app;
+- no trailers as headers: httptools reports the trailer fields of a chunked body like header fields,
+  and uvicorn appends them to `scope["headers"]`, while the app may already be reading that list; they
+  are dropped (ASGI has no request trailers).
+
+Keep-alive between requests stays uvicorn's (`timeout_keep_alive`). Configure with
+`protocol_factory(head_timeout_s=..., max_head_bytes=...)`, which `cli.uvicorn_options` passes as
+uvicorn's `http` (a picklable `functools.partial`, so `--workers N` works).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import http
+import json
+import logging
+from typing import Any
+
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+__all__ = [
+    "DEFAULT_HEAD_TIMEOUT_S",
+    "DEFAULT_MAX_HEAD_BYTES",
+    "GatewayHttpProtocol",
+    "protocol_factory",
+]
+
+DEFAULT_HEAD_TIMEOUT_S = 10.0
+DEFAULT_MAX_HEAD_BYTES = 64 * 1024
+
+log = logging.getLogger("smsguard.server")
+
+
+class _Rejected(Exception):
+    """Raised from a parser callback to stop httptools after the protocol answered the request itself."""
+
+
+class GatewayHttpProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol plus a head deadline, a head size limit and origin-form targets only."""
+
+    def __init__(
+        self,
+        *args: Any,
+        head_timeout_s: float = DEFAULT_HEAD_TIMEOUT_S,
+        max_head_bytes: int = DEFAULT_MAX_HEAD_BYTES,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        self.head_timeout_s = head_timeout_s
+        self.max_head_bytes = max_head_bytes
+        self._reading_head = True  # waiting for (the rest of) a request head
+        self._head_bytes = 0  # bytes fed to the parser since this head started
+        self._heads = 0  # heads completed on this connection
+        self._head_timer: asyncio.TimerHandle | None = None
+        self._rejected = False
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._arm_head_timer()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._cancel_head_timer()
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        if self._rejected:
+            return
+        if self._reading_head:
+            if self._head_timer is None:
+                self._arm_head_timer()
+            room = self.max_head_bytes - self._head_bytes
+            if len(data) > room:
+                # Feed only what the limit allows: unless that completes the head, the rest is refused unread.
+                heads = self._heads
+                super().data_received(data[:room])
+                if self.transport.is_closing():
+                    return
+                if self._heads == heads:
+                    self._reject(431, "the request head is too large")
+                    return
+                self.data_received(data[room:])  # body bytes, or a pipelined head counted from here
+                return
+            self._head_bytes += len(data)
+        super().data_received(data)
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._reading_head = True
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if self._reading_head:  # trailer fields of a chunked body would be appended to the scope's headers
+            super().on_header(name, value)
+
+    def on_headers_complete(self) -> None:
+        self._cancel_head_timer()
+        self._reading_head = False
+        self._head_bytes = 0
+        self._heads += 1
+        if not self.url.startswith(b"/"):
+            self._reject(400, "the request target must be a path (origin-form)")
+            raise _Rejected
+        super().on_headers_complete()
+
+    def on_message_complete(self) -> None:
+        super().on_message_complete()
+        self._reading_head = True
+        self._head_bytes = 0
+
+    def send_400_response(self, msg: str) -> None:
+        if not self._rejected:  # the protocol already answered (and httptools stopped on _Rejected)
+            super().send_400_response(msg)
+
+    def _arm_head_timer(self) -> None:
+        self._cancel_head_timer()
+        self._head_timer = self.loop.call_later(self.head_timeout_s, self._head_timed_out)
+
+    def _cancel_head_timer(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def _head_timed_out(self) -> None:
+        self._head_timer = None
+        if self._reading_head and not self.transport.is_closing():
+            log.debug("closing a connection that sent no complete request head in %.1f s", self.head_timeout_s)
+            self.transport.close()
+
+    def _reject(self, status: int, message: str) -> None:
+        """Answer `{"message": ...}` with `status` and close the connection (nothing reaches the app)."""
+        self._rejected = True
+        self._cancel_head_timer()
+        if self.transport.is_closing():
+            return
+        body = json.dumps({"message": message}).encode()
+        head = [f"HTTP/1.1 {status} {http.HTTPStatus(status).phrase}\r\n".encode()]
+        head += [name + b": " + value + b"\r\n" for name, value in self.server_state.default_headers]
+        head += [
+            b"content-type: application/json\r\n",
+            b"content-length: %d\r\n" % len(body),
+            b"connection: close\r\n\r\n",
+        ]
+        self.transport.write(b"".join(head) + body)
+        self.transport.close()
+
+
+def protocol_factory(
+    *, head_timeout_s: float = DEFAULT_HEAD_TIMEOUT_S, max_head_bytes: int = DEFAULT_MAX_HEAD_BYTES
+) -> functools.partial[GatewayHttpProtocol]:
+    """uvicorn's `http=` for the gateway: `GatewayHttpProtocol` with these limits (picklable for workers)."""
+    if head_timeout_s <= 0 or max_head_bytes < 1024:
+        raise ValueError("head_timeout_s must be positive and max_head_bytes at least 1024")
+    return functools.partial(GatewayHttpProtocol, head_timeout_s=head_timeout_s, max_head_bytes=max_head_bytes)
