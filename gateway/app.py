@@ -1,14 +1,21 @@
 """`create_app(settings)`: the reverse-proxy gateway as one ASGI app that owns its clients and stores.
 
-    request ─┬─ /healthz, /readyz, /.well-known/jwks.json, /admin/policy   answered here
-             ├─ {tokens.mount}/auth/token...                              TokenEndpoints
-             └─ everything else ── GuardMiddleware ── ProxyApp ── upstream (credentials injected)
+    request ── Observer ─┬─ /healthz, /readyz, /.well-known/jwks.json, /admin/policy, /metrics   answered here
+                         ├─ {tokens.mount}/auth/token...                     TokenEndpoints
+                         └─ everything else ── GuardMiddleware ── ProxyApp ── upstream (credentials injected)
 
 Everything derived from one version of config.yaml and the policies lives in a `Runtime`. Hot reload
 (file change or SIGHUP) builds and validates a whole new Runtime and swaps it in with one assignment;
 a request keeps the Runtime it started with, and a replaced Runtime's pools close once its last request
 has finished. An invalid edit changes nothing: the last good version keeps serving and the error is
 reported in /readyz and /admin/policy. Nothing is global: two apps in one process share no state.
+
+The Gateway owns its observability: `Loggers` (structlog, one redacting chain that knows this app's
+secrets; events go to stdlib logging `smsguard.*` unless a `log_sink` is given, e.g. the CLI's
+`StreamSink`), `Metrics` (its own Prometheus registry, served at `metrics.path`) and the `Observer`
+that gives every request an id, one access event and its metrics (`observe.py`). Audit events:
+`policy.loaded`, `policy.reload_rejected` here; `token.*` in tokens.py; `upstream.*` in exchange.py
+and proxy.py.
 """
 
 from __future__ import annotations
@@ -16,7 +23,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-import logging
 import signal
 import time
 from collections.abc import Mapping, Sequence
@@ -29,7 +35,19 @@ from .config import Settings, load_settings
 from .credentials import build_credentials
 from .errors import Forbidden, HTTPError, LoadError, NotFound, Unauthorized
 from .issue import TokenIssuer
+from .logs import Loggers, LogSink, Redactor
+from .metrics import Metrics
 from .middleware import GuardMiddleware
+from .observe import (
+    RECORD_KEY,
+    ObservePlan,
+    Observer,
+    RequestRecord,
+    display_path,
+    note_principal,
+    route_label,
+    rule_label,
+)
 from .paths import canonical_path
 from .policy import Policy, load_policies
 from .proxy import ProxyApp
@@ -40,8 +58,6 @@ from .tokens import TokenService
 from .tokens_api import TokenEndpoints
 
 __all__ = ["Gateway", "Runtime", "build_runtime", "check_policies_against_upstreams", "create_app"]
-
-log = logging.getLogger("smsguard.reload")
 
 
 def check_policies_against_upstreams(settings: Settings, policies: Sequence[Policy]) -> None:
@@ -86,25 +102,39 @@ class Runtime:
     token_endpoints: TokenEndpoints
     jwks: dict[str, list[dict[str, object]]]
     in_flight: int = 0
+    observe: ObservePlan | None = None  # None: neither access log nor metrics, requests are not wrapped
 
     async def aclose(self) -> None:
         await self.proxy.aclose()
         await self.authorizer.aclose()
 
 
-def build_runtime(settings: Settings, store: Store) -> Runtime:
-    """Load and check everything `settings` names; raises LoadError and builds nothing half-way."""
+def build_runtime(
+    settings: Settings, store: Store, *, loggers: Loggers | None = None, metrics: Metrics | None = None
+) -> Runtime:
+    """Load and check everything `settings` names; raises LoadError and builds nothing half-way.
+
+    `loggers` (whose redactor learns this version's secrets and credential names) and `metrics` are the
+    Gateway's; without them the parts log to stdlib `smsguard.*` and count nothing.
+    """
+    if loggers is not None:
+        loggers.redactor.add(settings.secret_values())
     policies = load_policies(settings.policies)
     check_policies_against_upstreams(settings, policies)
     vocabulary = {scope for policy in policies for scope in policy.scopes}
-    tokens = TokenService(settings.tokens, store, vocabulary)
+    tokens = TokenService(settings.tokens, store, vocabulary, log=loggers.audit if loggers else None)
     authorizer = Authorizer.from_settings(settings, policies=policies, is_revoked=tokens.is_revoked)
     # Token exchanges cache provider tokens in the shared store (one login across instances on Redis,
     # and across reloads); their login clients close with the proxy (ProxyApp.aclose closes every injector).
+    upstream_log = loggers.upstream if loggers else None
     credentials = {
-        name: build_credentials(up.credentials, name=name, store=store) for name, up in settings.upstreams.items()
+        name: build_credentials(up.credentials, name=name, store=store, log=upstream_log, metrics=metrics)
+        for name, up in settings.upstreams.items()
     }
-    proxy = ProxyApp(settings.upstreams, settings.proxy, credentials)
+    if loggers is not None:
+        for injector in credentials.values():
+            loggers.redactor.add(injector.secret_values, injector.header_names | injector.query_names)
+    proxy = ProxyApp(settings.upstreams, settings.proxy, credentials, log=upstream_log, metrics=metrics)
     issuer = tokens.issuer
     return Runtime(
         settings=settings,
@@ -117,16 +147,37 @@ def build_runtime(settings: Settings, store: Store) -> Runtime:
         guarded=GuardMiddleware(proxy, authorizer=authorizer),
         token_endpoints=TokenEndpoints(settings.tokens.mount, tokens, authorizer.authenticator),
         jwks=issuer.jwks() if isinstance(issuer, TokenIssuer) else {"keys": []},
+        observe=_observe_plan(settings, policies),
     )
+
+
+def _observe_plan(settings: Settings, policies: Sequence[Policy]) -> ObservePlan | None:
+    log, metrics = settings.log, settings.metrics
+    if not log.access and not metrics.enabled:
+        return None
+    labels = {id(rule): rule_label(rule) for policy in policies for rule in policy.rules}
+    return ObservePlan(access=log.access, probes=log.health_checks, count=metrics.enabled, labels=labels)
 
 
 class Gateway:
     """The ASGI application behind `gateway serve`."""
 
-    def __init__(self, settings: Settings, *, store: Store | None = None, env: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        store: Store | None = None,
+        env: Mapping[str, str] | None = None,
+        log_sink: LogSink | None = None,
+    ) -> None:
         self.env = env
+        self.loggers = Loggers.build(Redactor(), level=settings.log.level, sink=log_sink)
+        self.metrics = Metrics()
+        self.observer = Observer(self.loggers.access, self.metrics, self._http)
         self.store = store if store is not None else open_store(settings.store)
-        self.runtime = build_runtime(settings, self.store)
+        self.runtime = build_runtime(settings, self.store, loggers=self.loggers, metrics=self.metrics)
+        self.metrics.serving(self.runtime.version)
+        self._policy_loaded(self.runtime, None)
         self.last_error: str | None = None
         self.reloads = 0
         self.started = False
@@ -173,6 +224,7 @@ class Gateway:
             task.cancel()
         await self.runtime.aclose()
         await self.store.aclose()
+        self.metrics.process_exiting()
 
     async def reload(self) -> bool:
         """Validate the files in full and swap them in; on any error keep serving the last good version."""
@@ -182,22 +234,37 @@ class Gateway:
                 settings = load_settings(current.settings.file, env=self.env)
                 if settings.store != current.settings.store:
                     raise LoadError("the store cannot change while running; restart the gateway", key="store")
-                fresh = build_runtime(settings, self.store)
+                fresh = build_runtime(settings, self.store, loggers=self.loggers, metrics=self.metrics)
                 if fresh.version == current.version:
+                    self.metrics.policy_reload("unchanged")
                     return True
                 await fresh.proxy.start()
             except LoadError as exc:
                 self.last_error = str(exc)
-                log.error("reload rejected, still serving version %s: %s", current.version, exc)
+                self.metrics.policy_reload("rejected")
+                self.loggers.audit.error("policy.reload_rejected", version=current.version, error=str(exc))
                 return False
             self.runtime = fresh
             self.last_error = None
             self.reloads += 1
-            log.info("reloaded: version %s replaces %s", fresh.version, current.version)
+            self.metrics.policy_reload("ok")
+            self.metrics.serving(fresh.version)
+            self._policy_loaded(fresh, current.version)
             task = asyncio.create_task(self._retire(current))
             self._retiring.add(task)
             task.add_done_callback(self._retiring.discard)
             return True
+
+    def _policy_loaded(self, runtime: Runtime, previous: str | None) -> None:
+        self.loggers.audit.info(
+            "policy.loaded",
+            version=runtime.version,
+            previous=previous,
+            trigger="startup" if previous is None else "reload",
+            files=[display_path(file) for file in (runtime.settings.file, *runtime.settings.policies)],
+            rules=sum(len(policy.rules) for policy in runtime.policies),
+            upstreams=sorted(runtime.settings.upstreams),
+        )
 
     async def _retire(self, old: Runtime) -> None:
         """Close a replaced version once its in-flight requests are done (bounded by the graceful timeout)."""
@@ -232,31 +299,59 @@ class Gateway:
             runtime = self.runtime
             runtime.in_flight += 1
             try:
-                await self._http(runtime, scope, receive, send)
+                plan = runtime.observe
+                if plan is None:
+                    await self._http(runtime, scope, receive, send)
+                else:
+                    await self.observer(plan, runtime, scope, receive, send)
             finally:
                 runtime.in_flight -= 1
         elif kind == "lifespan":
             await self._lifespan(receive, send)
+        elif kind == "websocket":  # nothing here speaks websockets: refuse the handshake (403), never a 500
+            await send({"type": "websocket.close", "code": 1008})
 
     async def _http(self, runtime: Runtime, scope: Scope, receive: Receive, send: Send) -> None:
         path = scope["path"]
+        record: RequestRecord | None = scope.get(RECORD_KEY)
         if path == "/healthz":
+            _mark(record, scope, path, probe=True)
             await send_json(send, 200, {"status": "ok"})
         elif path == "/readyz":
+            _mark(record, scope, path, probe=True)
             await self._ready(runtime, send)
         elif path == "/.well-known/jwks.json" and runtime.jwks["keys"]:
+            _mark(record, scope, path)
             await send_json(send, 200, runtime.jwks, {"cache-control": "public, max-age=300"})
         elif path == "/admin/policy":
+            _mark(record, scope, path)
             try:
                 await self._admin_policy(runtime, scope, send)
             except HTTPError as exc:
+                if record is not None:
+                    record.refuse(exc)
                 await send_error(send, exc)
+        elif path == runtime.settings.metrics.served_path:
+            _mark(record, scope, path, probe=True)
+            body, content_type = self.metrics.render()
+            headers = [
+                (b"content-type", content_type.encode("latin-1")),
+                (b"content-length", str(len(body)).encode()),
+                (b"cache-control", b"no-store"),
+            ]
+            await send({"type": "http.response.start", "status": 200, "headers": headers})
+            await send({"type": "http.response.body", "body": body})
         elif runtime.token_endpoints.handles(path):
             try:
                 canonical = canonical_path(scope.get("raw_path") or path.encode())
             except HTTPError as exc:
+                if record is not None:
+                    record.refuse(exc)
                 await send_error(send, exc)
                 return
+            if record is not None:
+                record.path = canonical
+                record.route = route_label(scope["method"], runtime.token_endpoints.template(canonical))
             await runtime.token_endpoints(scope, receive, send, canonical)
         else:
             await runtime.guarded(scope, receive, send)
@@ -285,6 +380,7 @@ class Gateway:
         if not admin.enabled or scope["method"] != "GET":
             raise NotFound(f"no route for {scope['method']} /admin/policy", code="no_route")
         principal = await runtime.authorizer.authenticator.authenticate(scope["headers"])
+        note_principal(scope, principal)
         if principal is None:
             raise Unauthorized("authentication required")
         if principal.issuer != admin.issuer or not satisfies(principal.scopes, (admin.scope,), "any", False):
@@ -297,9 +393,24 @@ class Gateway:
         await run_lifespan(receive, send, self.startup, self.shutdown)
 
 
-def create_app(settings: Settings, *, store: Store | None = None, env: Mapping[str, str] | None = None) -> Gateway:
+def _mark(record: RequestRecord | None, scope: Scope, path: str, *, probe: bool = False) -> None:
+    """Label a request the gateway answers itself (`GET /healthz`); probes are logged only if configured."""
+    if record is not None:
+        record.route = route_label(scope["method"], path)
+        record.probe = probe
+
+
+def create_app(
+    settings: Settings,
+    *,
+    store: Store | None = None,
+    env: Mapping[str, str] | None = None,
+    log_sink: LogSink | None = None,
+) -> Gateway:
     """Build the gateway for `settings`; raises LoadError when the policies or config do not fit together.
 
-    `env` is where `${VAR}`s are read from on reload (default: the process environment).
+    `env` is where `${VAR}`s are read from on reload (default: the process environment). `log_sink` is
+    where its events go (default: stdlib logging, loggers `smsguard.access|audit|upstream`; the CLI
+    passes a `StreamSink`; tests a `LogCapture`).
     """
-    return Gateway(settings, store=store, env=env)
+    return Gateway(settings, store=store, env=env, log_sink=log_sink)

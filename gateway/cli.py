@@ -1,7 +1,7 @@
 """The `gateway` command (also `python -m gateway`).
 
-    gateway serve --config config.yaml [--host H] [--port P] [--workers N]
-    gateway demo [--config config.yaml] [--port P]
+    gateway serve --config config.yaml [--host H] [--port P] [--workers N] [--log-format auto|json|console]
+    gateway demo [--config config.yaml] [--port P] [--log-format auto|json|console]
     gateway token issue --config C --sub S --scope messages:send [--scope ...] [--ttl 900]
     gateway token revoke --config C JTI
     gateway hash-password [--stdin]
@@ -9,26 +9,40 @@
 
 Every failure prints one clear line to stderr (a config error names file:line:column and key) and exits
 non-zero; nothing here prints a secret except what the user asked for (a token, a hash).
+
+`serve` and `demo` set up what is process-wide, so `create_app` never has to: the gateway's events and
+every stdlib record (uvicorn, aiohttp, httpx) as JSON lines or console lines on stderr, through the
+gateway's redactor (`logs.configure_stdlib_logging`); and, for `--workers N > 1` or `metrics.port`,
+prometheus_client's multiprocess directory (a fresh temporary one unless PROMETHEUS_MULTIPROC_DIR is set),
+created before prometheus_client is first imported and removed on exit.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import getpass
 import os
 import secrets
+import shutil
 import sys
-from collections.abc import Sequence
+import tempfile
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .config import Settings, load_settings
 from .errors import HTTPError, LoadError
 
+if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
+
 __all__ = ["main"]
 
 CONFIG_ENV = "SMSGUARD_CONFIG"
+LOG_FORMAT_ENV = "SMSGUARD_LOG_FORMAT"
+LOG_FORMATS = ("auto", "json", "console")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -40,10 +54,16 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--host")
     serve.add_argument("--port", type=int)
     serve.add_argument("--workers", type=int, default=1)
+    serve.add_argument(
+        "--log-format", choices=LOG_FORMATS, default="auto", help="log lines on stderr (auto: console on a terminal)"
+    )
 
     demo = commands.add_parser("demo", help="run the gateway in front of a built-in SMSGate sandbox")
     demo.add_argument("--config", default="config.yaml")
     demo.add_argument("--port", type=int)
+    demo.add_argument(
+        "--log-format", choices=LOG_FORMATS, default="auto", help="log lines on stderr (auto: console on a terminal)"
+    )
 
     token = commands.add_parser("token", help="issue or revoke the gateway's own tokens")
     token_commands = token.add_subparsers(dest="token_command", required=True)
@@ -74,7 +94,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "demo":
             from .demo import run_demo
 
-            return run_demo(Path(args.config), port=args.port)
+            return run_demo(Path(args.config), port=args.port, log_format=args.log_format)
         if args.command == "token":
             return asyncio.run(_token(args))
         if args.command == "hash-password":
@@ -97,41 +117,111 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
-    settings = load_settings(args.config)
-    from .app import create_app
+    from .logs import resolve_format
 
-    create_app(settings)  # validate policies and upstreams before any worker starts
-    os.environ[CONFIG_ENV] = str(Path(args.config).resolve())
-    uvicorn.run(
-        "gateway.cli:app_from_environment",
-        factory=True,
-        **uvicorn_options(settings, host=args.host, port=args.port),
-        workers=args.workers,
-    )
+    settings = load_settings(args.config)
+    log_format = resolve_format(args.log_format)
+    with _metrics_directory(settings, args.workers) as directory:  # before prometheus_client is imported
+        from .app import create_app
+        from .logs import NullSink, configure_stdlib_logging
+
+        checked = create_app(settings, log_sink=NullSink())  # validate policies and upstreams before any worker
+        checked.metrics.process_exiting()  # this process serves no requests: keep its gauges out of the aggregate
+        configure_stdlib_logging(log_format, level=settings.log.level, redactor=checked.loggers.redactor)
+        if directory is not None and settings.metrics.port is not None:
+            from .metrics import aggregate_registry
+
+            start_metrics_listener(settings, aggregate_registry(directory))
+        os.environ[CONFIG_ENV] = str(Path(args.config).resolve())
+        os.environ[LOG_FORMAT_ENV] = log_format
+        uvicorn.run(
+            "gateway.cli:app_from_environment",
+            factory=True,
+            **uvicorn_options(settings, host=args.host, port=args.port),
+            workers=args.workers,
+        )
     return 0
 
 
-def uvicorn_options(settings: Settings, *, host: str | None = None, port: int | None = None) -> dict[str, Any]:
-    """The server settings: httptools + uvloop, no proxy-header trust, a drain longer than any upstream timeout."""
+@contextlib.contextmanager
+def _metrics_directory(settings: Settings, workers: int) -> Iterator[str | None]:
+    """prometheus_client's multiprocess directory, when several processes must be aggregated (else None)."""
+    from .metrics import MULTIPROC_ENV
+
+    if not settings.metrics.enabled or (workers <= 1 and settings.metrics.port is None):
+        yield None
+        return
+    given = os.environ.get(MULTIPROC_ENV)
+    if given:
+        Path(given).mkdir(parents=True, exist_ok=True)
+        yield given
+        return
+    directory = tempfile.mkdtemp(prefix="smsguard-metrics-")
+    os.environ[MULTIPROC_ENV] = directory
+    try:
+        yield directory
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def start_metrics_listener(settings: Settings, registry: CollectorRegistry) -> None:
+    """Serve `registry` on `metrics.host:metrics.port` from a daemon thread (every path answers the metrics)."""
+    from prometheus_client import start_http_server
+
+    metrics = settings.metrics
+    assert metrics.port is not None
+    try:
+        start_http_server(metrics.port, addr=metrics.host, registry=registry)
+    except OSError as exc:
+        raise LoadError(f"cannot listen on {metrics.host}:{metrics.port}: {exc.strerror}", key="metrics.port") from None
+
+
+def uvicorn_options(
+    settings: Settings,
+    *,
+    host: str | None = None,
+    port: int | None = None,
+    head_timeout_s: float | None = None,
+    max_head_bytes: int | None = None,
+) -> dict[str, Any]:
+    """The server settings: httptools + uvloop, no proxy-header trust, a drain longer than any upstream timeout.
+
+    The protocol is httptools with a deadline and a size limit for request heads and origin-form targets
+    only (`gateway.server.GatewayHttpProtocol`; the limits default to its `DEFAULT_*`).
+    """
+    from .server import DEFAULT_HEAD_TIMEOUT_S, DEFAULT_MAX_HEAD_BYTES, protocol_factory
+
+    protocol = protocol_factory(
+        head_timeout_s=DEFAULT_HEAD_TIMEOUT_S if head_timeout_s is None else head_timeout_s,
+        max_head_bytes=DEFAULT_MAX_HEAD_BYTES if max_head_bytes is None else max_head_bytes,
+    )
     longest = max((up.read_timeout_s + up.connect_timeout_s for up in settings.upstreams.values()), default=30.0)
     return {
         "host": host or settings.listen.host,
         "port": port if port is not None else settings.listen.port,
-        "http": "httptools",
+        "http": protocol,
         "loop": "uvloop",
         "lifespan": "on",
         "proxy_headers": False,
         "server_header": False,
         "timeout_graceful_shutdown": int(longest) + 5,
-        "log_level": "info",
+        "log_level": settings.log.level,
+        "log_config": None,  # stdlib logging is routed by logs.configure_stdlib_logging
+        "access_log": False,  # the gateway writes its own access events (observe.py)
     }
 
 
 def app_from_environment() -> object:
-    """The uvicorn factory for `serve` (each worker loads the config named by SMSGUARD_CONFIG)."""
+    """The uvicorn factory for `serve`: each worker loads the config named by SMSGUARD_CONFIG and logs its
+    events, and the process's stdlib records, in the format named by SMSGUARD_LOG_FORMAT."""
     from .app import create_app
+    from .logs import StreamSink, configure_stdlib_logging, resolve_format
 
-    return create_app(load_settings(os.environ[CONFIG_ENV]))
+    log_format = resolve_format(os.environ.get(LOG_FORMAT_ENV, "json"))
+    settings = load_settings(os.environ[CONFIG_ENV])
+    gateway = create_app(settings, log_sink=StreamSink(log_format))
+    configure_stdlib_logging(log_format, level=settings.log.level, redactor=gateway.loggers.redactor)
+    return gateway
 
 
 async def _token(args: argparse.Namespace) -> int:

@@ -28,6 +28,8 @@ __all__ = [
     "IssuerSettings",
     "KeySettings",
     "ListenSettings",
+    "LogSettings",
+    "MetricsSettings",
     "ProxySettings",
     "ReloadSettings",
     "Secret",
@@ -189,6 +191,33 @@ class AdminSettings:
     scope: str = "settings:read"
 
 
+LOG_LEVELS: tuple[str, ...] = ("debug", "info", "warning", "error", "critical")
+
+
+@dataclass(frozen=True)
+class LogSettings:
+    """Structured logs: the access log (one event per request), the level, and whether probes are logged."""
+
+    access: bool = True
+    level: str = "info"
+    health_checks: bool = False  # log /healthz, /readyz and metrics scrapes too
+
+
+@dataclass(frozen=True)
+class MetricsSettings:
+    """Prometheus metrics at `path` on the main port, or on `host:port` (a separate listener `serve` runs)."""
+
+    enabled: bool = True
+    path: str = "/metrics"
+    port: int | None = None
+    host: str = "127.0.0.1"
+
+    @property
+    def served_path(self) -> str | None:
+        """The path the gateway answers on its main port (None: metrics off, or on their own port)."""
+        return self.path if self.enabled and self.port is None else None
+
+
 @dataclass(frozen=True)
 class Settings:
     """Everything `config.yaml` says, resolved: paths absolute, secrets read, defaults filled in."""
@@ -203,6 +232,8 @@ class Settings:
     proxy: ProxySettings = field(default_factory=ProxySettings)
     reload: ReloadSettings = field(default_factory=ReloadSettings)
     admin: AdminSettings = field(default_factory=AdminSettings)
+    log: LogSettings = field(default_factory=LogSettings)
+    metrics: MetricsSettings = field(default_factory=MetricsSettings)
 
     def all_issuers(self) -> tuple[IssuerSettings, ...]:
         """Configured issuers plus, when issuing is on, the gateway's own."""
@@ -308,6 +339,8 @@ def _parse(root: Node, env: Mapping[str, str], base: Path) -> Settings:
         upstreams=_upstreams(read, top.get("upstreams")),
         proxy=_proxy(top.get("proxy")),
         reload=_reload(top.get("reload")),
+        log=_log(top.get("log")),
+        metrics=_metrics(top.get("metrics")),
     )
     settings = replace(settings, admin=_admin(top.get("admin"), settings))
     top.close()
@@ -324,6 +357,55 @@ def _reload(node: Node | None) -> ReloadSettings:
     )
     f.close()
     return result
+
+
+def _log(node: Node | None) -> LogSettings:
+    if node is None:
+        return LogSettings()
+    f = node.fields()
+    level_node = f.get("level")
+    level = LogSettings.level
+    if level_node is not None:
+        level = level_node.string().lower()
+        if level not in LOG_LEVELS:
+            level_node.fail(f"unknown log level {level_node.string()!r}", hint="one of: " + ", ".join(LOG_LEVELS))
+    result = LogSettings(
+        access=_bool(f, "access", LogSettings.access),
+        level=level,
+        health_checks=_bool(f, "health_checks", LogSettings.health_checks),
+    )
+    f.close()
+    return result
+
+
+_METRICS_PATH = re.compile(r"/[A-Za-z0-9._~/-]*")
+
+
+def _metrics(node: Node | None) -> MetricsSettings:
+    if node is None:
+        return MetricsSettings()
+    f = node.fields()
+    path_node = f.get("path")
+    path = MetricsSettings.path
+    if path_node is not None:
+        path = path_node.string()
+        if not _METRICS_PATH.fullmatch(path) or "//" in path or (path.endswith("/") and path != "/"):
+            path_node.fail(f"not a plain absolute path: {path!r}", hint="e.g. /metrics")
+        if path in _GATEWAY_PATHS:
+            path_node.fail(f"{path} is already answered by the gateway", hint="e.g. /metrics")
+    port_node = f.get("port")
+    host_node = f.get("host")
+    result = MetricsSettings(
+        enabled=_bool(f, "enabled", MetricsSettings.enabled),
+        path=path,
+        port=_port(port_node) if port_node is not None else None,
+        host=host_node.string() if host_node is not None else MetricsSettings.host,
+    )
+    f.close()
+    return result
+
+
+_GATEWAY_PATHS = frozenset({"/", "/healthz", "/readyz", "/.well-known/jwks.json", "/admin/policy"})
 
 
 def _admin(node: Node | None, settings: Settings) -> AdminSettings:

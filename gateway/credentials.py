@@ -34,6 +34,9 @@ from .errors import LoadError
 from .headers import normalize_header_name
 
 if TYPE_CHECKING:
+    from structlog.typing import FilteringBoundLogger
+
+    from .metrics import Metrics
     from .stores import Store
 
 __all__ = [
@@ -248,10 +251,12 @@ def _reveal(options: Mapping[str, object], key: str) -> str:
 
 @dataclass(frozen=True, slots=True)
 class _Context:
-    """What some injectors need beyond their options: the upstream's name and the shared Store."""
+    """What some injectors need beyond their options: the upstream's name, the shared Store, logs, metrics."""
 
     name: str
     store: Store | None
+    log: FilteringBoundLogger | None = None
+    metrics: Metrics | None = None
 
 
 def _none(options: Mapping[str, object], context: _Context) -> Credentials:
@@ -279,7 +284,9 @@ def _query(options: Mapping[str, object], context: _Context) -> Credentials:
 def _token_exchange(options: Mapping[str, object], context: _Context) -> Credentials:
     from .exchange import TokenExchange, exchange_settings
 
-    return TokenExchange(exchange_settings(options), name=context.name, store=context.store)
+    return TokenExchange(
+        exchange_settings(options), name=context.name, store=context.store, log=context.log, metrics=context.metrics
+    )
 
 
 _BUILDERS: Mapping[str, Callable[[Mapping[str, object], _Context], Credentials]] = MappingProxyType(
@@ -288,12 +295,18 @@ _BUILDERS: Mapping[str, Callable[[Mapping[str, object], _Context], Credentials]]
 
 
 def build_credentials(
-    settings: CredentialSettings, *, name: str = "upstream", store: Store | None = None
+    settings: CredentialSettings,
+    *,
+    name: str = "upstream",
+    store: Store | None = None,
+    log: FilteringBoundLogger | None = None,
+    metrics: Metrics | None = None,
 ) -> Credentials:
     """The injector that `settings.kind` names, or LoadError for an unknown kind or bad options.
 
     `name` (the upstream's) keys a token exchange's cache and login lock in `store`, which is shared by
     every gateway process on the same Redis; without a store a token exchange keeps a private one.
+    A token exchange reports logins on `log` (the gateway's `smsguard.upstream` logger) and `metrics`.
     """
     builder = _BUILDERS.get(settings.kind)
     if builder is None:
@@ -302,6 +315,6 @@ def build_credentials(
             key="credentials.type",
             hint="one of: " + ", ".join(_BUILDERS),
         )
-    credentials = builder(settings.options, _Context(name, store))
+    credentials = builder(settings.options, _Context(name, store, log, metrics))
     credentials.credential_error = CredentialErrorRule.from_options(settings.options.get("credential_error"))
     return credentials

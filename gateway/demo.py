@@ -57,18 +57,19 @@ Press Ctrl+C to stop.
 """
 
 
-def run_demo(config: Path, *, port: int | None = None) -> int:
+def run_demo(config: Path, *, port: int | None = None, log_format: str = "auto") -> int:
     import uvloop
 
-    uvloop.run(_demo(config, port))
+    uvloop.run(_demo(config, port, log_format))
     return 0
 
 
-async def _demo(config: Path, port: int | None) -> None:
+async def _demo(config: Path, port: int | None, log_format: str) -> None:
     import uvicorn
 
     from .app import create_app
-    from .cli import uvicorn_options
+    from .cli import start_metrics_listener, uvicorn_options
+    from .logs import StreamSink, configure_stdlib_logging, resolve_format
     from .sandbox import Sandbox
 
     sandbox_user, sandbox_password = "sandbox", secrets.token_urlsafe(24)
@@ -79,7 +80,12 @@ async def _demo(config: Path, port: int | None) -> None:
         settings = load_settings(config, env=env)
         options = uvicorn_options(settings, host="127.0.0.1", port=port)
         options.pop("loop")
-        server = uvicorn.Server(uvicorn.Config(create_app(settings), **options))
+        fmt = resolve_format(log_format)
+        gateway = create_app(settings, log_sink=StreamSink(fmt))
+        configure_stdlib_logging(fmt, level=settings.log.level, redactor=gateway.loggers.redactor)
+        if settings.metrics.enabled and settings.metrics.port is not None:
+            start_metrics_listener(settings, gateway.metrics.registry)
+        server = uvicorn.Server(uvicorn.Config(gateway, **options))
         print(demo_banner(f"http://127.0.0.1:{options['port']}"), flush=True)
         await server.serve()
     finally:

@@ -15,6 +15,11 @@ requests against a provider that refuses the gateway's key costs one login, not 
 Login calls are control plane: httpx, no proxies from the environment, no redirects, a timeout, and a
 bounded answer. Secrets and tokens never reach a log line or an error message; Store keys carry the
 upstream's name only (`uptoken:{name}`, `login:{name}`).
+
+Logged on the `smsguard.upstream` logger: `upstream.login` (kind login|refresh, expires_in_s),
+`upstream.login_failed`, `upstream.credential_failure` (the upstream refused the gateway's token) and
+`upstream.store_unavailable`; counted in `smsguard_upstream_token_logins_total` and
+`smsguard_upstream_token_cache_hits_total` when the gateway's `Metrics` are given.
 """
 
 from __future__ import annotations
@@ -23,14 +28,13 @@ import asyncio
 import base64
 import contextlib
 import json
-import logging
 import math
 import re
 import time
 from collections.abc import AsyncGenerator, Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Literal, cast
+from typing import TYPE_CHECKING, Literal, cast
 
 import httpx
 import jwt
@@ -39,7 +43,13 @@ from redis.exceptions import RedisError
 from .config import Secret
 from .credentials import CredentialErrorRule, Credentials, OutgoingRequest, field_value
 from .errors import BadGateway, GatewayTimeout, HTTPError, LoadError
+from .logs import Redactor, make_logger
 from .stores import MemoryStore, Store
+
+if TYPE_CHECKING:
+    from structlog.typing import FilteringBoundLogger
+
+    from .metrics import Metrics
 
 __all__ = [
     "MAX_LOGIN_ANSWER_BYTES",
@@ -50,8 +60,6 @@ __all__ = [
     "TokenExchange",
     "exchange_settings",
 ]
-
-log = logging.getLogger("smsguard.upstream")
 
 MAX_LOGIN_ANSWER_BYTES = 64 * 1024
 Unit = Literal["seconds", "minutes", "unix", "iso8601"]
@@ -265,6 +273,8 @@ class TokenExchange(Credentials):
         name: str,
         store: Store | None = None,
         clock: Callable[[], float] = time.time,
+        log: FilteringBoundLogger | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.settings = settings
         self.name = name
@@ -286,6 +296,11 @@ class TokenExchange(Credentials):
         self._failure: tuple[float, HTTPError] | None = None
         self.logins = 0  # requests made by this process, for tests and metrics
         self.refreshes = 0
+        if log is None:  # the stdlib logger smsguard.upstream, redacting this injector's secrets
+            log = make_logger("smsguard.upstream", redactor=Redactor(self.secret_values, self.header_names))
+        self._log = log
+        self._metrics = metrics
+        self._hits = metrics.token_cache_hits.labels(name) if metrics is not None else None
 
     # ---------------------------------------------------------------------------------------- the flow
 
@@ -298,7 +313,13 @@ class TokenExchange(Credentials):
             return
         if not request.replayable:
             await self.drop(token)
-            log.error("upstream %r refused the gateway's token; the streamed request was not resent", self.name)
+            self._log.error(
+                "upstream.credential_failure",
+                upstream=self.name,
+                cause="token_refused",
+                resent=False,
+                upstream_status=401,
+            )
             raise BadGateway(
                 "the upstream refused the gateway's token and the streamed request body cannot be replayed; "
                 "send the request again",
@@ -309,7 +330,9 @@ class TokenExchange(Credentials):
         status = yield request
         if status == 401:
             await self.drop(fresh)
-            log.error("upstream %r refused a freshly obtained token", self.name)
+            self._log.error(
+                "upstream.credential_failure", upstream=self.name, cause="fresh_token_refused", upstream_status=401
+            )
             raise BadGateway("upstream rejected the gateway's credentials", code="upstream_credentials")
 
     def _render(self, token: str) -> str:
@@ -321,11 +344,15 @@ class TokenExchange(Credentials):
         """A usable provider token; `stale` is one the upstream just refused, never handed out again."""
         local = self._local
         if local is not None and local.value != stale and local.usable(self._clock()):
+            if self._hits is not None:
+                self._hits.inc()
             return local
         async with self._mutex:  # one coroutine per process goes on; the others find its result
             now = self._clock()
             local = self._local
             if local is not None and local.value != stale and local.usable(now):
+                if self._hits is not None:
+                    self._hits.inc()
                 return local
             if self._failure is not None and now < self._failure[0] + self.settings.failure_cooldown_s:
                 error = self._failure[1]
@@ -333,6 +360,8 @@ class TokenExchange(Credentials):
             cached = await self._load()
             if cached is not None and cached.value != stale and cached.usable(now):
                 self._local = cached
+                if self._hits is not None:
+                    self._hits.inc()
                 return cached
             token = await self._renew(stale)
             self._local = token
@@ -350,7 +379,7 @@ class TokenExchange(Credentials):
             except TimeoutError:
                 return  # the holder is renewing it anyway
             except (RedisError, OSError) as exc:
-                log.warning("upstream %r: store lock unavailable (%s)", self.name, type(exc).__name__)
+                self._store_unavailable("lock", exc)
             cached = await self._load()
             if cached is not None and cached.value == token.value:
                 with contextlib.suppress(RedisError, OSError):
@@ -363,14 +392,18 @@ class TokenExchange(Credentials):
                     self._store.lock(self._lock_name, ttl_s=self._lock_ttl_s, wait_s=self._lock_ttl_s)
                 )
             except TimeoutError:
-                log.error("upstream %r: timed out waiting for another gateway's login", self.name)
+                self._log.error(
+                    "upstream.login_failed",
+                    upstream=self.name,
+                    kind="login",
+                    code="upstream_login_timeout",
+                    cause="timed out waiting for another gateway's login",
+                )
                 raise GatewayTimeout(
                     "timed out waiting for the gateway's login to the upstream", code="upstream_login_timeout"
                 ) from None
             except (RedisError, OSError) as exc:
-                log.warning(
-                    "upstream %r: store lock unavailable (%s); logging in without it", self.name, type(exc).__name__
-                )
+                self._store_unavailable("lock", exc)
             cached = await self._load()  # another process may have renewed it while we waited
             now = self._clock()
             if cached is not None and cached.value != stale and cached.usable(now):
@@ -386,7 +419,7 @@ class TokenExchange(Credentials):
         try:
             raw = await self._store.get(self._key)
         except (RedisError, OSError) as exc:
-            log.warning("upstream %r: store unavailable (%s)", self.name, type(exc).__name__)
+            self._store_unavailable("read", exc)
             return None
         return None if raw is None else ProviderToken.load(raw)
 
@@ -397,7 +430,7 @@ class TokenExchange(Credentials):
         try:
             await self._store.set(self._key, token.dump(), ttl_s)
         except (RedisError, OSError) as exc:
-            log.warning("upstream %r: could not cache the token (%s)", self.name, type(exc).__name__)
+            self._store_unavailable("write", exc)
 
     # ----------------------------------------------------------------------------------- login, refresh
 
@@ -406,18 +439,37 @@ class TokenExchange(Credentials):
         if previous is not None and refresh is not None:
             try:
                 self.refreshes += 1
-                return await self._call(refresh, "refresh", bearer=previous.value)
+                token = await self._call(refresh, "refresh", bearer=previous.value)
             except HTTPError as exc:
-                log.warning("upstream %r: token refresh failed (%s); logging in again", self.name, exc.message)
+                self._login_failed("refresh", exc, "warning")  # then log in again
+            else:
+                self._logged_in("refresh", token)
+                return token
         try:
             self.logins += 1
             token = await self._call(self.settings.login, "login")
         except HTTPError as exc:
-            log.error("upstream %r: login failed (%s)", self.name, exc.message)
+            self._login_failed("login", exc, "error")
             self._failure = (self._clock(), exc)
             raise
         self._failure = None
+        self._logged_in("login", token)
         return token
+
+    def _logged_in(self, kind: str, token: ProviderToken) -> None:
+        if self._metrics is not None:
+            self._metrics.upstream_login(self.name, kind, "ok")
+        expires_in = round(token.expires_at - self._clock(), 1)
+        self._log.info("upstream.login", upstream=self.name, kind=kind, expires_in_s=expires_in)
+
+    def _login_failed(self, kind: str, exc: HTTPError, level: str) -> None:
+        if self._metrics is not None:
+            self._metrics.upstream_login(self.name, kind, "failed")
+        log = self._log.warning if level == "warning" else self._log.error
+        log("upstream.login_failed", upstream=self.name, kind=kind, code=exc.code, cause=exc.message)
+
+    def _store_unavailable(self, what: str, exc: BaseException) -> None:
+        self._log.warning("upstream.store_unavailable", upstream=self.name, operation=what, error=type(exc).__name__)
 
     async def _call(self, spec: LoginRequest, what: str, *, bearer: str | None = None) -> ProviderToken:
         headers = {"Accept": "application/json"}

@@ -16,6 +16,7 @@ from .asgi import ASGIApp, Receive, Scope, Send
 from .authorize import Authorizer, Decision
 from .config import Settings
 from .errors import HTTPError
+from .observe import RECORD_KEY, RequestRecord
 from .responses import send_error
 from .verify import Principal
 
@@ -77,14 +78,18 @@ class GuardMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        record: RequestRecord | None = scope.get(RECORD_KEY)
         try:
             decision = await self.authorizer.authorize(
                 scope["method"],
                 scope.get("raw_path") or scope["path"].encode(),
                 scope["headers"],
                 scope.get("query_string", b""),
+                record=record,
             )
         except HTTPError as exc:
+            if record is not None:
+                record.refuse(exc)
             await self.on_error(scope, receive, send, exc)
             return
         annotate(scope, decision)

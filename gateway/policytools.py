@@ -193,6 +193,7 @@ class GatewayRoute:
 def gateway_routes(settings: Settings) -> tuple[GatewayRoute, ...]:
     """What `gateway.app.Gateway` intercepts in front of the policy (keep in step with app.py)."""
     mount = settings.tokens.mount.rstrip("/")
+    metrics = settings.metrics.served_path  # None when metrics are off or on their own port
     return (
         GatewayRoute(
             f"{mount}/auth/token",
@@ -208,7 +209,7 @@ def gateway_routes(settings: Settings) -> tuple[GatewayRoute, ...]:
         ),
         GatewayRoute("/healthz", False, "liveness probe"),
         GatewayRoute("/readyz", False, "readiness probe"),
-        GatewayRoute("/metrics", False, "metrics"),
+        *((GatewayRoute(metrics, False, "metrics"),) if metrics else ()),
         GatewayRoute("/.well-known/jwks.json", False, "JWKS of the gateway's own keys"),
         GatewayRoute("/admin", True, "admin API"),
     )

@@ -21,12 +21,15 @@ see DESIGN.md for why not httpx), used as a plain pipe:
 - a provider that reports bad credentials inside a success (BSG's `200 {"error": 2}`, the injector's
   `credential_error`) is caught: such upstreams are asked for uncompressed answers, and small JSON
   answers with the rule's status (at most `INSPECT_BYTES`) are read before relaying; a match becomes a
-  502 `upstream_credentials`, logged on `smsguard.upstream`, never a success;
+  502 `upstream_credentials`, logged as `upstream.credential_failure`, never a success;
 - faults become SMSGate-shaped errors before the response starts (502 refused/reset/garbled, 504
   timeout, 503 + Retry-After when the upstream's in-flight limit stays full, 413 too large); after it
   started, the client connection is dropped (`ResponseAborted`), never answered twice;
 - a client that goes away closes the upstream request: once its body is read, a watcher waits for
-  `http.disconnect` and cancels the exchange.
+  `http.disconnect` and cancels the exchange;
+- when the request is observed (`observe.RequestRecord` in the scope), the upstream's name and the time
+  to its response headers are recorded there, any refusal's code too, and the request id replaces the
+  client's `X-Request-ID` towards the upstream.
 
 Error messages name what failed, never a URL, header or credential.
 """
@@ -35,11 +38,11 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
 import math
 import re
 import zlib
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping
+from time import perf_counter
 from typing import TYPE_CHECKING
 from urllib.parse import quote, unquote_plus, urlencode
 
@@ -51,14 +54,17 @@ from .config import ProxySettings, UpstreamSettings
 from .credentials import CredentialErrorRule, Credentials, OutgoingRequest, build_credentials
 from .errors import BadGateway, BadRequest, GatewayTimeout, HTTPError, PayloadTooLarge, ServiceUnavailable
 from .headers import forwarded_headers, normalized_names, sanitize_request_headers, sanitize_response_headers
+from .logs import Redactor, make_logger
+from .observe import RECORD_KEY, RequestRecord
 from .responses import send_error
 
 if TYPE_CHECKING:
+    from structlog.typing import FilteringBoundLogger
+
     from .authorize import Decision
+    from .metrics import Metrics
 
 __all__ = ["INSPECT_BYTES", "ProxyApp", "ResponseAborted", "Upstream", "rewrite_location", "upstream_url"]
-
-log = logging.getLogger("smsguard.upstream")
 
 INSPECT_BYTES = 64 * 1024  # the largest answer read whole to look for a provider's credential error
 
@@ -83,6 +89,8 @@ _JSON_TYPE = re.compile(r"\s*application/(?:[\w.+-]*\+)?json\s*(?:;.*)?", re.IGN
 
 class ResponseAborted(Exception):
     """The upstream failed after the response began: the client connection is dropped, not answered twice."""
+
+    code = "upstream_aborted"
 
 
 class _ClientGone(Exception):
@@ -208,6 +216,7 @@ class Upstream:
         "session",
         "slots",
         "strip_headers",
+        "strip_headers_observed",
         "strip_query",
         "timeout",
     )
@@ -221,6 +230,8 @@ class Upstream:
             raise ValueError(f"upstream {settings.name!r}: url must not carry userinfo, a query or a fragment")
         self.credentials = credentials
         self.strip_headers = normalized_names(credentials.header_names)
+        # Observed requests carry the gateway's request id upstream instead of the client's.
+        self.strip_headers_observed = self.strip_headers | normalized_names({"X-Request-ID"})
         self.strip_query = frozenset(name.lower() for name in credentials.query_names)
         self.timeout = aiohttp.ClientTimeout(
             total=None,
@@ -282,7 +293,7 @@ class Upstream:
 class _Exchange:
     """Per-request state shared by the forwarder, the body streamer and the disconnect watcher."""
 
-    __slots__ = ("cancelled", "finished", "gone", "receive", "started", "task", "too_large", "watcher")
+    __slots__ = ("cancelled", "finished", "gone", "receive", "received", "started", "task", "too_large", "watcher")
 
     def __init__(self, receive: Receive) -> None:
         self.receive = receive
@@ -291,6 +302,7 @@ class _Exchange:
         self.cancelled = False  # the watcher cancelled `task` because the client left
         self.gone = False  # the client left while its body was being read
         self.too_large = False
+        self.received = 0  # request body bytes read from the client
         self.started = False  # http.response.start was sent
         self.finished = False  # the whole upstream body was read
 
@@ -319,14 +331,24 @@ class ProxyApp:
         upstreams: Mapping[str, UpstreamSettings],
         proxy: ProxySettings,
         credentials: Mapping[str, Credentials] | None = None,
+        *,
+        log: FilteringBoundLogger | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         given = credentials or {}
-        self.upstreams: dict[str, Upstream] = {
-            name: Upstream(
-                settings, given[name] if name in given else build_credentials(settings.credentials, name=name)
-            )
+        built = {
+            name: given[name]
+            if name in given
+            else build_credentials(settings.credentials, name=name, log=log, metrics=metrics)
             for name, settings in upstreams.items()
         }
+        if log is None:  # the stdlib logger smsguard.upstream, redacting these credentials
+            redactor = Redactor()
+            for injector in built.values():
+                redactor.add(injector.secret_values, injector.header_names | injector.query_names)
+            log = make_logger("smsguard.upstream", redactor=redactor)
+        self._log = log
+        self.upstreams: dict[str, Upstream] = {name: Upstream(upstreams[name], built[name]) for name in upstreams}
         # A policy without `upstream:` is served by the only upstream, if there is exactly one.
         self._default = next(iter(self.upstreams.values())) if len(self.upstreams) == 1 else None
         self._max_body = proxy.max_body_bytes
@@ -360,14 +382,22 @@ class ProxyApp:
         kind = scope["type"]
         if kind == "http":
             exchange = _Exchange(receive)
+            record: RequestRecord | None = scope.get(RECORD_KEY)
             try:
-                await self._forward(scope, send, exchange)
+                await self._forward(scope, send, exchange, record)
             except HTTPError as exc:
+                if record is not None:
+                    record.refuse(exc)
                 if exchange.started:  # never a second response start; errors after it are ResponseAborted
                     raise ResponseAborted(exc.message) from None
                 await send_error(send, exc)
             except _ClientGone:
+                if record is not None:
+                    record.reason = "client_disconnected"
                 return
+            finally:
+                if record is not None:
+                    record.bytes_in = exchange.received
         elif kind == "lifespan":
             await self._lifespan(receive, send)
         elif kind == "websocket":
@@ -376,7 +406,7 @@ class ProxyApp:
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         await run_lifespan(receive, send, self.start, self.aclose)
 
-    async def _forward(self, scope: Scope, send: Send, exchange: _Exchange) -> None:
+    async def _forward(self, scope: Scope, send: Send, exchange: _Exchange, record: RequestRecord | None) -> None:
         decision: Decision | None = scope.get("smsguard")
         if decision is None:
             raise HTTPError("no authorization decision reached the proxy", code="no_decision")
@@ -387,6 +417,8 @@ class ProxyApp:
         upstream = self._default if rule.upstream is None else self.upstreams.get(rule.upstream)
         if upstream is None:
             raise BadGateway("no upstream is configured for this route", code="no_upstream")
+        if record is not None:
+            record.upstream = upstream.name
         if upstream.session is None:
             raise ServiceUnavailable("the gateway is not ready", code="not_ready")
         raw_query = scope.get("query_string", b"").decode("latin-1")
@@ -397,7 +429,11 @@ class ProxyApp:
         length = _content_length(raw_headers)
         if length is not None and length > self._max_body:
             raise PayloadTooLarge(f"the request body is larger than {self._max_body} bytes")
-        headers = sanitize_request_headers(raw_headers, upstream.strip_headers)
+        if record is None:
+            headers = sanitize_request_headers(raw_headers, upstream.strip_headers)
+        else:
+            headers = sanitize_request_headers(raw_headers, upstream.strip_headers_observed)
+            headers.append(("X-Request-ID", record.request_id))
         headers.extend(forwarded_headers(scope, self._trusted))
 
         body: bytes | AsyncIterator[bytes] | None
@@ -405,7 +441,7 @@ class ProxyApp:
             headers.append(("Content-Length", str(length)))
             body = self._stream_body(b"", exchange)
         else:
-            prefix, more = await self._read_prefix(exchange.receive)
+            prefix, more = await self._read_prefix(exchange)
             if more:
                 body = self._stream_body(prefix, exchange)  # chunked and bigger than the buffer: stays chunked
             else:
@@ -428,12 +464,19 @@ class ProxyApp:
             outgoing = await anext(flow)  # before taking a slot: a token exchange may log in here
             slots = await upstream.acquire()
             response: aiohttp.ClientResponse | None = None
+            sent_at = perf_counter()
             try:
-                response = await self._exchange(upstream, url, raw_query, flow, outgoing, body, exchange)
+                try:
+                    response = await self._exchange(upstream, url, raw_query, flow, outgoing, body, exchange)
+                finally:
+                    if record is not None:
+                        record.upstream_s = perf_counter() - sent_at
                 prefix, complete = b"", False
                 if check is not None:
                     prefix, complete = await self._inspect(response, check, upstream)
-                await self._relay(response, send, exchange, upstream, rule.mount, prefix, complete)
+                await self._relay(
+                    response, send, exchange, upstream, rule.mount, prefix, complete, observed=record is not None
+                )
             finally:
                 if response is not None:
                     if exchange.finished:
@@ -444,14 +487,17 @@ class ProxyApp:
         except asyncio.CancelledError:
             task = exchange.task
             if exchange.cancelled and task is not None and task.uncancel() == 0:
+                if record is not None:
+                    record.reason = "client_disconnected"
                 return  # the client left; the upstream connection is closed
             raise
         finally:
             await flow.aclose()
             exchange.stop()
 
-    async def _read_prefix(self, receive: Receive) -> tuple[bytes, bool]:
+    async def _read_prefix(self, exchange: _Exchange) -> tuple[bytes, bool]:
         """Read the body up to the buffer size: (bytes read, whether more follows); 413 past the maximum."""
+        receive = exchange.receive
         chunks: list[bytes] = []
         size = 0
         while True:
@@ -462,6 +508,7 @@ class ProxyApp:
             more: bool = message.get("more_body", False)
             if chunk:
                 size += len(chunk)
+                exchange.received = size
                 if size > self._max_body:
                     raise PayloadTooLarge(f"the request body is larger than {self._max_body} bytes")
                 chunks.append(chunk)
@@ -481,6 +528,7 @@ class ProxyApp:
                 raise _ClientGone
             chunk: bytes = message.get("body", b"")
             size += len(chunk)
+            exchange.received = size
             if size > self._max_body:
                 exchange.too_large = True
                 raise PayloadTooLarge(f"the request body is larger than {self._max_body} bytes")
@@ -554,12 +602,13 @@ class ProxyApp:
         except (ValueError, zlib.error):
             return data, True
         if check.matches(response.status, document):
-            log.error(
-                "upstream %r rejected the gateway's credentials (HTTP %d with %s=%r)",
-                upstream.name,
-                response.status,
-                check.field,
-                check.equals,
+            self._log.error(
+                "upstream.credential_failure",
+                upstream=upstream.name,
+                cause="credential_error_answer",
+                upstream_status=response.status,
+                field=check.field,
+                equals=check.equals,
             )
             raise BadGateway("upstream rejected the gateway's credentials", code="upstream_credentials")
         return data, True
@@ -598,13 +647,20 @@ class ProxyApp:
         mount: str,
         prefix: bytes = b"",
         complete: bool = False,
+        *,
+        observed: bool = False,
     ) -> None:
         """Stream the upstream's answer to the client as it arrives (after `prefix`, the bytes already read)."""
         headers = sanitize_response_headers(response.raw_headers)
+        upstream_id = False
         for index, (name, value) in enumerate(headers):
             if name == b"location":
                 location = rewrite_location(value.decode("latin-1"), upstream.base, mount)
                 headers[index] = (name, location.encode("latin-1"))
+            elif name == b"x-request-id":
+                upstream_id = True
+        if upstream_id and observed:  # the observer adds the gateway's own
+            headers = [header for header in headers if header[0] != b"x-request-id"]
         exchange.started = True
         await send({"type": "http.response.start", "status": response.status, "headers": headers})
         if complete:

@@ -3,6 +3,9 @@
 It fixes SMSGate's weakness: a caller can never mint a scope it does not hold itself. Every issued token
 is recorded in the Store (subject, family, expiry) so `DELETE /auth/token/{jti}` can check ownership and
 revoke the right family; records and revocations expire with the tokens, so the store never grows forever.
+
+Audit events (on the `smsguard.audit` logger unless another is given): `token.issued`, `token.refreshed`,
+`token.revoked` and `token.replay_detected`; tokens appear only as their `jti`.
 """
 
 from __future__ import annotations
@@ -11,13 +14,18 @@ import json
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from .config import TokenSettings
 from .errors import BadRequest, Forbidden, NotFound, Unauthorized
 from .issue import REFRESH_SCOPE, TokenIssuer, TokenPair
+from .logs import make_logger
 from .scopes import SUPERUSER, is_valid_scope
 from .stores import Store
 from .verify import Principal
+
+if TYPE_CHECKING:
+    from structlog.typing import FilteringBoundLogger
 
 __all__ = ["MANAGE_SCOPE", "TokenRecord", "TokenService"]
 
@@ -42,8 +50,10 @@ class TokenService:
         vocabulary: Iterable[str],
         *,
         clock: Callable[[], float] = time.time,
+        log: FilteringBoundLogger | None = None,
     ) -> None:
         self.settings = settings
+        self.log = log if log is not None else make_logger("smsguard.audit")
         self.store = store
         self.vocabulary = frozenset(vocabulary) | {SUPERUSER}
         self._clock = clock
@@ -83,6 +93,17 @@ class TokenService:
         pair = self._issuer().mint_pair(subject, scopes, ttl)
         await self.store.start_family(pair.family, pair.refresh.jti, pair.refresh.expires_at)
         await self._record(pair)
+        self.log.info(
+            "token.issued",
+            subject=subject,
+            jti=pair.access.jti,
+            refresh_jti=pair.refresh.jti,
+            family=pair.family,
+            scopes=list(scopes),
+            ttl_s=ttl,
+            expires_at=pair.access.expires_at,
+            **_by(caller),
+        )
         return pair
 
     async def refresh(self, principal: Principal) -> TokenPair:
@@ -102,6 +123,13 @@ class TokenService:
         pair = self._issuer().mint_pair(principal.subject, granted.split(), ttl_s, family=family)
         outcome = await self.store.rotate_refresh(family, principal.token_id, pair.refresh.jti, pair.refresh.expires_at)
         if outcome == "replayed":
+            self.log.warning(
+                "token.replay_detected",
+                subject=principal.subject,
+                jti=principal.token_id,
+                family=family,
+                action="family revoked",
+            )
             raise Unauthorized(
                 "refresh token reuse detected: every token of this family is revoked",
                 code="invalid_token:refresh_replayed",
@@ -110,6 +138,17 @@ class TokenService:
         if outcome != "rotated":
             raise Unauthorized("refresh token has been revoked", code="invalid_token:revoked", token_presented=True)
         await self._record(pair)
+        self.log.info(
+            "token.refreshed",
+            subject=principal.subject,
+            jti=pair.access.jti,
+            refresh_jti=pair.refresh.jti,
+            previous_jti=principal.token_id,
+            family=family,
+            scopes=granted.split(),
+            ttl_s=ttl_s,
+            expires_at=pair.access.expires_at,
+        )
         return pair
 
     async def revoke(self, jti: str, *, caller: Principal | None) -> TokenRecord:
@@ -124,6 +163,7 @@ class TokenService:
         family_until = self._clock() + self.settings.refresh_ttl_s
         await self.store.revoke([jti], record.expires_at)
         await self.store.revoke([record.family], family_until)
+        self.log.info("token.revoked", subject=record.subject, jti=jti, family=record.family, **_by(caller))
         return record
 
     async def is_revoked(self, principal: Principal) -> bool:
@@ -139,3 +179,10 @@ class TokenService:
         for token in (pair.access, pair.refresh):
             value = json.dumps({"sub": pair.subject, "fam": pair.family, "exp": token.expires_at}).encode()
             await self.store.set(_RECORD + token.jti, value, max(token.expires_at - now, 1))
+
+
+def _by(caller: Principal | None) -> dict[str, str | None]:
+    """Who asked: the caller's subject and issuer (`cli` for the local operator)."""
+    if caller is None:
+        return {"by": "cli", "by_issuer": None}
+    return {"by": caller.subject, "by_issuer": caller.issuer}

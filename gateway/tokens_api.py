@@ -17,6 +17,7 @@ from .asgi import Receive, Scope, Send, read_body
 from .authenticate import Authenticator
 from .errors import BadRequest, Forbidden, HTTPError, NotFound, NotImplementedHTTP, Unauthorized
 from .issue import TokenPair
+from .observe import RECORD_KEY, RequestRecord, note_principal, note_refusal
 from .responses import send_error, send_json
 from .scopes import satisfies
 from .tokens import MANAGE_SCOPE, TokenService
@@ -60,10 +61,15 @@ class TokenEndpoints:
     def handles(self, path: str) -> bool:
         return path == self.base or path.startswith(self.base + "/")
 
+    def template(self, path: str) -> str:
+        """The endpoint `path` (canonical, handled) belongs to, as a bounded label: `{base}/{jti}` for revocations."""
+        return path if path in (self.base, self.refresh_path) else self.base + "/{jti}"
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send, path: str) -> None:
         try:
             await self._dispatch(scope, receive, send, path)
         except HTTPError as exc:
+            note_refusal(scope, exc)
             await send_error(send, exc)
 
     async def _dispatch(self, scope: Scope, receive: Receive, send: Send, path: str) -> None:
@@ -82,6 +88,7 @@ class TokenEndpoints:
 
     async def _caller(self, scope: Scope) -> Principal:
         principal = await self.authenticator.authenticate(scope["headers"])
+        note_principal(scope, principal)
         if principal is None:
             raise Unauthorized("authentication required")
         if principal.kind != "basic" and not satisfies(principal.scopes, (MANAGE_SCOPE,), "any", False):
@@ -90,13 +97,18 @@ class TokenEndpoints:
 
     async def _issue(self, scope: Scope, receive: Receive, send: Send, service: TokenService) -> None:
         caller = await self._caller(scope)
-        scopes, ttl = _parse_request(await read_body(receive, MAX_BODY))
+        body = await read_body(receive, MAX_BODY)
+        record: RequestRecord | None = scope.get(RECORD_KEY)
+        if record is not None:
+            record.bytes_in = len(body)
+        scopes, ttl = _parse_request(body)
         pair = await service.issue(caller.subject, scopes, ttl, caller=caller)
         await send_json(send, 201, token_response(pair), _NO_STORE)
 
     async def _refresh(self, scope: Scope, send: Send, service: TokenService) -> None:
         token = _bearer(scope["headers"])
         principal = await self.authenticator.verify_refresh(token)
+        note_principal(scope, principal)
         pair = await service.refresh(principal)
         await send_json(send, 201, token_response(pair), _NO_STORE)
 

@@ -708,6 +708,8 @@ FULL_CONFIG: dict[str, Any] = {
         "other": {"url": "https://h.test/v1", "credentials": {"type": "header", "headers": {"X-Key": "k"}}},
     },
     "proxy": {"trusted_proxies": ["10.0.0.0/8"]},
+    "log": {"access": True, "level": "info"},
+    "metrics": {"enabled": True, "path": "/metrics"},
 }
 
 
@@ -748,6 +750,8 @@ class TestSchema:
             (["upstreams", "smsgate", "credentials"], "basic"),
             (["upstreams", "other", "credentials"], "header"),
             (["proxy"], None),
+            (["log"], None),
+            (["metrics"], None),
         ],
     )
     def test_config_schema_matches_loader(self, path: list[str | int], variant: str | None) -> None:

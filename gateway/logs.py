@@ -1,0 +1,516 @@
+"""Structured logs: one redacting structlog pipeline per Gateway, and the stdlib routing the CLI sets up.
+
+    log.info("request", ...) ─► add_log_level ─► TimeStamper ─► format_exc_info ─► redact + render ─► sink
+
+Nothing here is configured globally: `make_logger` builds a logger with its own processor chain (through
+`structlog.wrap_logger`), so two gateways in one process never share state, and an embedding app's
+logging is left alone. The sink decides where events go:
+
+    StdlibSink   the (redacted) event dict to the stdlib logger `smsguard.<category>`: the default, so an
+                 embedding app or a test sees the gateway's events through `logging` (caplog, its handlers)
+    StreamSink   one line per event on stderr, JSON or console; what `gateway serve` and `demo` use
+    LogCapture   every event exactly as the JSON format writes it, for tests (`capture.events("token.issued")`)
+    NullSink     drops everything
+
+`Redactor` is the safety net every event passes through: values under sensitive keys (authorization,
+cookie, password, token, api_key, ... and every configured credential header and query name) are
+masked, every configured secret value is replaced wherever it occurs inside a string, and anything
+shaped like a JWT becomes `jwt:<first 8 hex of its sha256>`, so a token can be correlated, never reused.
+The JSON format takes a cheap path (`Redactor.json_line`: key names checked once, the rendered line
+searched as a whole, the thorough pass only when something is found); the other sinks always run the
+thorough pass.
+
+`configure_stdlib_logging` (called by the CLI only) sends the process's stdlib records (uvicorn,
+aiohttp, httpx, smsguard's own stdlib loggers) through the same redactor and renderer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import re
+import sys
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any, Literal, NoReturn, TextIO
+from urllib.parse import quote
+
+import structlog
+from structlog.exceptions import DropEvent
+from structlog.processors import add_log_level, format_exc_info
+from structlog.typing import EventDict, FilteringBoundLogger, Processor, WrappedLogger
+
+__all__ = [
+    "MIN_SECRET_LENGTH",
+    "REDACTED",
+    "SENSITIVE_KEYS",
+    "JSONLines",
+    "LogCapture",
+    "LogFormat",
+    "LogSink",
+    "Loggers",
+    "NullSink",
+    "Redactor",
+    "StdlibSink",
+    "StreamSink",
+    "configure_stdlib_logging",
+    "fingerprint",
+    "make_logger",
+    "resolve_format",
+]
+
+LogFormat = Literal["json", "console"]
+
+REDACTED = "[redacted]"
+MIN_SECRET_LENGTH = 4  # shorter values are not searched for (they would mangle every line); keys still mask them
+SENSITIVE_KEYS = frozenset(
+    {
+        "authorization",
+        "proxy_authorization",
+        "cookie",
+        "set_cookie",
+        "password",
+        "passwd",
+        "secret",
+        "client_secret",
+        "token",
+        "access_token",
+        "refresh_token",
+        "id_token",
+        "bearer",
+        "api_key",
+        "apikey",
+        "x_api_key",
+        "credentials",
+    }
+)
+_SENSITIVE_SUFFIXES = ("password", "secret", "_token", "api_key", "apikey")
+# A JWS/JWT: a base64url JSON header (always `eyJ`), a payload, and a signature (possibly stripped).
+_JWT = r"eyJ[A-Za-z0-9_-]{2,}\.[A-Za-z0-9_-]{2,}(?:\.[A-Za-z0-9_-]*)?"
+_SCALARS = (int, float, bool, type(None))
+
+
+def _json_encoder() -> Callable[[object], str]:
+    """`json.dumps(obj, default=str)` (ensure_ascii), with the C encoder built once instead of per call."""
+    make = getattr(json.encoder, "c_make_encoder", None)
+    if make is None:  # no C speedups (another Python implementation)
+        return json.JSONEncoder(default=str).encode
+    encoder = make(None, str, json.encoder.encode_basestring_ascii, None, ": ", ", ", False, False, True)
+
+    def encode(obj: object) -> str:
+        return "".join(encoder(obj, 0))
+
+    return encode
+
+
+_encode = _json_encoder()
+
+
+def fingerprint(token: str) -> str:
+    """`jwt:<8 hex>`: the first 8 hex digits of the token's sha256, enough to correlate, useless to replay."""
+    return "jwt:" + hashlib.sha256(token.encode("utf-8", "surrogateescape")).hexdigest()[:8]
+
+
+def _normal_key(key: str) -> str:
+    return key.lower().replace("-", "_").replace(".", "_")
+
+
+class Redactor:
+    """A structlog processor that removes secrets from an event dict (see the module docstring).
+
+    `add` teaches it more secret values and sensitive names (a reload can bring new credentials); it
+    never forgets any, since the previous version's requests may still be logging.
+    """
+
+    def __init__(self, secrets: Iterable[str] = (), names: Iterable[str] = ()) -> None:
+        self._secrets: set[str] = set()
+        self._keys: set[str] = set(SENSITIVE_KEYS)
+        self._verdicts: dict[str, bool] = {}
+        self._safe_keys: set[str] = set()
+        self._line_secrets: tuple[str, ...] = ()
+        self._pattern = re.compile(_JWT)
+        self.add(secrets, names)
+
+    def add(self, secrets: Iterable[str] = (), names: Iterable[str] = ()) -> None:
+        for secret in secrets:
+            if len(secret) >= MIN_SECRET_LENGTH:
+                self._secrets.add(secret)
+                encoded = quote(secret, safe="")
+                if encoded != secret:
+                    self._secrets.add(encoded)  # as it appears in a query string or a form body
+        self._keys.update(_normal_key(name) for name in names)
+        self._verdicts = {}
+        self._safe_keys = set()
+        escaped = {json.dumps(secret)[1:-1] for secret in self._secrets}  # as JSON writes them
+        self._line_secrets = tuple(sorted(self._secrets | escaped))
+        alternatives = "".join("|" + re.escape(s) for s in sorted(self._secrets, key=len, reverse=True))
+        self._pattern = re.compile(_JWT + alternatives)
+
+    def __call__(self, logger: WrappedLogger, method_name: str, event_dict: EventDict) -> EventDict:
+        """The thorough pass: every key checked, every string searched (sinks that keep the dict use it)."""
+        result: EventDict = {"event": None}  # the event name first in every rendered line
+        for key, value in event_dict.items():
+            result[key] = self._field(key, value)
+        if "event" not in event_dict:
+            del result["event"]
+        return result
+
+    def json_line(self, event_dict: EventDict) -> str:
+        """The event as one redacted JSON line, cheaply in the common case.
+
+        Keys are checked against the sensitive names (each key name once: safe ones are remembered);
+        then the line is rendered and searched as a whole for `eyJ` (a JWT) and every secret (also in
+        its JSON-escaped spelling); only when something is found, or the event nests objects, is the
+        event rendered again from the thorough pass.
+        """
+        event = {"event": event_dict.pop("event", None), **event_dict}
+        if not self._safe_keys.issuperset(event):
+            for key in event.keys() - self._safe_keys:
+                if self.sensitive(key):
+                    value = event[key]
+                    if value is not None and value != "":
+                        event[key] = REDACTED
+                elif len(self._safe_keys) < 4096:
+                    self._safe_keys.add(key)
+        line = _encode(event)
+        if '": {' in line or "[{" in line or self._dirty(line):
+            line = _encode(self(None, "", event))
+        return line
+
+    def _dirty(self, text: str) -> bool:
+        """Whether `text` may hold a token or a secret."""
+        if "eyJ" in text:
+            return True
+        return any(map(text.__contains__, self._line_secrets))
+
+    def sensitive(self, key: str) -> bool:
+        """Whether values under `key` are masked whole (case, `-` and `.` do not matter)."""
+        verdict = self._verdicts.get(key)
+        if verdict is None:
+            normal = _normal_key(key)
+            verdict = normal in self._keys or normal.endswith(_SENSITIVE_SUFFIXES)
+            if len(self._verdicts) > 4096:
+                self._verdicts.clear()
+            self._verdicts[key] = verdict
+        return verdict
+
+    def _field(self, key: object, value: object) -> object:
+        if value == REDACTED:
+            return value
+        if isinstance(key, str) and value is not None and value != "" and self.sensitive(key):
+            return REDACTED
+        return self.scrub(value)
+
+    def scrub(self, value: object) -> object:
+        """`value` with secrets and tokens replaced, recursing into dicts, lists and tuples."""
+        if isinstance(value, str):
+            return self._pattern.sub(self._replace, value)
+        if isinstance(value, _SCALARS):
+            return value
+        if isinstance(value, dict):
+            return {key: self._field(key, item) for key, item in value.items()}
+        if isinstance(value, list | tuple | set | frozenset):
+            return [self.scrub(item) for item in value]
+        if isinstance(value, bytes):
+            return self.scrub(value.decode("latin-1"))
+        return self.scrub(str(value))  # as the JSON format prints it (str), which may carry a secret
+
+    @staticmethod
+    def _replace(match: re.Match[str]) -> str:
+        text = match.group(0)
+        return fingerprint(text) if text.startswith("eyJ") and "." in text else REDACTED
+
+
+# ------------------------------------------------------------------------------------------------ sinks
+
+
+class LogSink:
+    """Where a logger's events end: the processors that redact and render them, and what receives the result."""
+
+    def processors(self, redactor: Redactor) -> list[Processor]:
+        raise NotImplementedError
+
+    def target(self, name: str) -> WrappedLogger:
+        raise NotImplementedError
+
+
+class _Lines:
+    """The wrapped logger of `StreamSink`: writes each rendered event as one line (stderr by default).
+
+    Inside a running event loop, lines are collected and written with one `write` + `flush` at the end
+    of the loop iteration (`call_soon`): under load, one system call carries many lines, and a line is
+    never held longer than the requests being served in that iteration. Outside a loop, at once.
+    """
+
+    def __init__(self, stream: TextIO | None) -> None:
+        self._stream = stream
+        self._pending: list[str] = []
+
+    def msg(self, message: str) -> None:
+        pending = self._pending
+        pending.append(message)
+        if len(pending) > 1:
+            return  # a flush is already scheduled
+        try:
+            asyncio.get_running_loop().call_soon(self.flush)
+        except RuntimeError:  # no running loop (start-up, shutdown, a thread)
+            self.flush()
+
+    def flush(self) -> None:
+        if not self._pending:
+            return
+        text = "\n".join(self._pending) + "\n"
+        self._pending.clear()
+        stream = self._stream or sys.stderr  # looked up per write, so redirected/captured stderr is honoured
+        try:
+            stream.write(text)
+            stream.flush()
+        except (OSError, ValueError):
+            pass  # a closed or broken log stream must not fail the requests being logged
+
+    debug = info = warning = warn = error = critical = exception = fatal = failure = err = log = msg
+
+
+class _Nowhere:
+    def msg(self, *args: object, **kwargs: object) -> None:
+        return None
+
+    debug = info = warning = warn = error = critical = exception = fatal = failure = err = log = msg
+
+
+class JSONLines:
+    """The final processor of the JSON format: `Redactor.json_line` (redaction and rendering in one pass)."""
+
+    def __init__(self, redactor: Redactor) -> None:
+        self.redactor = redactor
+
+    def __call__(self, logger: WrappedLogger, method_name: str, event_dict: EventDict) -> str:
+        return self.redactor.json_line(event_dict)
+
+
+def _render_chain(fmt: LogFormat, redactor: Redactor, stream: TextIO | None) -> list[Processor]:
+    if fmt == "console":
+        isatty = getattr(stream or sys.stderr, "isatty", None)
+        console = structlog.dev.ConsoleRenderer(
+            colors=bool(isatty and isatty()), exception_formatter=structlog.dev.plain_traceback
+        )
+        return [redactor, console]
+    return [JSONLines(redactor)]
+
+
+def resolve_format(fmt: str, stream: TextIO | None = None) -> LogFormat:
+    """`auto` is `console` when the log stream (stderr) is a terminal, else `json`."""
+    if fmt == "auto":
+        isatty = getattr(stream or sys.stderr, "isatty", None)
+        return "console" if isatty is not None and isatty() else "json"
+    if fmt not in ("json", "console"):
+        raise ValueError(f"unknown log format {fmt!r}")
+    return "console" if fmt == "console" else "json"
+
+
+class StreamSink(LogSink):
+    """One line per event on `stream` (stderr, looked up at each write, by default)."""
+
+    def __init__(self, fmt: LogFormat = "json", stream: TextIO | None = None) -> None:
+        self.format = fmt
+        self.stream = stream
+
+    def processors(self, redactor: Redactor) -> list[Processor]:
+        return _render_chain(self.format, redactor, self.stream)
+
+    def target(self, name: str) -> WrappedLogger:
+        return _Lines(self.stream)
+
+
+class StdlibSink(LogSink):
+    """The event dict, redacted, to the stdlib logger `name` (ready for structlog's ProcessorFormatter)."""
+
+    def processors(self, redactor: Redactor) -> list[Processor]:
+        return [redactor, structlog.stdlib.ProcessorFormatter.wrap_for_formatter]
+
+    def target(self, name: str) -> WrappedLogger:
+        return logging.getLogger(name)
+
+
+class NullSink(LogSink):
+    """Drops every event (a gateway built only to validate a config)."""
+
+    def processors(self, redactor: Redactor) -> list[Processor]:
+        return [_drop]
+
+    def target(self, name: str) -> WrappedLogger:
+        return _Nowhere()
+
+
+def _drop(logger: WrappedLogger, method_name: str, event_dict: EventDict) -> NoReturn:
+    raise DropEvent
+
+
+class LogCapture(LogSink):
+    """A sink for tests: each event exactly as the JSON format writes it, as a line and parsed back.
+
+    capture = LogCapture()
+    gateway = create_app(settings, log_sink=capture)
+    ...
+    (event,) = capture.events("token.issued")
+    """
+
+    def __init__(self) -> None:
+        self.entries: list[dict[str, Any]] = []
+        self.lines: list[str] = []
+
+    def processors(self, redactor: Redactor) -> list[Processor]:
+        def capture(logger: WrappedLogger, method_name: str, event_dict: EventDict) -> NoReturn:
+            line = redactor.json_line(event_dict)
+            self.lines.append(line)
+            self.entries.append(json.loads(line))
+            raise DropEvent
+
+        return [capture]
+
+    def target(self, name: str) -> WrappedLogger:
+        return _Nowhere()
+
+    def events(self, name: str) -> list[dict[str, Any]]:
+        """The captured events called `name`, oldest first."""
+        return [entry for entry in self.entries if entry.get("event") == name]
+
+    def text(self) -> str:
+        """Every captured line, as the JSON sink would have written them."""
+        return "\n".join(self.lines)
+
+    def clear(self) -> None:
+        self.entries.clear()
+        self.lines.clear()
+
+
+# ---------------------------------------------------------------------------------------------- loggers
+
+
+class _Timestamp:
+    """`timestamp`: ISO 8601 UTC with microseconds (`2026-11-22T10:15:00.123456Z`), like structlog's
+    `TimeStamper(fmt="iso", utc=True)` but formatting the date and time only once per second."""
+
+    def __init__(self) -> None:
+        self._second = -1
+        self._prefix = ""
+
+    def __call__(self, logger: WrappedLogger, method_name: str, event_dict: EventDict) -> EventDict:
+        now = time.time()
+        second = int(now)
+        if second != self._second:
+            self._prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+            self._second = second
+        event_dict["timestamp"] = f"{self._prefix}.{int((now - second) * 1_000_000):06d}Z"
+        return event_dict
+
+
+_timestamper = _Timestamp()
+
+
+def make_logger(
+    name: str,
+    *,
+    redactor: Redactor | None = None,
+    level: str = "debug",
+    sink: LogSink | None = None,
+) -> FilteringBoundLogger:
+    """A structlog logger with its own redacting chain; calls below `level` cost one no-op method call.
+
+    `name` is the category (`smsguard.access`, `smsguard.audit`, `smsguard.upstream`): the stdlib logger
+    the default `StdlibSink` hands events to. `level` defaults to debug: stdlib logging then decides.
+    """
+    sink = sink if sink is not None else StdlibSink()
+    processors: list[Processor] = [
+        add_log_level,
+        _timestamper,
+        format_exc_info,
+        *sink.processors(redactor if redactor is not None else Redactor()),
+    ]
+    logger: FilteringBoundLogger = structlog.wrap_logger(
+        sink.target(name),
+        processors=processors,
+        wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelNamesMapping()[level.upper()]),
+        context_class=dict,
+        cache_logger_on_first_use=True,
+    ).bind()
+    return logger
+
+
+@dataclass(frozen=True, slots=True)
+class Loggers:
+    """A gateway's loggers: `smsguard.access` (requests), `smsguard.audit` (tokens, policy),
+    `smsguard.upstream` (provider logins and credential failures), sharing one redactor and sink."""
+
+    access: FilteringBoundLogger
+    audit: FilteringBoundLogger
+    upstream: FilteringBoundLogger
+    redactor: Redactor
+
+    @classmethod
+    def build(cls, redactor: Redactor, *, level: str = "info", sink: LogSink | None = None) -> Loggers:
+        def logger(name: str) -> FilteringBoundLogger:
+            return make_logger(name, redactor=redactor, level=level, sink=sink)
+
+        return cls(logger("smsguard.access"), logger("smsguard.audit"), logger("smsguard.upstream"), redactor)
+
+
+# ----------------------------------------------------------------------------------- process-wide (CLI)
+
+_HANDLER_NAME = "smsguard"
+_QUIET = {"httpx": logging.WARNING, "httpcore": logging.WARNING, "watchfiles": logging.WARNING}
+_OWN = ("uvicorn", "uvicorn.error", "uvicorn.asgi", "aiohttp")
+
+
+def _drop_color_message(logger: WrappedLogger, method_name: str, event_dict: EventDict) -> EventDict:
+    event_dict.pop("color_message", None)  # uvicorn's ANSI-colored copy of the message
+    return event_dict
+
+
+def configure_stdlib_logging(
+    fmt: LogFormat, *, level: str = "info", redactor: Redactor | None = None, stream: TextIO | None = None
+) -> logging.Handler:
+    """Route every stdlib log record of this process through `redactor` and the `fmt` renderer on stderr.
+
+    For the CLI (`serve`, `demo`), never for `create_app`: it replaces the root logger's smsguard handler
+    (calling it again is safe), makes uvicorn's and aiohttp's loggers propagate to it, switches uvicorn's
+    own access log off (the gateway writes its own) and quiets httpx's per-request INFO lines.
+    """
+    formatter = structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=[
+            add_log_level,
+            structlog.stdlib.add_logger_name,
+            _timestamper,
+            structlog.stdlib.ExtraAdder(),
+        ],
+        processors=[
+            structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+            _drop_color_message,
+            format_exc_info,
+            *_render_chain(fmt, redactor if redactor is not None else Redactor(), stream),
+        ],
+    )
+    handler = logging.StreamHandler(stream)  # None: sys.stderr
+    handler.set_name(_HANDLER_NAME)
+    handler.setFormatter(formatter)
+    root = logging.getLogger()
+    for existing in list(root.handlers):
+        if existing.get_name() == _HANDLER_NAME:
+            root.removeHandler(existing)
+    root.addHandler(handler)
+    numeric = logging.getLevelNamesMapping()[level.upper()]
+    root.setLevel(numeric)
+    for name in _OWN:
+        own = logging.getLogger(name)
+        own.handlers.clear()
+        own.propagate = True
+        own.setLevel(logging.NOTSET)  # the root's level decides
+    access = logging.getLogger("uvicorn.access")
+    access.handlers.clear()
+    access.propagate = False  # uvicorn logs access lines only when this logger has handlers
+    for name, quiet in _QUIET.items():
+        logging.getLogger(name).setLevel(max(quiet, numeric))
+    return handler

@@ -1,0 +1,185 @@
+"""Prometheus metrics, owned by one Gateway (its own `CollectorRegistry`: two apps never collide).
+
+    smsguard_requests_total{route,decision,status}        route: "POST /3rdparty/v1/messages", a gateway
+                                                          endpoint ("GET /healthz"), or "none"; never a raw path
+    smsguard_request_duration_seconds{route}              histogram, whole request in the gateway
+    smsguard_upstream_duration_seconds{upstream}          histogram, until the upstream's response headers
+    smsguard_token_verification_failures_total{reason}    401s by reason code (invalid_token:expired, ...)
+    smsguard_upstream_token_logins_total{upstream,kind,outcome}   token exchange logins/refreshes, ok|failed
+    smsguard_upstream_token_cache_hits_total{upstream}    requests served with a cached provider token
+    smsguard_policy_reloads_total{outcome}                ok | rejected | unchanged
+    smsguard_policy_version_info{version}                 1 for the version being served
+    smsguard_in_flight_requests                           gauge
+
+Several worker processes (`gateway serve --workers N`) use prometheus_client's multiprocess mode: the CLI
+sets `PROMETHEUS_MULTIPROC_DIR` before any worker starts, every process writes its values there, and a
+scrape of any worker (or of the separate metrics listener) aggregates all of them. prometheus_client picks
+its value storage when it is first imported, so this module imports it lazily: the CLI can set the
+directory after `import gateway`.
+
+Hot-path cost: label children are cached in plain dicts, so a request costs a dict lookup and a few
+locked increments.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry, Counter, Histogram
+
+__all__ = ["LATENCY_BUCKETS", "MULTIPROC_ENV", "Metrics", "aggregate_registry"]
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+
+class Metrics:
+    """The gateway's metrics; `render()` is the `/metrics` answer.
+
+    `multiprocess_dir` (default: `$PROMETHEUS_MULTIPROC_DIR`, which is also what prometheus_client reads)
+    switches rendering to the aggregate of every process writing to that directory.
+    """
+
+    def __init__(self, *, multiprocess_dir: str | None = None) -> None:
+        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+        if multiprocess_dir is None:
+            multiprocess_dir = os.environ.get(MULTIPROC_ENV) or None
+        self.multiprocess_dir = multiprocess_dir
+        self.registry = registry = CollectorRegistry(auto_describe=True)
+        self.requests = Counter(
+            "smsguard_requests",
+            "Requests answered, by route (policy rule or gateway endpoint), decision and status.",
+            ("route", "decision", "status"),
+            registry=registry,
+        )
+        self.request_duration = Histogram(
+            "smsguard_request_duration_seconds",
+            "Time from the request's arrival to the end of its answer, in the gateway.",
+            ("route",),
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.upstream_duration = Histogram(
+            "smsguard_upstream_duration_seconds",
+            "Time from sending a request upstream to its response headers (including a retry after a 401).",
+            ("upstream",),
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.token_failures = Counter(
+            "smsguard_token_verification_failures",
+            "Requests refused with 401 because their credentials failed verification, by reason code.",
+            ("reason",),
+            registry=registry,
+        )
+        self.upstream_logins = Counter(
+            "smsguard_upstream_token_logins",
+            "Logins (kind=login) and token refreshes (kind=refresh) at token-exchange upstreams, by outcome.",
+            ("upstream", "kind", "outcome"),
+            registry=registry,
+        )
+        self.token_cache_hits = Counter(
+            "smsguard_upstream_token_cache_hits",
+            "Requests sent with a cached provider token (no login needed).",
+            ("upstream",),
+            registry=registry,
+        )
+        self.policy_reloads = Counter(
+            "smsguard_policy_reloads",
+            "Hot reloads of the config and policies, by outcome (ok, rejected, unchanged).",
+            ("outcome",),
+            registry=registry,
+        )
+        self.policy_version = Gauge(
+            "smsguard_policy_version_info",
+            "1 for the config+policy version being served (a hash of the files).",
+            ("version",),
+            registry=registry,
+            multiprocess_mode="livemax",
+        )
+        self.in_flight = Gauge(
+            "smsguard_in_flight_requests",
+            "Requests being handled right now.",
+            registry=registry,
+            multiprocess_mode="livesum",
+        )
+        self._aggregate: CollectorRegistry | None = None
+        self._version: str | None = None
+        self._request_children: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
+        self._upstream_children: dict[str, Histogram] = {}
+
+    def observe_request(
+        self,
+        route: str,
+        decision: str,
+        status: int,
+        duration_s: float,
+        upstream: str | None = None,
+        upstream_s: float | None = None,
+    ) -> None:
+        """Count one answered request and its latencies."""
+        key = (route, decision, status)
+        children = self._request_children.get(key)
+        if children is None:
+            children = (
+                self.requests.labels(route, decision, str(status)),
+                self.request_duration.labels(route),
+            )
+            self._request_children[key] = children
+        counter, histogram = children
+        counter.inc()
+        histogram.observe(duration_s)
+        if upstream is not None and upstream_s is not None:
+            child = self._upstream_children.get(upstream)
+            if child is None:
+                child = self._upstream_children[upstream] = self.upstream_duration.labels(upstream)
+            child.observe(upstream_s)
+
+    def token_failure(self, reason: str) -> None:
+        self.token_failures.labels(reason).inc()
+
+    def upstream_login(self, upstream: str, kind: str, outcome: str) -> None:
+        self.upstream_logins.labels(upstream, kind, outcome).inc()
+
+    def policy_reload(self, outcome: str) -> None:
+        self.policy_reloads.labels(outcome).inc()
+
+    def serving(self, version: str) -> None:
+        """Mark `version` as the one being served (the previous one drops to 0)."""
+        previous, self._version = self._version, version
+        if previous is not None and previous != version:
+            self.policy_version.labels(previous).set(0)
+        self.policy_version.labels(version).set(1)
+
+    def render(self) -> tuple[bytes, str]:
+        """The exposition text and its content type: this registry, or every process's in multiprocess mode."""
+        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+        return generate_latest(self._collecting()), CONTENT_TYPE_LATEST
+
+    def _collecting(self) -> CollectorRegistry:
+        if self.multiprocess_dir is None:
+            return self.registry
+        if self._aggregate is None:
+            self._aggregate = aggregate_registry(self.multiprocess_dir)
+        return self._aggregate
+
+    def process_exiting(self) -> None:
+        """In multiprocess mode, drop this process's live gauges (in-flight, version) from the aggregate."""
+        if self.multiprocess_dir is not None:
+            from prometheus_client import multiprocess
+
+            multiprocess.mark_process_dead(os.getpid(), self.multiprocess_dir)  # type: ignore[no-untyped-call]
+
+
+def aggregate_registry(directory: str) -> CollectorRegistry:
+    """A registry that collects every process's metrics from `directory` (the separate metrics listener)."""
+    from prometheus_client import CollectorRegistry
+    from prometheus_client.multiprocess import MultiProcessCollector
+
+    registry = CollectorRegistry()
+    MultiProcessCollector(registry, path=directory)  # type: ignore[no-untyped-call]
+    return registry
