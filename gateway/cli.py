@@ -221,7 +221,21 @@ def app_from_environment() -> object:
     settings = load_settings(os.environ[CONFIG_ENV])
     gateway = create_app(settings, log_sink=StreamSink(log_format))
     configure_stdlib_logging(log_format, level=settings.log.level, redactor=gateway.loggers.redactor)
+    freeze_startup_objects()
     return gateway
+
+
+def freeze_startup_objects() -> None:
+    """Move everything built at start-up (config, compiled policy, keys) out of the GC's reach.
+
+    Full collections otherwise re-scan these long-lived objects again and again; `bench/RESULTS.md`
+    measured p99 at 32 connections falling from about 40 ms to 11 ms, and a 10,000-rule policy no longer
+    costing more than a 10-rule one. A worker process does this once, before serving.
+    """
+    import gc
+
+    gc.collect()
+    gc.freeze()
 
 
 async def _token(args: argparse.Namespace) -> int:

@@ -116,3 +116,23 @@ def test_module_entry_point_shows_help() -> None:
     out = subprocess.run([sys.executable, "-m", "gateway", "--help"], capture_output=True, text=True, check=True)
     for command in ("serve", "demo", "token", "hash-password", "policy"):
         assert command in out.stdout
+
+
+def test_serve_factory_freezes_start_up_objects(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The worker factory leaves the config and compiled policy in the GC's permanent generation."""
+    import gc
+
+    from gateway.cli import CONFIG_ENV, app_from_environment
+
+    cfg = GatewayConfig(tmp_path, "http://127.0.0.1:9/3rdparty/v1")
+    monkeypatch.setenv(CONFIG_ENV, str(cfg.write()))
+    for key, value in cfg.env.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setattr("gateway.logs.configure_stdlib_logging", lambda *args, **kwargs: None)
+    gc.unfreeze()
+    try:
+        gateway = app_from_environment()
+        assert gc.get_freeze_count() > 0
+        assert gateway.runtime.policies
+    finally:
+        gc.unfreeze()
