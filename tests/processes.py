@@ -1,4 +1,4 @@
-"""Run `python -m gateway serve` as a real subprocess on a free port (multi-instance tests)."""
+"""Run `python -m gateway serve` as a real subprocess on a free port (multi-instance and process tests)."""
 
 from __future__ import annotations
 
@@ -27,42 +27,45 @@ def free_port() -> int:
 @dataclass(frozen=True)
 class GatewayProcess:
     url: str
+    port: int
     pid: int
+    output: Path  # everything the process printed (a file, not a pipe: an unread pipe fills and blocks it)
 
 
 @contextmanager
-def gateway_process(config: Path, env: Mapping[str, str], *, timeout_s: float = 20.0) -> Iterator[GatewayProcess]:
+def gateway_process(
+    config: Path, env: Mapping[str, str], *, output: Path | None = None, timeout_s: float = 20.0
+) -> Iterator[GatewayProcess]:
     """Start the gateway, wait for /readyz, yield its URL and pid, then SIGTERM it and wait."""
-    port = free_port()
-    # a file, not a pipe: an unread pipe fills up and blocks the gateway
-    output = tempfile.TemporaryFile()  # noqa: SIM115 (closed in the finally below)
-    process = subprocess.Popen(
-        [sys.executable, "-m", "gateway", "serve", "--config", str(config), "--port", str(port)],
-        env={**os.environ, **env},
-        stdout=output,
-        stderr=subprocess.STDOUT,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + timeout_s
-        while True:
-            if process.poll() is not None:
-                output.seek(0)
-                raise RuntimeError(f"gateway exited with {process.returncode}: {output.read().decode()[-2000:]}")
-            try:
-                if httpx.get(url + "/readyz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                raise TimeoutError("gateway did not become ready")
-            time.sleep(0.1)
-        yield GatewayProcess(url, process.pid)
-    finally:
-        process.send_signal(signal.SIGTERM)
+    with tempfile.TemporaryDirectory() as scratch:
+        output = output or Path(scratch) / "gateway.log"
+        port = free_port()
+        with output.open("wb") as sink:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "gateway", "serve", "--config", str(config), "--port", str(port)],
+                env={**os.environ, **env},
+                stdout=sink,
+                stderr=subprocess.STDOUT,
+            )
+        url = f"http://127.0.0.1:{port}"
         try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-        output.close()
+            deadline = time.monotonic() + timeout_s
+            while True:
+                if process.poll() is not None:
+                    raise RuntimeError(f"gateway exited with {process.returncode}: {output.read_text()[-2000:]}")
+                try:
+                    if httpx.get(url + "/readyz", timeout=1).status_code == 200:
+                        break
+                except httpx.TransportError:
+                    pass
+                if time.monotonic() > deadline:
+                    raise TimeoutError("gateway did not become ready")
+                time.sleep(0.05)
+            yield GatewayProcess(url, port, process.pid, output)
+        finally:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()

@@ -24,14 +24,9 @@ import base64
 import contextlib
 import json
 import logging
-import os
 import re
-import signal
 import socket
-import subprocess
-import sys
 import threading
-import time
 from collections.abc import AsyncIterator, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,7 +48,7 @@ from gatewayconfig import (
     cheap_hash,
 )
 from keys import ec_key, ed_key, private_pem, public_pem, rsa_key
-from processes import free_port
+from processes import gateway_process
 
 from gateway.app import Gateway, create_app
 from gateway.cli import uvicorn_options
@@ -381,41 +376,15 @@ class Served:
 
 @contextlib.contextmanager
 def serving(config: SecurityConfig, *, timeout_s: float = 20.0) -> Iterator[Served]:
-    """`python -m gateway serve` for `config` on a free port (output to a file: a pipe could fill and block it)."""
-    path = config.write()
+    """`python -m gateway serve` for `config` on a free port; its output joins the canary watch afterwards."""
     output = config.directory / "gateway.log"
-    port = free_port()
-    with output.open("wb") as sink:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "gateway", "serve", "--config", str(path), "--port", str(port)],
-            env={**os.environ, **config.env},
-            stdout=sink,
-            stderr=subprocess.STDOUT,
-        )
-    url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + timeout_s
-        while True:
-            if process.poll() is not None:
-                raise RuntimeError(f"gateway exited with {process.returncode}: {output.read_text()}")
-            try:
-                if httpx.get(url + "/readyz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                raise TimeoutError("gateway did not become ready")
-            time.sleep(0.05)
-        yield Served(url, port, process.pid, output)
+        with gateway_process(config.write(), config.env, output=output, timeout_s=timeout_s) as process:
+            yield Served(process.url, process.port, process.pid, output)
     finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-        for line in output.read_text(errors="replace").splitlines():
-            WATCH.records.append(f"gateway serve output: {line}")
+        if output.exists():
+            for line in output.read_text(errors="replace").splitlines():
+                WATCH.records.append(f"gateway serve output: {line}")
 
 
 # --------------------------------------------------------------------------------------- raw sockets
