@@ -34,15 +34,20 @@ class GatewayProcess:
 
 @contextmanager
 def gateway_process(
-    config: Path, env: Mapping[str, str], *, output: Path | None = None, timeout_s: float = 20.0
+    config: Path,
+    env: Mapping[str, str],
+    *args: str,
+    port: int | None = None,
+    output: Path | None = None,
+    timeout_s: float = 20.0,
 ) -> Iterator[GatewayProcess]:
-    """Start the gateway, wait for /readyz, yield its URL and pid, then SIGTERM it and wait."""
+    """Start `gateway serve [args]`, wait for /readyz, yield its URL and pid, then SIGTERM it and wait."""
     with tempfile.TemporaryDirectory() as scratch:
         output = output or Path(scratch) / "gateway.log"
-        port = free_port()
+        port = port or free_port()
         with output.open("wb") as sink:
             process = subprocess.Popen(
-                [sys.executable, "-m", "gateway", "serve", "--config", str(config), "--port", str(port)],
+                [sys.executable, "-m", "gateway", "serve", "--config", str(config), "--port", str(port), *args],
                 env={**os.environ, **env},
                 stdout=sink,
                 stderr=subprocess.STDOUT,

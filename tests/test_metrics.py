@@ -5,13 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import signal
-import subprocess
-import sys
 import time
-from collections.abc import AsyncIterator, Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
@@ -19,7 +14,7 @@ import pytest
 from fakes import FakeSMSPortal, RecordingUpstream, UvicornServer
 from gatewayconfig import OPS_PASSWORD, GatewayConfig
 from observed import JSON_REPLY, Env, observed
-from processes import free_port
+from processes import free_port, gateway_process
 from prometheus_client.parser import text_string_to_metric_families
 from providersconfig import SMSPORTAL_ID, SMSPORTAL_SECRET, ProvidersConfig
 
@@ -195,37 +190,6 @@ async def test_two_gateways_in_one_process_count_separately(tmp_path: Path) -> N
 # ------------------------------------------------------------------------------------------------ workers
 
 
-@contextmanager
-def serve(config: Path, env: dict[str, str], port: int, *args: str, log: Path) -> Iterator[subprocess.Popen[bytes]]:
-    """`gateway serve` as a subprocess (stdout and stderr to `log`), ready once /healthz answers."""
-    with open(log, "wb") as out:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "gateway", "serve", "--config", str(config), "--port", str(port), *args],
-            env={**os.environ, **env},
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            assert process.poll() is None, log.read_text()
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "gateway did not start"
-            time.sleep(0.1)
-        yield process
-    finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-
-
 def wait_for_workers(port: int, count: int) -> None:
     """Until `count` different workers have answered (each connection may land on any of them); a worker is
     told apart by when it loaded its config."""
@@ -244,7 +208,9 @@ def test_several_workers_are_aggregated(tmp_path: Path) -> None:
     path = config.write()
     port = free_port()
     log = tmp_path / "gateway.log"
-    with serve(path, config.env, port, "--workers", "2", "--log-format", "json", log=log):
+    with gateway_process(
+        path, config.env, "--workers", "2", "--log-format", "json", port=port, output=log, timeout_s=30
+    ):
         wait_for_workers(port, 2)
         for _ in range(20):  # a new connection each: spread over the workers
             assert httpx.get(f"http://127.0.0.1:{port}/3rdparty/v1/nowhere", timeout=5).status_code == 404
@@ -272,7 +238,9 @@ def test_separate_metrics_listener(tmp_path: Path) -> None:
     )
     path = config.write()
     port = free_port()
-    with serve(path, config.env, port, "--log-format", "json", log=tmp_path / "gateway.log"):
+    with gateway_process(
+        path, config.env, "--log-format", "json", port=port, output=tmp_path / "gateway.log", timeout_s=30
+    ):
         token = httpx.post(
             f"http://127.0.0.1:{port}/3rdparty/v1/auth/token",
             json={"scopes": ["messages:send"]},

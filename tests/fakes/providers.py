@@ -33,7 +33,7 @@ from typing import Any, Self
 import jwt
 from aiohttp import web
 
-from .recording import Recorded
+from .recording import Recorded, start_loopback
 
 __all__ = ["FakeBSG", "FakeProvider", "FakeSMSGate", "FakeSMSGatewayCenter", "FakeSMSPortal"]
 
@@ -132,11 +132,7 @@ class FakeProvider:
     async def __aenter__(self) -> Self:
         app = web.Application(middlewares=[self._record])
         self.routes(app)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        self.port = self._runner.addresses[0][1]
+        self._runner, self.port = await start_loopback(app)
         return self
 
     async def __aexit__(

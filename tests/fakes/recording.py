@@ -20,6 +20,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
+from typing import Any
 
 from aiohttp import web
 
@@ -79,6 +80,15 @@ class Recorded:
 Handler = Callable[[Recorded], "Reply | Awaitable[Reply]"]
 
 
+async def start_loopback(app: web.Application, **runner_options: Any) -> tuple[web.AppRunner, int]:
+    """Serve an aiohttp app on 127.0.0.1:<free port>; returns the runner (to `cleanup()`) and the port."""
+    runner = web.AppRunner(app, access_log=None, **runner_options)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    port: int = runner.addresses[0][1]
+    return runner, port
+
+
 class RecordingUpstream:
     """A loopback HTTP/1.1 server (aiohttp.web) that records requests and answers with `Reply`s."""
 
@@ -124,11 +134,7 @@ class RecordingUpstream:
         app = web.Application(client_max_size=self._max_body_bytes)
         app.router.add_route("*", "/{tail:.*}", self._serve)
         # handler_cancellation: a client that leaves cancels the handler, so `aborted` fires even while waiting.
-        self._runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        self.port = self._runner.addresses[0][1]
+        self._runner, self.port = await start_loopback(app, handler_cancellation=True)
         return self
 
     async def __aexit__(
