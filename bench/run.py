@@ -616,6 +616,9 @@ def main() -> int:
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory (configs, logs)")
     parser.add_argument("--profile", action="store_true", help="only profile smsguard with py-spy → PROFILE.md")
     parser.add_argument("--profile-seconds", type=int, default=10)
+    parser.add_argument(
+        "--quick", action="store_true", help="only the baseline vs smsguard 1 worker, printed (a check while coding)"
+    )
     args = parser.parse_args()
     connection_counts = [int(c) for c in args.connections.split(",")]
 
@@ -726,6 +729,8 @@ def run(args, connection_counts: list[int], workdir: Path, servers: list[Server]
     gateway_w1 = next(s for s in contenders if s.key == "smsguard-w1")
     if args.profile:
         contenders, scaling = [gateway_w1], []
+    elif args.quick:
+        contenders, scaling = [contenders[0], gateway_w1], []
     log(f"bench: starting {len(contenders) + len(scaling)} servers (upstream nginx on :{upstream_port})")
     for server in (*contenders, *scaling):
         servers.append(server)
@@ -758,6 +763,8 @@ def run(args, connection_counts: list[int], workdir: Path, servers: list[Server]
 
     if args.profile:
         return profile(args, gateway_w1, scripts, workdir, servers)
+    if args.quick:
+        return quick(args, contenders, scripts, servers, connection_counts)
 
     # -- memory of fresh servers holding slow clients (before any load has grown their heaps)
     slow: dict[tuple[str, str], tuple[dict[str, float], int]] = {}
@@ -868,6 +875,29 @@ def run(args, connection_counts: list[int], workdir: Path, servers: list[Server]
     log("")
     log(report)
     log(f"bench: wrote {args.output.relative_to(ROOT) if args.output.is_relative_to(ROOT) else args.output}")
+    return 0
+
+
+def quick(args, contenders: list[Server], scripts, servers: list[Server], connection_counts: list[int]) -> int:
+    """Baseline and smsguard back to back, `--rounds` times, medians printed; nothing is written."""
+    results: dict[tuple[str, str, int], list[Result]] = defaultdict(list)
+    for _ in range(args.rounds):
+        for workload in WORKLOADS:
+            for connections in connection_counts:
+                for server in contenders:
+                    if args.warmup > 0:
+                        run_wrk(args, server, workload, connections, args.warmup, scripts)
+                    result = run_wrk(args, server, workload, connections, args.duration, scripts)
+                    results[(server.key, workload, connections)].append(result)
+    baseline, gateway = contenders
+    for workload in WORKLOADS:
+        for connections in connection_counts:
+            base = Result.median(results[(baseline.key, workload, connections)])
+            ours = Result.median(results[(gateway.key, workload, connections)])
+            log(
+                f"{workload:4} c={connections:<4} baseline {base.rps:>8,.0f} req/s p99 {base.p99_ms:6.2f} ms"
+                f" | smsguard {ours.rps:>8,.0f} req/s p99 {ours.p99_ms:6.2f} ms | {fmt_ratio(ratio(ours, base))}"
+            )
     return 0
 
 

@@ -1,22 +1,22 @@
 """The forwarder: an ASGI app that sends an authorized request to its upstream and streams the answer back.
 
 It runs behind `GuardMiddleware`, which leaves the `Decision` in `scope["smsguard"]`; a request without
-one is never forwarded. The data plane is aiohttp (one ClientSession and connection pool per upstream;
-see DESIGN.md for why not httpx), used as a plain pipe:
+one is never forwarded. The data plane is `http1.ConnectionPool`, one keep-alive pool per
+upstream, used as a plain pipe:
 
-- the upstream URL is the configured base URL plus the *canonical* path (mount removed) plus the
-  validated raw query, built with `yarl.URL.build(encoded=True)` from the base's scheme and authority,
-  so no path or query spelling can move the request to another host (`upstream_url`);
+- the request target is the configured base path plus the *canonical* path (mount removed) plus the
+  validated raw query (`upstream_target`); the connection always goes to the configured host and port
+  and `Host` is the configured authority, so no path or query spelling can move the request elsewhere;
 - headers are sanitized (`headers.py`), `X-Forwarded-*` rebuilt, the upstream's credentials injected
-  by its `Credentials` flow; aiohttp adds nothing of its own (no Accept, Accept-Encoding, User-Agent,
+  by its `Credentials` flow; the client adds nothing of its own (no Accept, Accept-Encoding, User-Agent,
   Content-Type or cookies) and never follows redirects or reads proxy settings from the environment;
 - bodies stream both ways without being held whole: a request body up to `retry_buffer_bytes` is read
   first (replayable, and sent with a Content-Length even when the client chunked it), a bigger one is
   streamed with the client's Content-Length (chunked only when the client chunked); the response is
   relayed chunk by chunk, bytes untouched (`auto_decompress=False`);
-- nothing is ever resent on its own: aiohttp's silent retry of idempotent requests after a dropped
-  connection is disabled (`_no_retry`), and only an injector's explicit second attempt (a token
-  exchange after a 401) is honoured, and only for a replayable body; the injector's first request is
+- nothing is ever resent on its own, not even an idempotent request after a dropped connection: only
+  an injector's explicit second attempt (a token exchange after a 401) is honoured, and only for a
+  replayable body; the injector's first request is
   prepared (a token exchange may log in) before an in-flight slot is taken, so logins never hold the pool;
 - a provider that reports bad credentials inside a success (BSG's `200 {"error": 2}`, the injector's
   `credential_error`) is caught: such upstreams are asked for uncompressed answers, and small JSON
@@ -40,13 +40,13 @@ import asyncio
 import json
 import math
 import re
+import ssl
 import zlib
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from time import perf_counter
 from typing import TYPE_CHECKING
 from urllib.parse import quote, unquote_plus, urlencode
 
-import aiohttp
 from yarl import URL
 
 from .asgi import Receive, Scope, Send, run_lifespan
@@ -54,6 +54,16 @@ from .config import ProxySettings, UpstreamSettings
 from .credentials import CredentialErrorRule, Credentials, OutgoingRequest, build_credentials
 from .errors import BadGateway, BadRequest, GatewayTimeout, HTTPError, PayloadTooLarge, ServiceUnavailable
 from .headers import forwarded_headers, normalized_names, sanitize_request_headers, sanitize_response_headers
+from .http1 import (
+    ConnectFailed,
+    ConnectionPool,
+    ConnectTimeout,
+    InvalidRequest,
+    ProtocolError,
+    ReadTimeout,
+    Response,
+    UpstreamError,
+)
 from .logs import Redactor, make_logger
 from .observe import RECORD_KEY, RequestRecord
 from .responses import send_error
@@ -64,7 +74,15 @@ if TYPE_CHECKING:
     from .authorize import Decision
     from .metrics import Metrics
 
-__all__ = ["INSPECT_BYTES", "ProxyApp", "ResponseAborted", "Upstream", "rewrite_location", "upstream_url"]
+__all__ = [
+    "INSPECT_BYTES",
+    "ProxyApp",
+    "ResponseAborted",
+    "Upstream",
+    "rewrite_location",
+    "upstream_target",
+    "upstream_url",
+]
 
 INSPECT_BYTES = 64 * 1024  # the largest answer read whole to look for a provider's credential error
 
@@ -81,7 +99,6 @@ _CANONICAL_ESCAPES = frozenset(
 _QUERY = re.compile(r"[!\"$-~]*")  # printable ASCII without '#' or space
 _ABSOLUTE = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*)://([^/?#]*)(.*)", re.DOTALL)
 _PATH_END = re.compile(r"[?#]")
-_SKIP_AUTO_HEADERS = frozenset({"Accept", "Accept-Encoding", "User-Agent", "Content-Type"})
 _CONTENT_LENGTH = b"content-length"
 _TRANSFER_ENCODING = b"transfer-encoding"
 _JSON_TYPE = re.compile(r"\s*application/(?:[\w.+-]*\+)?json\s*(?:;.*)?", re.IGNORECASE | re.DOTALL)
@@ -97,29 +114,15 @@ class _ClientGone(Exception):
     """The client disconnected; there is nobody to answer."""
 
 
-class _UpstreamDropped(aiohttp.ClientConnectionError):
-    """The upstream dropped the connection before answering (kept out of aiohttp's idempotent retry)."""
-
-
-async def _no_retry(request: aiohttp.ClientRequest, handler: aiohttp.ClientHandlerType) -> aiohttp.ClientResponse:
-    """aiohttp resends GET/PUT/DELETE once after a dropped connection; the request may have been processed."""
-    try:
-        return await handler(request)
-    except aiohttp.ClientConnectorError:
-        raise  # not connected at all: nothing went out, and aiohttp does not retry these anyway
-    except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as exc:
-        raise _UpstreamDropped(type(exc).__name__) from exc
-
-
 def _bad_target(what: str) -> BadRequest:
     return BadRequest(f"cannot forward: {what}", code="bad_target")
 
 
-def upstream_url(base: URL, mount: str, canonical_path: str, raw_query: str) -> URL:
-    """The upstream URL for a canonical request path under `mount`: always on `base`'s scheme, host and port.
+def upstream_target(base_path: str, mount: str, canonical_path: str, raw_query: str) -> str:
+    """The origin-form request target for a canonical request path under `mount`, below `base_path`.
 
     The path must lie under `mount` and be canonical (see `paths.canonical_path`); the query must be
-    printable ASCII without `#` or spaces. Anything else is a BadRequest, never a different URL.
+    printable ASCII without `#` or spaces. Anything else is a BadRequest, never a different target.
     """
     if not mount:
         relative = canonical_path
@@ -137,10 +140,14 @@ def upstream_url(base: URL, mount: str, canonical_path: str, raw_query: str) -> 
         raise _bad_target("the path has escapes that canonical paths never keep")
     if not _QUERY.fullmatch(raw_query):
         raise BadRequest("the query string must be printable ASCII without spaces or '#'", code="bad_query")
-    path = base.raw_path.rstrip("/") + relative
-    return URL.build(
-        scheme=base.scheme, authority=base.raw_authority, path=path or "/", query_string=raw_query, encoded=True
-    )
+    path = base_path.rstrip("/") + relative or "/"
+    return f"{path}?{raw_query}" if raw_query else path
+
+
+def upstream_url(base: URL, mount: str, canonical_path: str, raw_query: str) -> URL:
+    """The full upstream URL: `upstream_target` on `base`'s scheme, host and port (for tools and tests)."""
+    path, _, query = upstream_target(base.raw_path, mount, canonical_path, raw_query).partition("?")
+    return URL.build(scheme=base.scheme, authority=base.raw_authority, path=path, query_string=query, encoded=True)
 
 
 def rewrite_location(location: str, base: URL, mount: str) -> str:
@@ -208,20 +215,26 @@ class Upstream:
 
     __slots__ = (
         "base",
+        "base_path",
+        "connect_timeout_s",
         "credentials",
         "name",
+        "pool",
         "pool_size",
         "pool_timeout_s",
+        "read_timeout_s",
         "retry_after_s",
-        "session",
         "slots",
         "strip_headers",
         "strip_headers_observed",
         "strip_query",
-        "timeout",
+        "tls",
     )
 
-    def __init__(self, settings: UpstreamSettings, credentials: Credentials) -> None:
+    def __init__(
+        self, settings: UpstreamSettings, credentials: Credentials, *, tls: ssl.SSLContext | None = None
+    ) -> None:
+        """`tls` replaces the default context of an https upstream (the system's CAs, hostname checked)."""
         self.name = settings.name
         self.base = URL(settings.url)
         if self.base.scheme not in ("http", "https") or not self.base.raw_host:
@@ -233,42 +246,42 @@ class Upstream:
         # Observed requests carry the gateway's request id upstream instead of the client's.
         self.strip_headers_observed = self.strip_headers | normalized_names({"X-Request-ID"})
         self.strip_query = frozenset(name.lower() for name in credentials.query_names)
-        self.timeout = aiohttp.ClientTimeout(
-            total=None,
-            connect=settings.connect_timeout_s,
-            sock_connect=settings.connect_timeout_s,
-            sock_read=settings.read_timeout_s,
-        )
+        self.base_path = self.base.raw_path
+        self.tls = tls
+        self.connect_timeout_s = settings.connect_timeout_s
+        self.read_timeout_s = settings.read_timeout_s
         self.pool_size = settings.pool_size
         self.pool_timeout_s = settings.pool_timeout_s
         self.retry_after_s = max(1, math.ceil(settings.pool_timeout_s))
-        self.session: aiohttp.ClientSession | None = None
+        self.pool: ConnectionPool | None = None
         self.slots: asyncio.Semaphore | None = None
 
-    def url(self, mount: str, canonical_path: str, raw_query: str) -> URL:
-        return upstream_url(self.base, mount, canonical_path, raw_query)
+    def target(self, mount: str, canonical_path: str, raw_query: str) -> str:
+        return upstream_target(self.base_path, mount, canonical_path, raw_query)
 
     async def start(self) -> None:
         """Open the pool (inside the running loop); a second call does nothing."""
-        if self.session is not None:
+        if self.pool is not None:
             return
-        connector = aiohttp.TCPConnector(limit=self.pool_size, limit_per_host=0)
-        self.session = aiohttp.ClientSession(
-            connector=connector,
-            timeout=self.timeout,
-            trust_env=False,
-            auto_decompress=False,
-            cookie_jar=aiohttp.DummyCookieJar(),
-            skip_auto_headers=_SKIP_AUTO_HEADERS,
-            raise_for_status=False,
-            middlewares=(_no_retry,),
+        base = self.base
+        tls = self.tls
+        if base.scheme == "https" and tls is None:
+            tls = ssl.create_default_context()
+        self.pool = ConnectionPool(
+            base.raw_host or "",
+            base.port or (443 if base.scheme == "https" else 80),
+            host_header=base.raw_authority,
+            tls=tls if base.scheme == "https" else None,
+            connect_timeout_s=self.connect_timeout_s,
+            read_timeout_s=self.read_timeout_s,
+            size=self.pool_size,
         )
         self.slots = asyncio.Semaphore(self.pool_size)
 
     async def aclose(self) -> None:
-        session, self.session, self.slots = self.session, None, None
-        if session is not None:
-            await session.close()
+        pool, self.pool, self.slots = self.pool, None, None
+        if pool is not None:
+            await pool.aclose()
 
     async def acquire(self) -> asyncio.Semaphore:
         """Take an in-flight slot, waiting at most `pool_timeout_s`; 503 + Retry-After when none frees."""
@@ -375,7 +388,7 @@ class ProxyApp:
         return (
             self._started
             and not self._closed
-            and all(upstream.session is not None for upstream in self.upstreams.values())
+            and all(upstream.pool is not None for upstream in self.upstreams.values())
         )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -419,12 +432,12 @@ class ProxyApp:
             raise BadGateway("no upstream is configured for this route", code="no_upstream")
         if record is not None:
             record.upstream = upstream.name
-        if upstream.session is None:
+        if upstream.pool is None:
             raise ServiceUnavailable("the gateway is not ready", code="not_ready")
         raw_query = scope.get("query_string", b"").decode("latin-1")
         if upstream.strip_query:
             raw_query = _drop_query_params(raw_query, upstream.strip_query)
-        url = upstream.url(rule.mount, decision.path, raw_query)
+        target = upstream.target(rule.mount, decision.path, raw_query)
         raw_headers: list[tuple[bytes, bytes]] = scope["headers"]
         length = _content_length(raw_headers)
         if length is not None and length > self._max_body:
@@ -463,11 +476,11 @@ class ProxyApp:
         try:
             outgoing = await anext(flow)  # before taking a slot: a token exchange may log in here
             slots = await upstream.acquire()
-            response: aiohttp.ClientResponse | None = None
+            response: Response | None = None
             sent_at = perf_counter()
             try:
                 try:
-                    response = await self._exchange(upstream, url, raw_query, flow, outgoing, body, exchange)
+                    response = await self._exchange(upstream, target, raw_query, flow, outgoing, body, exchange)
                 finally:
                     if record is not None:
                         record.upstream_s = perf_counter() - sent_at
@@ -541,15 +554,15 @@ class ProxyApp:
     async def _exchange(
         self,
         upstream: Upstream,
-        url: URL,
+        target: str,
         raw_query: str,
         flow: AsyncGenerator[OutgoingRequest, int],
         outgoing: OutgoingRequest,
         body: bytes | AsyncIterator[bytes] | None,
         exchange: _Exchange,
-    ) -> aiohttp.ClientResponse:
+    ) -> Response:
         """Send the flow's request, report the status, and resend once if the flow asks and the body allows."""
-        response = await self._send(upstream, url, raw_query, outgoing, body, exchange)
+        response = await self._send(upstream, target, raw_query, outgoing, body)
         try:
             retry = await flow.asend(response.status)
         except StopAsyncIteration:
@@ -560,7 +573,7 @@ class ProxyApp:
         if isinstance(body, AsyncIterator):
             return response  # the body is gone: the first answer stands
         response.close()
-        response = await self._send(upstream, url, raw_query, retry, body, exchange)
+        response = await self._send(upstream, target, raw_query, retry, body)
         try:
             await flow.asend(response.status)  # the flow learns the outcome; a third attempt is never made
         except StopAsyncIteration:
@@ -571,34 +584,33 @@ class ProxyApp:
         return response
 
     async def _inspect(
-        self, response: aiohttp.ClientResponse, check: CredentialErrorRule, upstream: Upstream
+        self, response: Response, check: CredentialErrorRule, upstream: Upstream
     ) -> tuple[bytes, bool]:
         """Read a small JSON answer whole to look for the provider's credential error.
 
         Returns the bytes read and whether that is the whole body, for `_relay` to send on unchanged.
         Answers with another status, another type, or over `INSPECT_BYTES` pass through unread.
         """
-        if response.status != check.status or not _JSON_TYPE.fullmatch(response.headers.get("Content-Type", "")):
+        if response.status != check.status or not _JSON_TYPE.fullmatch(response.header(b"content-type") or ""):
             return b"", False
         if (response.content_length or 0) > INSPECT_BYTES:
             return b"", False
         chunks: list[bytes] = []
         size = 0
-        content = response.content
         try:
             while size <= INSPECT_BYTES:
-                chunk = await content.readany()
+                chunk = await response.read()
                 if not chunk:
                     break
                 chunks.append(chunk)
                 size += len(chunk)
-        except (aiohttp.ClientError, OSError):
-            raise BadGateway("the upstream failed while answering", code="upstream_reset") from None
+        except UpstreamError as exc:
+            raise _upstream_error(exc) from None
         data = b"".join(chunks)
         if size > INSPECT_BYTES:
             return data, False
         try:
-            document = json.loads(_decoded(data, response.headers.get("Content-Encoding", "")))
+            document = json.loads(_decoded(data, response.header(b"content-encoding") or ""))
         except (ValueError, zlib.error):
             return data, True
         if check.matches(response.status, document):
@@ -616,31 +628,29 @@ class ProxyApp:
     async def _send(
         self,
         upstream: Upstream,
-        url: URL,
+        target: str,
         raw_query: str,
         request: OutgoingRequest,
         body: bytes | AsyncIterator[bytes] | None,
-        exchange: _Exchange,
-    ) -> aiohttp.ClientResponse:
+    ) -> Response:
         if request.query is not None or request.raw_query != raw_query:
             query = request.raw_query
             if request.query:
                 added = urlencode(request.query, quote_via=quote, safe="")
                 query = f"{query}&{added}" if query else added
-            url = URL.build(
-                scheme=url.scheme, authority=url.raw_authority, path=url.raw_path, query_string=query, encoded=True
-            )
-        session = upstream.session
-        if session is None:
+            path = target.partition("?")[0]
+            target = f"{path}?{query}" if query else path
+        pool = upstream.pool
+        if pool is None:
             raise ServiceUnavailable("the gateway is shutting down", code="not_ready")
         try:
-            return await session.request(request.method, url, headers=request.headers, data=body, allow_redirects=False)
-        except (aiohttp.ClientError, OSError) as exc:  # TimeoutError is an OSError
-            raise _upstream_error(exc, exchange) from None
+            return await pool.request(request.method, target, request.headers, body)
+        except UpstreamError as exc:
+            raise _upstream_error(exc) from None
 
     async def _relay(
         self,
-        response: aiohttp.ClientResponse,
+        response: Response,
         send: Send,
         exchange: _Exchange,
         upstream: Upstream,
@@ -669,15 +679,14 @@ class ProxyApp:
             return
         if prefix:
             await send({"type": "http.response.body", "body": prefix, "more_body": True})
-        content = response.content
         while True:
             try:
-                chunk = await content.readany()
-            except (aiohttp.ClientError, OSError) as exc:
+                chunk = await response.read()
+            except UpstreamError as exc:
                 raise ResponseAborted(f"the upstream failed mid-response ({type(exc).__name__})") from None
             if not chunk:
                 break
-            if content.at_eof():
+            if response.at_eof:
                 exchange.finished = True
                 await send({"type": "http.response.body", "body": chunk, "more_body": False})
                 return
@@ -701,20 +710,16 @@ def _decoded(data: bytes, encoding: str) -> bytes:
     return plain
 
 
-def _upstream_error(exc: BaseException, exchange: _Exchange) -> Exception:
+def _upstream_error(exc: UpstreamError) -> HTTPError:
     """The client-facing error for a failure before the response started (never the URL or a header)."""
-    if exchange.gone:
-        return _ClientGone()
-    if exchange.too_large:
-        return PayloadTooLarge("the request body is too large")
-    if isinstance(exc, aiohttp.ConnectionTimeoutError):
+    if isinstance(exc, ConnectTimeout):
         return GatewayTimeout("connecting to the upstream timed out", code="upstream_connect_timeout")
-    if isinstance(exc, TimeoutError):
+    if isinstance(exc, ReadTimeout):
         return GatewayTimeout("the upstream did not answer in time", code="upstream_read_timeout")
-    if isinstance(exc, aiohttp.ClientConnectorError):
+    if isinstance(exc, ConnectFailed):
         return BadGateway("could not connect to the upstream", code="upstream_unreachable")
-    if isinstance(exc, aiohttp.ClientResponseError):
+    if isinstance(exc, ProtocolError):
         return BadGateway("the upstream sent an invalid response", code="upstream_protocol_error")
-    if isinstance(exc, aiohttp.ClientConnectionError | OSError):
-        return BadGateway("the upstream closed the connection without answering", code="upstream_reset")
-    return BadGateway("the upstream request failed", code="upstream_error")
+    if isinstance(exc, InvalidRequest):
+        return BadGateway("the request could not be written to the upstream", code="upstream_bad_request")
+    return BadGateway("the upstream closed the connection without answering", code="upstream_reset")
