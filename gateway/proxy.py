@@ -67,6 +67,7 @@ from .http1 import (
 from .logs import Redactor, make_logger
 from .observe import RECORD_KEY, RequestRecord
 from .responses import send_error
+from .server import DISCONNECT_EXTENSION, DisconnectSignal
 
 if TYPE_CHECKING:
     from structlog.typing import FilteringBoundLogger
@@ -101,6 +102,7 @@ _ABSOLUTE = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*)://([^/?#]*)(.*)", re.DOTALL)
 _PATH_END = re.compile(r"[?#]")
 _CONTENT_LENGTH = b"content-length"
 _TRANSFER_ENCODING = b"transfer-encoding"
+_NO_EXTENSIONS: Mapping[str, object] = {}
 _JSON_TYPE = re.compile(r"\s*application/(?:[\w.+-]*\+)?json\s*(?:;.*)?", re.IGNORECASE | re.DOTALL)
 
 
@@ -306,33 +308,56 @@ class Upstream:
 class _Exchange:
     """Per-request state shared by the forwarder, the body streamer and the disconnect watcher."""
 
-    __slots__ = ("cancelled", "finished", "gone", "receive", "received", "started", "task", "too_large", "watcher")
+    __slots__ = (
+        "cancelled",
+        "finished",
+        "receive",
+        "received",
+        "signal",
+        "started",
+        "task",
+        "watcher",
+        "watching",
+    )
 
-    def __init__(self, receive: Receive) -> None:
+    def __init__(self, receive: Receive, signal: object) -> None:
         self.receive = receive
+        # The server's disconnect callback, when it offers one (`gateway serve` does).
+        self.signal = signal if isinstance(signal, DisconnectSignal) else None
+        self.watching = False
         self.task: asyncio.Task[object] | None = None
         self.watcher: asyncio.Task[None] | None = None
         self.cancelled = False  # the watcher cancelled `task` because the client left
-        self.gone = False  # the client left while its body was being read
-        self.too_large = False
         self.received = 0  # request body bytes read from the client
         self.started = False  # http.response.start was sent
         self.finished = False  # the whole upstream body was read
 
     def watch(self) -> None:
         """The request body is consumed: from now on `http.disconnect` is the only thing `receive` can say."""
-        if self.watcher is None and self.task is not None:
+        if self.watching or self.task is None:
+            return
+        self.watching = True
+        if self.signal is not None:
+            self.signal.add(self.client_left)
+        else:
             self.watcher = asyncio.get_running_loop().create_task(self._watch())
 
     async def _watch(self) -> None:
         if (await self.receive())["type"] != "http.disconnect":
             return  # a non-compliant server: stop watching rather than spin on it
+        self.client_left()
+
+    def client_left(self) -> None:
         if not self.finished and self.task is not None:
             self.cancelled = True
             self.task.cancel()
 
     def stop(self) -> None:
-        if self.watcher is not None:
+        if not self.watching:
+            return
+        if self.signal is not None:
+            self.signal.remove(self.client_left)
+        elif self.watcher is not None:
             self.watcher.cancel()
 
 
@@ -394,7 +419,7 @@ class ProxyApp:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
         if kind == "http":
-            exchange = _Exchange(receive)
+            exchange = _Exchange(receive, scope.get("extensions", _NO_EXTENSIONS).get(DISCONNECT_EXTENSION))
             record: RequestRecord | None = scope.get(RECORD_KEY)
             try:
                 await self._forward(scope, send, exchange, record)
@@ -537,13 +562,11 @@ class ProxyApp:
         while True:
             message = await receive()
             if message["type"] != "http.request":
-                exchange.gone = True
                 raise _ClientGone
             chunk: bytes = message.get("body", b"")
             size += len(chunk)
             exchange.received = size
             if size > self._max_body:
-                exchange.too_large = True
                 raise PayloadTooLarge(f"the request body is larger than {self._max_body} bytes")
             if chunk:
                 yield chunk
@@ -583,9 +606,7 @@ class ProxyApp:
             raise
         return response
 
-    async def _inspect(
-        self, response: Response, check: CredentialErrorRule, upstream: Upstream
-    ) -> tuple[bytes, bool]:
+    async def _inspect(self, response: Response, check: CredentialErrorRule, upstream: Upstream) -> tuple[bytes, bool]:
         """Read a small JSON answer whole to look for the provider's credential error.
 
         Returns the bytes read and whether that is the whole body, for `_relay` to send on unchanged.
