@@ -17,11 +17,10 @@ Everything runs on loopback, in this order:
      shipped `policies/smsgate.yaml` plus 1,000 generated rules under `/extra`, Basic credentials
      injected upstream, uvicorn's access log on (and `--log-format json` / metrics when this gateway
      version has them),
-   - a diagnostic: the same 1-worker gateway with `gc.freeze()` after start-up (`serve_gc_frozen.py`);
 3. wrk (`--latency`, one thread by default) with a small POST and a GET at each connection count, after a
    short warm-up; requests/s, p50 and p99 are parsed from its output;
 4. rule scaling: smsguard with a 10-rule policy against the same policy plus 9,990 generated rules (10,000),
-   plain and with `gc.freeze()`, alternated `--scaling-rounds` times at 32 connections, medians compared;
+   alternated `--scaling-rounds` times at 32 connections, medians compared;
 5. memory: RSS of every server process (each worker) when idle, after the load (steady state), and while
    1,000 slow clients hold a connection open with a half-sent request (headers only, or headers + half
    a body), both on the fresh servers and after the load;
@@ -388,6 +387,7 @@ class Result:
     requests: int
     errors: int  # non-2xx/3xx answers + socket errors
     foreign: float = 0.0  # cores other processes used during the run
+    cpu_us: float = 0.0  # CPU time the server's processes used per request (user + system)
 
     @classmethod
     def median(cls, results: list[Result]) -> Result:
@@ -400,6 +400,7 @@ class Result:
             requests=middle.requests,
             errors=sum(r.errors for r in results),
             foreign=max(r.foreign for r in results),
+            cpu_us=statistics.median(r.cpu_us for r in results),
         )
 
 
@@ -448,7 +449,10 @@ def measure(args, servers: list[Server], server: Server, workload: str, connecti
     """One wrk run; again (up to --retries times) when other processes took CPU meanwhile."""
     for attempt in range(args.retries + 1):
         busy, own, started = busy_cpu_seconds(), own_cpu_seconds(servers), time.monotonic()
+        served = own_cpu_seconds([server]) - own_cpu_seconds([])
         result = run_wrk(args, server, workload, connections, duration, scripts)
+        served = own_cpu_seconds([server]) - own_cpu_seconds([]) - served
+        result.cpu_us = 1e6 * served / max(result.requests, 1)
         used = (busy_cpu_seconds() - busy) - (own_cpu_seconds(servers) - own)
         result.foreign = max(used, 0.0) / (time.monotonic() - started)
         if result.foreign <= FOREIGN_LIMIT:
@@ -684,10 +688,10 @@ def run(args, connection_counts: list[int], workdir: Path, servers: list[Server]
     hs256_token = jwt.encode({"sub": "bench", "exp": int(time.time()) + 21600}, hs256_secret, algorithm="HS256")
     flags, logging_note = serve_flags()
 
-    def gateway(key: str, label: str, config: Path, workers: int, gc_frozen: bool = False) -> Server:
+    def gateway(key: str, label: str, config: Path, workers: int) -> Server:
         port = free_port()
-        command = [str(BENCH / "serve_gc_frozen.py")] if gc_frozen else ["-m", "gateway"]
-        argv = [PYTHON, *command, "serve", "--config", str(config), "--port", str(port), "--workers", str(workers)]
+        argv = [PYTHON, "-m", "gateway", "serve", "--config", str(config), "--port", str(port)]
+        argv += ["--workers", str(workers)]
         argv += flags
         return Server(key, label, argv, port, workdir / f"{key}.log", ready_path="/readyz", token=token, env=env)
 
@@ -718,12 +722,10 @@ def run(args, connection_counts: list[int], workdir: Path, servers: list[Server]
         ),
         gateway("smsguard-w1", "smsguard 1 worker", main_config, 1),
         gateway("smsguard-w2", "smsguard 2 workers", main_config, 2),
-        gateway("smsguard-w1-gc", "smsguard 1w gc.freeze", main_config, 1, gc_frozen=True),
     ]  # fmt: skip
     scaling = [
         gateway("smsguard-10", f"{rules_small} rules", config_10, 1),
         gateway("smsguard-big", f"{rules_big:,} rules", config_big, 1),
-        gateway("smsguard-big-gc", f"{rules_big:,} rules, gc.freeze", config_big, 1, gc_frozen=True),
     ]
     upstream.token = token  # nginx ignores it; the request stays the same size
     gateway_w1 = next(s for s in contenders if s.key == "smsguard-w1")
@@ -814,7 +816,7 @@ def run(args, connection_counts: list[int], workdir: Path, servers: list[Server]
     scale_connections = 32 if 32 in connection_counts else connection_counts[len(connection_counts) // 2]
     scale_results: dict[tuple[str, str], list[Result]] = defaultdict(list)
     log(
-        f"bench: rule scaling, {rules_small} vs {rules_big:,} rules (+ gc.freeze), c={scale_connections},"
+        f"bench: rule scaling, {rules_small} vs {rules_big:,} rules , c={scale_connections},"
         f" {args.scaling_rounds} rounds"
     )
     for workload in WORKLOADS:
@@ -1020,9 +1022,7 @@ def render(
         "",
         "*2 workers' CPU split*: how the CPU time the two workers used during the run divided between them",
         "(uvicorn's workers share one listening socket, and wrk opens its keep-alive connections once, so",
-        "one worker may get most of them). *smsguard 1w gc.freeze* is a diagnostic, not a product setting:",
-        "the same gateway started through `bench/serve_gc_frozen.py`, which calls `gc.freeze()` once the app",
-        "is built, so CPython's cyclic GC stops re-scanning the start-up objects (config, compiled policy).",
+        "one worker may get most of them).",
         "",
         "## Latency, p50 / p99 (ms)",
         "",
@@ -1034,6 +1034,22 @@ def render(
         for c in connection_counts
     ]
     out += [table(header, rows), ""]
+    cpu_keys = [k for k in keys if k != "nginx"]
+    rows = []
+    for workload in WORKLOADS:
+        for c in connection_counts:
+            cells = [best.get((k, workload, c)) for k in cpu_keys]
+            sg, base = best.get(("smsguard-w1", workload, c)), best.get(("baseline", workload, c))
+            cpu_ratio = f"{sg.cpu_us / base.cpu_us:.2f}x" if sg and base and base.cpu_us else "—"
+            rows.append([workload, str(c), *(f"{r.cpu_us:.0f}" if r else "—" for r in cells), cpu_ratio])
+    out += [
+        "## CPU per request (µs, user + system, all of the server's processes)",
+        "",
+        "The steadier figure on a shared machine: what one request costs the server, whatever else ran.",
+        "",
+        table(["request", "conns", *(labels[k] for k in cpu_keys), "smsguard / baseline"], rows),
+        "",
+    ]
 
     # rules scaling
     out += [f"## Policy size: {rules_small} vs {rules_big:,} rules (1 worker, c={scale_connections})", ""]
@@ -1056,7 +1072,7 @@ def render(
         f"Median of {args.scaling_rounds} alternated runs each. The {rules_small}-rule policy is the first "
         f"{rules_small} rules of `policies/smsgate.yaml`; the large one adds {rules_big - rules_small:,} generated "
         "rules (same methods and depths as the driven routes, under `/extra`). Cost = "
-        f"{rules_small}-rule req/s ÷ that policy's req/s. The gc.freeze row is the diagnostic described above.",
+        f"{rules_small}-rule req/s ÷ that policy's req/s.",
         "",
     ]
 
@@ -1126,7 +1142,7 @@ def render(
         return f"{min(values):.{digits}f}x to {max(values):.{digits}f}x" if values else "—"
 
     out += [
-        "## Targets (smsguard = the plain 1-worker gateway; the gc.freeze rows are not counted)",
+        "## Targets (smsguard = the 1-worker gateway)",
         "",
         "| target | measured | |",
         "|---|---|---|",
@@ -1141,19 +1157,6 @@ def render(
         f"| 2 workers / 1: {span(w2_ratios)} | reported |",
         "",
     ]
-    frozen_lines = []
-    for workload in WORKLOADS:
-        for plain_key, frozen_key, what, table_ in (
-            ("smsguard-w1", "smsguard-w1-gc", f"{rules_main:,} rules, c=32", best),
-            (big.key, scaling[2].key, f"{rules_big:,} rules, c={scale_connections}", scale_best),
-        ):
-            key = (workload, 32) if table_ is best else (workload,)
-            plain, frozen = table_.get((plain_key, *key)), table_.get((frozen_key, *key))
-            if plain and frozen:
-                frozen_lines.append(
-                    f"  {workload} {what}: {plain.rps:,.0f} → {frozen.rps:,.0f} req/s, "
-                    f"p99 {plain.p99_ms:.1f} → {frozen.p99_ms:.1f} ms"
-                )
     uv_base = [ratio(best.get(("uvicorn-aiohttp", w, c)), best.get(("baseline", w, c))) for w, c in each()]
     sg_uv = [ratio(best.get(("smsguard-w1", w, c)), best.get(("uvicorn-aiohttp", w, c))) for w, c in each()]
     uv_base = [r for r in uv_base if r is not None]
@@ -1174,9 +1177,6 @@ def render(
         f"the baseline (the server side: uvicorn's httptools protocol and the ASGI hop versus aiohttp's server), "
         f"and smsguard reaches {span(sg_uv)} of uvicorn + aiohttp (the gateway's own work: auth, policy, "
         "headers, credentials, logging, metrics).",
-        "- The gc.freeze diagnostic against the plain gateway, same run:",
-        *[line + ";" for line in frozen_lines[:-1]],
-        *frozen_lines[-1:],
         "- `bench/match_bench.py` (`bench/MATCH_RESULTS.md`) measures the matcher alone, 10 vs 10,000 rules.",
         "- Where the time goes in smsguard under this load: `bench/PROFILE.md` (`bench/run.py --profile`).",
         "",
