@@ -14,7 +14,8 @@ llhttp parser uvicorn uses (httptools):
   chunked when no Content-Length is given), with writes paused while the socket buffer is full;
 - responses: status and raw headers once the head arrived, then the body chunk by chunk as it
   arrives (de-chunked, never decompressed), reading paused past `HIGH_WATER` buffered bytes;
-  `read_timeout_s` bounds every wait for the upstream once the request is sent;
+  `read_timeout_s` bounds every wait for the upstream: for it to take the request's body (while the
+  socket buffer is full), and for each piece of its answer;
 - never a retry, a redirect, a setting from the environment, or a header of its own besides `Host`
   and `Transfer-Encoding: chunked`. A connection that failed, timed out, or was left mid-response is
   closed, never reused.
@@ -102,6 +103,7 @@ class _Connection(asyncio.Protocol):
         self.status = 0
         self.headers: list[tuple[bytes, bytes]] = []
         self._head_bytes = 0
+        self._head_received = 0  # bytes received before the head was complete (httptools buffers a line whole)
         self.head_done = False
         self.done = False  # the whole body was received
         self.sent = False  # the whole request was written
@@ -118,7 +120,7 @@ class _Connection(asyncio.Protocol):
         self._timeout_s = timeout_s
         self.status = 0
         self.headers = []
-        self._head_bytes = 0
+        self._head_bytes = self._head_received = 0
         self.head_done = self.done = self.sent = False
         self.error = None
 
@@ -140,6 +142,8 @@ class _Connection(asyncio.Protocol):
                     transport.write(b"%x\r\n%b\r\n" % (len(chunk), chunk) if chunked else chunk)
                 if self._write_paused:
                     await self._drain()
+                    if self.closed:
+                        break
             else:
                 if not self.closed:
                     if chunked:
@@ -229,9 +233,20 @@ class _Connection(asyncio.Protocol):
         self._wake()
 
     async def _drain(self) -> None:
+        """Wait for the socket buffer to drain, at most `read_timeout_s`: an upstream must take the body too."""
         if self._drained is None or self._drained.done():
             self._drained = self.loop.create_future()
-        await self._drained
+        timer = self.loop.call_later(self._timeout_s, self._not_drained, self._drained)
+        try:
+            await self._drained
+        finally:
+            timer.cancel()
+
+    def _not_drained(self, drained: asyncio.Future[None]) -> None:
+        if not drained.done():
+            self._fail(ReadTimeout("the upstream did not take the request in time"))
+            self.abort()
+            drained.set_result(None)
 
     # ------------------------------------------------------------------ asyncio.Protocol
 
@@ -244,6 +259,8 @@ class _Connection(asyncio.Protocol):
             return
         if self._waiter is not None:
             self._last_data = self.loop.time()
+        if not self.head_done:
+            self._head_received += len(data)
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -252,6 +269,10 @@ class _Connection(asyncio.Protocol):
         except httptools.HttpParserError:
             self._fail(ProtocolError("the upstream sent an invalid response"))
             self.abort()
+        else:
+            if not self.head_done and self._head_received > _MAX_HEAD_BYTES:
+                self._fail(ProtocolError("the upstream's response head is too large"))
+                self.abort()
 
     def eof_received(self) -> bool | None:
         return None  # close the transport; connection_lost follows
@@ -264,20 +285,26 @@ class _Connection(asyncio.Protocol):
             self._wake()
         elif self.active:
             self._fail(UpstreamClosed("the upstream closed the connection before its answer was complete"))
-        drained = self._drained
-        if drained is not None and not drained.done():
-            drained.set_result(None)
+        self._wake_sender()
 
     def pause_writing(self) -> None:
         self._write_paused = True
 
     def resume_writing(self) -> None:
         self._write_paused = False
+        self._wake_sender()
+
+    def _wake_sender(self) -> None:
+        """`send` waiting for the socket buffer to drain looks again: writable, answered, or closed."""
         drained = self._drained
         if drained is not None and not drained.done():
             drained.set_result(None)
 
     # ------------------------------------------------------------------ httptools callbacks
+
+    def on_message_begin(self) -> None:
+        if self.done:  # a second answer in the same packet: the framing can't be trusted, the connection goes
+            raise ProtocolError("the upstream sent more than one answer")
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self._head_bytes += len(name) + len(value) + 4
@@ -298,8 +325,11 @@ class _Connection(asyncio.Protocol):
         if self._head_request:  # no body follows, whatever the headers say; llhttp can't be told
             self.done = True
         self._wake()
+        self._wake_sender()  # an upstream that answered may never read the rest of the body
 
     def on_body(self, body: bytes) -> None:
+        if self.done:  # a body after the answer to HEAD
+            raise ProtocolError("the upstream sent a body where none belongs")
         self.body.append(body)
         self._buffered += len(body)
         if self._buffered > HIGH_WATER and not self._read_paused and self.transport is not None:

@@ -9,16 +9,20 @@ import asyncio
 import contextlib
 import json
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 from fakes import FaultServer, RecordingUpstream, Reply, UvicornServer
+from fakes.raw import RawServer, self_signed, server_context
 from test_proxy import CANARY, call, gateway
 
+from gateway.observe import RECORD_KEY, RequestRecord
 from gateway.proxy import ResponseAborted
 
 FAST: dict[str, Any] = {"connect_timeout_s": 0.3, "read_timeout_s": 0.3}
+_OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
 
 
 def assert_clean_message(body: bytes, port: int) -> str:
@@ -235,3 +239,20 @@ async def test_client_disconnect_mid_upload_closes_the_upstream() -> None:
             await asyncio.sleep(0.2)
         await upstream.wait_closed(timeout_s=2)
     assert upstream.requests == 1  # the head went out once; the body never completed
+
+
+async def test_self_signed_https_upstream_is_unreachable(tmp_path: Path) -> None:
+    """TLS to the upstream is verified by default: a self-signed certificate is a 502, nothing is sent."""
+    record = RequestRecord(request_id="tls")
+    async with RawServer(_OK, tls=server_context(self_signed(tmp_path))) as upstream:
+        async with gateway(f"https://127.0.0.1:{upstream.port}", **FAST) as app:
+
+            async def observed(scope: dict[str, Any], receive: Any, send: Any) -> None:
+                scope[RECORD_KEY] = record
+                await app(scope, receive, send)
+
+            status, _, body = await call(observed)
+        assert upstream.accepted == 1  # the handshake was tried, and failed
+        assert upstream.connections == []
+    assert (status, record.reason) == (502, "upstream_unreachable")
+    assert_clean_message(body, upstream.port)
