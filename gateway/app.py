@@ -53,7 +53,7 @@ from .policy import Policy, load_policies
 from .proxy import ProxyApp
 from .responses import send_error, send_json
 from .scopes import satisfies
-from .stores import Store, open_store
+from .stores import RedisStore, Store, open_store
 from .tokens import TokenService
 from .tokens_api import TokenEndpoints
 
@@ -122,7 +122,9 @@ def build_runtime(
     policies = load_policies(settings.policies)
     check_policies_against_upstreams(settings, policies)
     vocabulary = {scope for policy in policies for scope in policy.scopes}
-    tokens = TokenService(settings.tokens, store, vocabulary, log=loggers.audit if loggers else None)
+    tokens = TokenService(
+        settings.tokens, store, vocabulary, log=loggers.audit if loggers else None, grace_s=settings.auth.leeway_s
+    )
     authorizer = Authorizer.from_settings(settings, policies=policies, is_revoked=tokens.is_revoked)
     # Token exchanges cache provider tokens in the shared store (one login across instances on Redis,
     # and across reloads); their login clients close with the proxy (ProxyApp.aclose closes every injector).
@@ -202,6 +204,8 @@ class Gateway:
 
     async def startup(self) -> None:
         await self.runtime.proxy.start()
+        if isinstance(self.store, RedisStore):
+            self.store.start()  # sync the revocation mirror before requests need it (aclose stops it)
         self.started = True
         if self.settings.reload.watch:
             self._watcher = asyncio.create_task(self._watch())

@@ -51,8 +51,12 @@ class TokenService:
         *,
         clock: Callable[[], float] = time.time,
         log: FilteringBoundLogger | None = None,
+        grace_s: float = 0.0,
     ) -> None:
+        """`grace_s` is the verifiers' leeway: a token stays accepted that long past `exp`, so its
+        revocation (and its record, which revoking needs) must outlive `exp` by as much."""
         self.settings = settings
+        self.grace_s = grace_s
         self.log = log if log is not None else make_logger("smsguard.audit")
         self.store = store
         self.vocabulary = frozenset(vocabulary) | {SUPERUSER}
@@ -91,7 +95,7 @@ class TokenService:
         """Mint an access/refresh pair; `caller=None` is the local operator (CLI) who may grant anything."""
         ttl = self.check_request(caller, scopes, ttl_s)
         pair = self._issuer().mint_pair(subject, scopes, ttl)
-        await self.store.start_family(pair.family, pair.refresh.jti, pair.refresh.expires_at)
+        await self.store.start_family(pair.family, pair.refresh.jti, pair.refresh.expires_at + self.grace_s)
         await self._record(pair)
         self.log.info(
             "token.issued",
@@ -121,7 +125,8 @@ class TokenService:
             )
         ttl_s = min(ttl, self.settings.max_ttl_s) if isinstance(ttl, int) and ttl > 0 else self.settings.default_ttl_s
         pair = self._issuer().mint_pair(principal.subject, granted.split(), ttl_s, family=family)
-        outcome = await self.store.rotate_refresh(family, principal.token_id, pair.refresh.jti, pair.refresh.expires_at)
+        until = pair.refresh.expires_at + self.grace_s
+        outcome = await self.store.rotate_refresh(family, principal.token_id, pair.refresh.jti, until)
         if outcome == "replayed":
             self.log.warning(
                 "token.replay_detected",
@@ -160,8 +165,8 @@ class TokenService:
         record = TokenRecord(data["sub"], data["fam"], data["exp"])
         if caller is not None and caller.subject != record.subject and SUPERUSER not in caller.scopes:
             raise Forbidden("only the token's subject or an all:any caller may revoke it", required=SUPERUSER)
-        family_until = self._clock() + self.settings.refresh_ttl_s
-        await self.store.revoke([jti], record.expires_at)
+        family_until = self._clock() + self.settings.refresh_ttl_s + self.grace_s
+        await self.store.revoke([jti], record.expires_at + self.grace_s)
         await self.store.revoke([record.family], family_until)
         self.log.info("token.revoked", subject=record.subject, jti=jti, family=record.family, **_by(caller))
         return record
@@ -178,7 +183,7 @@ class TokenService:
         now = self._clock()
         for token in (pair.access, pair.refresh):
             value = json.dumps({"sub": pair.subject, "fam": pair.family, "exp": token.expires_at}).encode()
-            await self.store.set(_RECORD + token.jti, value, max(token.expires_at - now, 1))
+            await self.store.set(_RECORD + token.jti, value, max(token.expires_at + self.grace_s - now, 1))
 
 
 def _by(caller: Principal | None) -> dict[str, str | None]:

@@ -8,12 +8,14 @@ import math
 import time
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
+from redisserver import PrivateRedis, exists_calls, private_redis
 
 from gateway.stores import MemoryStore, RedisStore, Store, open_store
 
@@ -507,6 +509,235 @@ async def test_redis_client_must_return_bytes() -> None:
             RedisStore(client)
     finally:
         await client.aclose()
+
+
+# ---------------------------------------------------------------------------- redis: the revocation mirror
+# On a private redis-server, so EXISTS can be counted (INFO commandstats) and connections killed or the
+# server restarted without disturbing anyone else. "b" is the mirrored store under test; "a" plays another
+# gateway instance (mirror off, so it only writes).
+
+
+@pytest.fixture
+def private() -> Iterator[PrivateRedis]:
+    with private_redis() as server:
+        yield server
+
+
+@asynccontextmanager
+async def _stores(
+    server: PrivateRedis, protocol: int = 3, **mirror: Any
+) -> AsyncIterator[tuple[RedisStore, RedisStore, aioredis.Redis]]:
+    """(a, b, admin): a writer, a mirrored store (started, in sync) and a raw client, all closed afterwards."""
+    prefix = f"t{uuid.uuid4().hex[:8]}:"
+    a = RedisStore(server.client(), prefix=prefix, mirror_revocations=False)
+    b = RedisStore(aioredis.Redis.from_url(f"{server.url}?protocol={protocol}"), prefix=prefix, **mirror)
+    admin = server.client()
+    try:
+        b.start()
+        await _eventually(lambda: b.revocations_mirrored)
+        yield a, b, admin
+    finally:
+        await b.aclose()
+        await a.aclose()
+        await admin.aclose()
+
+
+async def _eventually(condition: Callable[[], bool | Awaitable[bool]], timeout_s: float = 3.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        result = condition()
+        if await result if isinstance(result, Awaitable) else result:
+            return
+        assert time.monotonic() < deadline, "condition not met in time"
+        await asyncio.sleep(0.005)
+
+
+def _mirror_tasks() -> list[asyncio.Task[Any]]:
+    return [task for task in asyncio.all_tasks() if task.get_name().startswith("revocation mirror")]
+
+
+@pytest.mark.parametrize("protocol", [2, 3])
+async def test_mirror_sees_revocations_from_another_store_without_a_round_trip(
+    private: PrivateRedis, protocol: int
+) -> None:
+    """Existing revocations are loaded, new ones arrive by pub/sub: b answers both ways with no EXISTS.
+
+    Under RESP2 and RESP3, whose pub/sub messages and PING answers differ.
+    """
+    async with _stores(private, protocol) as (a, b, admin):
+        assert await admin.pubsub_numsub(f"{b.prefix}revocations") == [(f"{b.prefix}revocations".encode(), 1)]
+        await a.revoke(["old"], time.time() + 60)
+        late_client = aioredis.Redis.from_url(f"{private.url}?protocol={protocol}")
+        late = RedisStore(late_client, prefix=b.prefix)  # starts after "old": knows it from its load
+        try:
+            late.start()
+            await _eventually(lambda: late.revocations_mirrored)
+            before = await exists_calls(admin)
+            assert await late.is_revoked("old")
+            assert not await late.is_revoked("never", "seen")
+            await a.revoke(["new"], time.time() + 60)
+            await _eventually(lambda: b.is_revoked("new"))
+            await _eventually(lambda: late.is_revoked("new"))
+            assert not await b.is_revoked("never")
+            assert await exists_calls(admin) == before, "an answer came from Redis, not the mirror"
+            # the counter does see a store without a mirror asking Redis
+            assert await a.is_revoked("new")
+            assert await exists_calls(admin) == before + 1
+        finally:
+            await late.aclose()
+
+
+async def test_mirror_refuses_its_own_revocations_at_once(private: PrivateRedis) -> None:
+    """A revoke through b is seen by b on the very next call, without waiting for its own message."""
+    async with _stores(private) as (_, b, admin):
+        before = await exists_calls(admin)
+        await b.revoke(["mine"], time.time() + 60)
+        assert await b.is_revoked("mine")
+        assert await exists_calls(admin) == before
+
+
+async def test_mirror_sees_a_family_revoked_by_a_replay(private: PrivateRedis) -> None:
+    """A refresh replay on a revokes the family; b learns it, for as long as the live refresh token lives."""
+    async with _stores(private) as (a, b, admin):
+        await a.start_family("fam", "r1", time.time() + 60)
+        assert await a.rotate_refresh("fam", "r1", "r2", time.time() + 60) == "rotated"
+        before = await exists_calls(admin)
+        assert await a.rotate_refresh("fam", "r1", "x", time.time() + 0.2) == "replayed"
+        await _eventually(lambda: b.is_revoked("fam"))
+        await asyncio.sleep(0.3)  # past the replayed token's until, not the live one's
+        assert await b.is_revoked("fam")
+        assert await exists_calls(admin) == before + 1  # only the one inside a's rotation script
+
+
+async def test_mirror_entries_expire_at_until(private: PrivateRedis) -> None:
+    """A mirrored revocation is forgotten at its until, read or not (sweep), without asking Redis."""
+    async with _stores(private) as (a, b, admin):
+        await a.revoke(["short"], time.time() + 0.3)
+        await a.revoke(["unread"], time.time() + 0.3)
+        await a.revoke(["long"], time.time() + 60)
+        await _eventually(lambda: b.is_revoked("short"))
+        await _eventually(lambda: b.is_revoked("unread"))
+        before = await exists_calls(admin)
+        await asyncio.sleep(0.35)
+        assert not await b.is_revoked("short")
+        assert await b.is_revoked("long")
+        assert await exists_calls(admin) == before
+        mirror = b._mirror
+        assert mirror is not None
+        assert (mirror.size(), mirror.sweep(), mirror.size()) == (2, 1, 1)
+
+
+async def test_mirror_falls_back_to_redis_while_unsubscribed_then_resyncs(private: PrivateRedis) -> None:
+    """Pub/sub connection killed: b asks Redis (a revoke made meanwhile is seen), then resubscribes and reloads."""
+    async with _stores(private, mirror_backoff_s=(0.3, 0.3)) as (a, b, admin):
+        assert await admin.client_kill_filter(_type="pubsub") == 1
+        await _eventually(lambda: not b.revocations_mirrored)
+        await a.revoke(["during"], time.time() + 60)  # published to nobody: b is not subscribed
+        before = await exists_calls(admin)
+        assert await b.is_revoked("during")
+        assert not await b.is_revoked("other")
+        assert await exists_calls(admin) == before + 2, "a mirror that may have missed messages answered"
+        await _eventually(lambda: b.revocations_mirrored)
+        before = await exists_calls(admin)
+        assert await b.is_revoked("during")  # from the reload
+        assert not await b.is_revoked("other")
+        assert await exists_calls(admin) == before
+
+
+async def test_mirror_survives_a_redis_restart(private: PrivateRedis) -> None:
+    """Redis restarts empty: b stops answering from memory, then resyncs with the new server."""
+    async with _stores(private, mirror_backoff_s=(0.3, 0.3)) as (a, b, _):
+        await a.revoke(["before"], time.time() + 60)
+        await _eventually(lambda: b.is_revoked("before"))
+        private.stop()
+        await _eventually(lambda: not b.revocations_mirrored)
+        private.start()
+        admin = private.client()
+        try:
+            # each pooled connection fails once after a restart (from_url clients do not retry): warm up
+            await _eventually(a.ping)
+            await _eventually(b.ping)
+            await a.revoke(["after"], time.time() + 60)  # b's mirror is still backing off: not subscribed
+            before = await exists_calls(admin)
+            assert await b.is_revoked("after")
+            assert await exists_calls(admin) == before + 1
+            await _eventually(lambda: b.revocations_mirrored)
+            before = await exists_calls(admin)
+            assert await b.is_revoked("after")
+            assert await b.is_revoked("before"), "revocations are only ever added: b keeps what Redis lost"
+            assert not await b.is_revoked("other")
+            assert await exists_calls(admin) == before
+        finally:
+            await admin.aclose()
+
+
+async def test_mirror_resyncs_after_a_message_it_cannot_read(private: PrivateRedis) -> None:
+    """Anything unreadable on the channel might have been a revocation: the mirror resubscribes and reloads."""
+    async with _stores(private, mirror_backoff_s=(0.05, 0.05)) as (a, b, admin):
+        mirror = b._mirror
+        assert mirror is not None
+        assert mirror.syncs == 1
+        await admin.publish(f"{b.prefix}revocations", b"not json")
+        await a.revoke(["x"], time.time() + 60)
+        await _eventually(lambda: mirror.syncs == 2 and b.revocations_mirrored)
+        before = await exists_calls(admin)
+        assert await b.is_revoked("x")
+        assert await exists_calls(admin) == before
+
+
+async def test_mirror_heartbeat_bounds_how_stale_it_can_be(private: PrivateRedis) -> None:
+    """A connection that stays open but stops answering (CLIENT PAUSE) is out of sync within 3 heartbeats."""
+    async with _stores(private, mirror_heartbeat_s=0.05, mirror_backoff_s=(0.05, 0.05)) as (_, b, admin):
+        mirror = b._mirror
+        assert mirror is not None
+        await admin.client_pause(300)
+        paused = time.monotonic()
+        await _eventually(lambda: not b.revocations_mirrored, timeout_s=0.4)
+        assert time.monotonic() - paused < 0.4
+        await _eventually(lambda: mirror.syncs == 2 and b.revocations_mirrored)
+
+
+async def test_mirror_starts_lazily_and_stops_with_the_store(private: PrivateRedis) -> None:
+    """The first is_revoked asks Redis and starts the mirror; aclose leaves no task or subscription behind."""
+    admin = private.client()
+    store = RedisStore(private.client(), prefix="lazy:")
+    try:
+        assert _mirror_tasks() == []
+        before = await exists_calls(admin)
+        assert not await store.is_revoked("x")
+        assert await exists_calls(admin) == before + 1
+        assert len(_mirror_tasks()) == 1
+        await _eventually(lambda: store.revocations_mirrored)
+        await store.aclose()
+        assert _mirror_tasks() == []
+        assert not store.revocations_mirrored
+        await _eventually(lambda: _numsub(admin, "lazy:revocations", 0))
+    finally:
+        await store.aclose()
+        await admin.aclose()
+
+
+async def test_mirror_can_be_switched_off(private: PrivateRedis) -> None:
+    """mirror_revocations=False: no subscription, every check asks Redis (as before the mirror)."""
+    admin = private.client()
+    store = RedisStore(private.client(), prefix="off:", mirror_revocations=False)
+    try:
+        store.start()
+        await store.revoke(["x"], time.time() + 60)
+        before = await exists_calls(admin)
+        assert await store.is_revoked("x")
+        assert not await store.is_revoked("y")
+        assert await exists_calls(admin) == before + 2
+        assert _mirror_tasks() == []
+        assert not store.revocations_mirrored
+        assert await _numsub(admin, "off:revocations", 0)
+    finally:
+        await store.aclose()
+        await admin.aclose()
+
+
+async def _numsub(admin: aioredis.Redis, channel: str, expected: int) -> bool:
+    return bool(await admin.pubsub_numsub(channel) == [(channel.encode(), expected)])
 
 
 # -------------------------------------------------------------------------------------------- open_store

@@ -22,8 +22,11 @@ from gatewayconfig import OPS_PASSWORD, SENDER_PASSWORD, TOKEN_SECRET, GatewayCo
 from gateway.app import Gateway, create_app
 from gateway.cli import main as cli_main
 from gateway.config import parse_settings
+from gateway.errors import NotFound
 from gateway.issue import TokenIssuer
-from gateway.stores import open_store
+from gateway.stores import MemoryStore, open_store
+from gateway.tokens import TokenService
+from gateway.verify import Principal
 
 TOKEN = "/3rdparty/v1/auth/token"
 OPS = ("ops", OPS_PASSWORD)
@@ -324,3 +327,35 @@ def test_cli_issue_and_revoke_share_the_configured_store(tmp_path: Path, capsys:
             await store.aclose()
 
     assert asyncio.run(revoked()) == (True, True)
+
+
+@pytest.mark.parametrize("grace_s", [0.0, 30.0])
+async def test_a_revocation_outlives_exp_by_the_verifiers_leeway(grace_s: float) -> None:
+    """Verifiers accept a token until exp + leeway: its revocation must hold (and be revocable) that long too."""
+    now = [1_800_000_000.0]
+    settings = parse_settings(
+        "tokens:\n  enabled: true\n  default_ttl_s: 600\n  max_ttl_s: 600\n  keys:\n"
+        f"    - {{kid: k1, algorithm: HS256, secret: {TOKEN_SECRET}}}\n",
+        env={},
+    ).tokens
+    store = MemoryStore(clock=lambda: now[0])
+    service = TokenService(settings, store, ["messages:send"], clock=lambda: now[0], grace_s=grace_s)
+    pair = await service.issue("alice", ["messages:send"], 600, caller=None)
+    access = Principal(
+        "alice",
+        frozenset({"messages:send"}),
+        "self",
+        pair.access.jti,
+        pair.access.expires_at,
+        {"fam": pair.family},
+        "access",
+    )
+    now[0] = pair.access.expires_at + 15  # past exp, inside a 30 s leeway: still accepted by the verifier
+    if not grace_s:
+        with pytest.raises(NotFound):  # its record is gone: nobody could revoke a token that still works
+            await service.revoke(pair.access.jti, caller=None)
+        return
+    await service.revoke(pair.access.jti, caller=None)
+    now[0] = pair.access.expires_at + 29
+    assert await service.is_revoked(access)
+    assert await store.is_revoked(pair.access.jti)  # the token itself, not only its family
