@@ -20,6 +20,10 @@ The JSON format takes a cheap path (`Redactor.json_line`: key names checked once
 searched as a whole, the thorough pass only when something is found); the other sinks always run the
 thorough pass.
 
+The one event per request, the access event, may skip the chain: a JSON logger carries a `JSONOutput`
+(`json_output(logger)`) that takes a line its caller built (observe.py), checks it like `json_line` does,
+and writes it to the sink; when the check finds anything, the caller logs the event through the chain.
+
 `configure_stdlib_logging` (called by the CLI only) sends the process's stdlib records (uvicorn,
 aiohttp, httpx, smsguard's own stdlib loggers) through the same redactor and renderer.
 """
@@ -48,6 +52,7 @@ __all__ = [
     "REDACTED",
     "SENSITIVE_KEYS",
     "JSONLines",
+    "JSONOutput",
     "LogCapture",
     "LogFormat",
     "LogSink",
@@ -58,6 +63,8 @@ __all__ = [
     "StreamSink",
     "configure_stdlib_logging",
     "fingerprint",
+    "json_output",
+    "json_string",
     "make_logger",
     "resolve_format",
 ]
@@ -107,6 +114,7 @@ def _json_encoder() -> Callable[[object], str]:
 
 
 _encode = _json_encoder()
+json_string: Callable[[str], str] = json.encoder.encode_basestring_ascii  # a str as the JSON format writes it
 
 
 def fingerprint(token: str) -> str:
@@ -132,6 +140,7 @@ class Redactor:
         self._safe_keys: set[str] = set()
         self._line_secrets: tuple[str, ...] = ()
         self._pattern = re.compile(_JWT)
+        self.generation = 0  # bumped by `add`: whoever caches a verdict of this redactor knows it is stale
         self.add(secrets, names)
 
     def add(self, secrets: Iterable[str] = (), names: Iterable[str] = ()) -> None:
@@ -148,6 +157,7 @@ class Redactor:
         self._line_secrets = tuple(sorted(self._secrets | escaped))
         alternatives = "".join("|" + re.escape(s) for s in sorted(self._secrets, key=len, reverse=True))
         self._pattern = re.compile(_JWT + alternatives)
+        self.generation += 1
 
     def __call__(self, logger: WrappedLogger, method_name: str, event_dict: EventDict) -> EventDict:
         """The thorough pass: every key checked, every string searched (sinks that keep the dict use it)."""
@@ -176,15 +186,18 @@ class Redactor:
                 elif len(self._safe_keys) < 4096:
                     self._safe_keys.add(key)
         line = _encode(event)
-        if '": {' in line or "[{" in line or self._dirty(line):
+        if '": {' in line or "[{" in line or self.dirty(line):
             line = _encode(self(None, "", event))
         return line
 
-    def _dirty(self, text: str) -> bool:
-        """Whether `text` may hold a token or a secret."""
+    def dirty(self, text: str) -> bool:
+        """Whether `text` (a rendered line) may hold a token or a secret, in its raw or JSON-escaped spelling."""
         if "eyJ" in text:
             return True
-        return any(map(text.__contains__, self._line_secrets))
+        for secret in self._line_secrets:  # noqa: SIM110 (a plain loop: cheaper than any() on the hot path)
+            if secret in text:
+                return True
+        return False
 
     def sensitive(self, key: str) -> bool:
         """Whether values under `key` are masked whole (case, `-` and `.` do not matter)."""
@@ -235,6 +248,11 @@ class LogSink:
 
     def target(self, name: str) -> WrappedLogger:
         raise NotImplementedError
+
+    def json_lines(self, target: WrappedLogger) -> Callable[[str], None] | None:
+        """Where this sink takes finished JSON lines (as its JSON processor chain would end), for events
+        rendered without structlog (`JSONOutput`); None: it wants event dicts, through its processors."""
+        return None
 
 
 class _Lines:
@@ -324,6 +342,9 @@ class StreamSink(LogSink):
     def target(self, name: str) -> WrappedLogger:
         return _Lines(self.stream)
 
+    def json_lines(self, target: WrappedLogger) -> Callable[[str], None] | None:
+        return target.msg if self.format == "json" and isinstance(target, _Lines) else None
+
 
 class StdlibSink(LogSink):
     """The event dict, redacted, to the stdlib logger `name` (ready for structlog's ProcessorFormatter)."""
@@ -364,15 +385,20 @@ class LogCapture(LogSink):
 
     def processors(self, redactor: Redactor) -> list[Processor]:
         def capture(logger: WrappedLogger, method_name: str, event_dict: EventDict) -> NoReturn:
-            line = redactor.json_line(event_dict)
-            self.lines.append(line)
-            self.entries.append(json.loads(line))
+            self._line(redactor.json_line(event_dict))
             raise DropEvent
 
         return [capture]
 
     def target(self, name: str) -> WrappedLogger:
         return _Nowhere()
+
+    def json_lines(self, target: WrappedLogger) -> Callable[[str], None] | None:
+        return self._line
+
+    def _line(self, line: str) -> None:
+        self.lines.append(line)
+        self.entries.append(json.loads(line))
 
     def events(self, name: str) -> list[dict[str, Any]]:
         """The captured events called `name`, oldest first."""
@@ -392,20 +418,26 @@ class LogCapture(LogSink):
 
 class _Timestamp:
     """`timestamp`: ISO 8601 UTC with microseconds (`2026-11-22T10:15:00.123456Z`), like structlog's
-    `TimeStamper(fmt="iso", utc=True)` but formatting the date and time only once per second."""
+    `TimeStamper(fmt="iso", utc=True)` but formatting the date and time only once per second (the
+    access line's fast path takes it too)."""
 
     def __init__(self) -> None:
-        self._second = -1
+        self._second = 0
+        self._next = 0  # the second after `_second`: until then, only the microseconds change
         self._prefix = ""
 
     def __call__(self, logger: WrappedLogger, method_name: str, event_dict: EventDict) -> EventDict:
-        now = time.time()
-        second = int(now)
-        if second != self._second:
-            self._prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
-            self._second = second
-        event_dict["timestamp"] = f"{self._prefix}.{int((now - second) * 1_000_000):06d}Z"
+        event_dict["timestamp"] = self.now()
         return event_dict
+
+    def now(self) -> str:
+        now = time.time()
+        if not self._second <= now < self._next:  # a new second (or the clock went back)
+            second = int(now)
+            self._prefix = time.strftime("%Y-%m-%dT%H:%M:%S.", time.gmtime(second))
+            self._second, self._next = second, second + 1
+        # %d truncates the float itself: cheaper than int() inside an f-string
+        return "%s%06dZ" % (self._prefix, (now - self._second) * 1_000_000)  # noqa: UP031
 
 
 _timestamper = _Timestamp()
@@ -424,20 +456,75 @@ def make_logger(
     the default `StdlibSink` hands events to. `level` defaults to debug: stdlib logging then decides.
     """
     sink = sink if sink is not None else StdlibSink()
+    redactor = redactor if redactor is not None else Redactor()
+    levelno = logging.getLevelNamesMapping()[level.upper()]
     processors: list[Processor] = [
         add_log_level,
         _timestamper,
         format_exc_info,
-        *sink.processors(redactor if redactor is not None else Redactor()),
+        *sink.processors(redactor),
     ]
+    target = sink.target(name)
     logger: FilteringBoundLogger = structlog.wrap_logger(
-        sink.target(name),
+        target,
         processors=processors,
-        wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelNamesMapping()[level.upper()]),
+        wrapper_class=structlog.make_filtering_bound_logger(levelno),
         context_class=dict,
         cache_logger_on_first_use=True,
     ).bind()
+    lines = sink.json_lines(target)
+    if lines is not None:  # read by `json_output`; a logger bound from this one has none (it carries context)
+        setattr(logger, _JSON_OUTPUT, JSONOutput(redactor, lines, levelno))
     return logger
+
+
+_JSON_OUTPUT = "_smsguard_json_output"
+
+
+def json_output(logger: FilteringBoundLogger) -> JSONOutput | None:
+    """The direct JSON output of a logger from `make_logger` whose sink writes JSON lines, else None."""
+    output = getattr(logger, _JSON_OUTPUT, None)
+    return output if isinstance(output, JSONOutput) else None
+
+
+class JSONOutput:
+    """Writes an event its caller rendered as JSON to a JSON logger's sink, skipping structlog's chain.
+
+    For the one hot event (the access event, one per request): the caller builds the line's text itself
+    (`head`: the object up to its last field, keys in the order the chain would write them), which costs
+    a fraction of an event dict going through the processors and the encoder. The line is the one the
+    chain would write, `level` and `timestamp` last; the redactor checks it the same way
+    (`Redactor.json_line`: sensitive key names, then the whole line searched for tokens and secrets).
+    When it finds anything, `write` writes nothing and returns False: the caller then logs the event
+    through the logger, whose thorough pass redacts it.
+    """
+
+    __slots__ = ("_generation", "_keys", "_lines", "_plain", "level", "redactor")
+
+    def __init__(self, redactor: Redactor, lines: Callable[[str], None], level: int) -> None:
+        self.redactor = redactor
+        self.level = level  # the logger's: events below it are dropped (check `level` before rendering)
+        self._lines = lines
+        self._keys: tuple[str, ...] = ()
+        self._generation = -1
+        self._plain = False
+
+    def write(self, keys: tuple[str, ...], head: str, level: str) -> bool:
+        """Write `head` + level + timestamp as one line, unless the redactor would change it (False).
+
+        `keys` are the names of `head`'s fields (one constant tuple per event: checked once per redactor
+        version)."""
+        redactor = self.redactor
+        if keys is not self._keys or redactor.generation != self._generation:  # the key names, once per version
+            self._plain = not any(map(redactor.sensitive, ("event", *keys, "level", "timestamp")))
+            self._keys, self._generation = keys, redactor.generation
+        if not self._plain:
+            return False
+        line = f'{head}, "level": "{level}", "timestamp": "{_timestamper.now()}"}}'
+        if redactor.dirty(line):
+            return False
+        self._lines(line)
+        return True
 
 
 @dataclass(frozen=True, slots=True)

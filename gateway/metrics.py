@@ -17,22 +17,62 @@ scrape of any worker (or of the separate metrics listener) aggregates all of the
 its value storage when it is first imported, so this module imports it lazily: the CLI can set the
 directory after `import gateway`.
 
-Hot-path cost: label children are cached in plain dicts, so a request costs a dict lookup and a few
-locked increments.
+Hot-path cost: `observe_request` appends the latencies to per-label-set lists (a dict lookup and two
+appends); `flush`, which the Observer calls after each event-loop iteration's batch of finished requests
+(about 15 under load) and `render` before answering, adds them to prometheus_client's values: one
+locked increment per counter, histogram sum and bucket touched per batch, instead of five per request.
+Those values (the counter's; each histogram's sum and buckets) are incremented directly, as `Counter.inc`
+and `Histogram.observe` do it (the same value objects, so multiprocess mode writes its files as usual),
+without their per-call checks and linear bucket search.
 """
 
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING
+from bisect import bisect_left
+from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
-    from prometheus_client import CollectorRegistry, Counter, Histogram
+    from prometheus_client import CollectorRegistry, Histogram
 
 __all__ = ["LATENCY_BUCKETS", "MULTIPROC_ENV", "Metrics", "aggregate_registry"]
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+
+class _Value(Protocol):
+    """prometheus_client's value of one sample (a locked float, or an mmap slot in multiprocess mode)."""
+
+    def inc(self, amount: float) -> None: ...
+
+
+class _Timings:
+    """Latencies for one histogram child (and, for a request series, its counter), held until `flush`."""
+
+    __slots__ = ("bounds", "buckets", "count", "pending", "sum")
+
+    def __init__(self, child: Histogram, count: _Value | None = None) -> None:
+        self.bounds: tuple[float, ...] = tuple(child._upper_bounds)  # ends with +Inf
+        self.buckets: list[_Value] = list(child._buckets)
+        self.sum: _Value = child._sum
+        self.count = count  # the requests counter of this label set, one per latency
+        self.pending: list[float] = []
+
+    def flush(self) -> None:
+        pending, self.pending = self.pending, []  # taken first: a failing increment cannot strand the rest
+        if self.count is not None:
+            self.count.inc(len(pending))
+        bounds = self.bounds
+        counts = [0] * len(bounds)
+        total = 0.0
+        for seconds in pending:
+            total += seconds
+            counts[bisect_left(bounds, seconds)] += 1  # the first bucket with seconds <= its bound
+        self.sum.inc(total)
+        for bucket, count in zip(self.buckets, counts, strict=True):
+            if count:
+                bucket.inc(count)
 
 
 class Metrics:
@@ -108,8 +148,9 @@ class Metrics:
         )
         self._aggregate: CollectorRegistry | None = None
         self._version: str | None = None
-        self._request_children: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
-        self._upstream_children: dict[str, Histogram] = {}
+        self._request_series: dict[tuple[str, str, int], _Timings] = {}
+        self._upstream_series: dict[str, _Timings] = {}
+        self._unflushed: list[_Timings] = []
 
     def observe_request(
         self,
@@ -120,23 +161,28 @@ class Metrics:
         upstream: str | None = None,
         upstream_s: float | None = None,
     ) -> None:
-        """Count one answered request and its latencies."""
+        """Count one answered request and its latencies (in the metrics at the next `flush`)."""
         key = (route, decision, status)
-        children = self._request_children.get(key)
-        if children is None:
-            children = (
-                self.requests.labels(route, decision, str(status)),
-                self.request_duration.labels(route),
-            )
-            self._request_children[key] = children
-        counter, histogram = children
-        counter.inc()
-        histogram.observe(duration_s)
+        series = self._request_series.get(key)
+        if series is None:
+            counter = self.requests.labels(route, decision, str(status))._value
+            series = self._request_series[key] = _Timings(self.request_duration.labels(route), counter)
+        if not series.pending:
+            self._unflushed.append(series)
+        series.pending.append(duration_s)
         if upstream is not None and upstream_s is not None:
-            child = self._upstream_children.get(upstream)
-            if child is None:
-                child = self._upstream_children[upstream] = self.upstream_duration.labels(upstream)
-            child.observe(upstream_s)
+            timings = self._upstream_series.get(upstream)
+            if timings is None:
+                timings = self._upstream_series[upstream] = _Timings(self.upstream_duration.labels(upstream))
+            if not timings.pending:
+                self._unflushed.append(timings)
+            timings.pending.append(upstream_s)
+
+    def flush(self) -> None:
+        """Add the requests observed since the last flush to prometheus_client's values."""
+        unflushed, self._unflushed = self._unflushed, []
+        for timings in unflushed:
+            timings.flush()
 
     def token_failure(self, reason: str) -> None:
         self.token_failures.labels(reason).inc()
@@ -158,6 +204,7 @@ class Metrics:
         """The exposition text and its content type: this registry, or every process's in multiprocess mode."""
         from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+        self.flush()
         return generate_latest(self._collecting()), CONTENT_TYPE_LATEST
 
     def _collecting(self) -> CollectorRegistry:
@@ -169,6 +216,7 @@ class Metrics:
 
     def process_exiting(self) -> None:
         """In multiprocess mode, drop this process's live gauges (in-flight, version) from the aggregate."""
+        self.flush()
         if self.multiprocess_dir is not None:
             from prometheus_client import multiprocess
 

@@ -9,7 +9,12 @@
 
 The metrics and the access event of the requests that finish during one event-loop iteration are
 written together at the end of that iteration (`call_soon`): the same work, but in one hot loop, which
-measurably costs less CPU than interleaving it with the next requests' (bench/LOGGING_COST.md).
+measurably costs less CPU than interleaving it with the next requests' (bench/LOGGING_COST.md). The
+metrics are added once per iteration (`Metrics.flush`). When the access logger's sink takes JSON lines
+(`--log-format json`, `LogCapture`), the access line is built here as text and handed to
+`logs.JSONOutput`, which redaction-checks and writes it: the very line structlog's chain would write, at
+a fraction of the cost of an event dict through its processors and the encoder; the chain still renders
+it when the redactor finds something to redact, and for the other sinks (console, stdlib logging).
 
 `send` is wrapped (one closure call per ASGI message): it counts response body bytes, records the
 status and appends `x-request-id` to the response headers (the gateway's handlers hand over fresh
@@ -28,8 +33,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import re
+from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,7 +44,7 @@ from time import perf_counter
 from typing import TYPE_CHECKING, Any
 
 from .asgi import Message, Receive, Scope, Send
-from .logs import fingerprint
+from .logs import fingerprint, json_output, json_string
 
 if TYPE_CHECKING:
     from structlog.typing import FilteringBoundLogger
@@ -69,6 +76,29 @@ KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPT
 _REQUEST_ID = re.compile(rb"[A-Za-z0-9._~:@+/=-]{1,128}")
 _GONE = frozenset({"client_disconnected", "cancelled"})
 _CLIENT_CLOSED = 499  # nginx's status for "the client went away before the answer": nothing was sent
+_INFO, _ERROR = logging.INFO, logging.ERROR  # the access event's levels
+_ACCESS_KEYS = (  # the access event's fields, in the order both renderings write them
+    "request_id",
+    "method",
+    "path",
+    "route",
+    "rule",
+    "upstream",
+    "decision",
+    "reason",
+    "client",
+    "subject",
+    "jti",
+    "issuer",
+    "token_hash",
+    "required",
+    "granted",
+    "status",
+    "bytes_in",
+    "bytes_out",
+    "upstream_ms",
+    "duration_ms",
+)
 
 
 @dataclass(slots=True, eq=False)
@@ -107,8 +137,20 @@ def note_principal(scope: Scope, principal: Principal | None) -> None:
         record.principal = principal
 
 
+_fresh_ids: deque[str] = deque()  # popleft is atomic: threads never get the same one
+_IDS_PER_DRAW = 64
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_fresh_ids.clear)  # a forked worker must not repeat its parent's ids
+
+
 def new_request_id() -> str:
-    return os.urandom(16).hex()
+    """32 random hex digits (os.urandom), drawn 64 at a time: a system call per request cost about 0.5 µs."""
+    try:
+        return _fresh_ids.popleft()
+    except IndexError:
+        digits = os.urandom(16 * _IDS_PER_DRAW).hex()
+        _fresh_ids.extend(digits[at : at + 32] for at in range(32, len(digits), 32))
+        return digits[:32]
 
 
 def request_id(headers: list[tuple[bytes, bytes]]) -> str:
@@ -190,6 +232,9 @@ class Observer:
         self.active = 0  # requests in flight (the gauge reads it; in multiprocess mode it is kept in step)
         self._pending: list[tuple[Scope, RequestRecord, float, ObservePlan]] = []
         self._gauge = metrics.in_flight if metrics.multiprocess_dir is not None else None
+        self._output = json_output(log)  # the access line's fast path, when the sink takes JSON lines
+        self._lists: dict[tuple[str, ...] | frozenset[str], str] = {}
+        self._callers: dict[int, tuple[Principal, str, str]] = {}
         if self._gauge is None:
             metrics.in_flight.set_function(lambda: self.active)
 
@@ -244,11 +289,12 @@ class Observer:
                 self.finish(scope, record, duration_s, plan)
             except Exception as exc:  # the others are still counted and logged; the loop reports this one
                 failure = failure or exc
+        self.metrics.flush()  # the batch's counts and latencies, added together
         if failure is not None:
             raise failure
 
     def finish(self, scope: Scope, record: RequestRecord, duration_s: float, plan: ObservePlan) -> None:
-        """Count the request and write its access event."""
+        """Count the request (in the metrics at the batch's flush) and write its access event."""
         status = record.status or (_CLIENT_CLOSED if record.reason in _GONE else 500)
         rule = record.rule
         method: str = scope["method"]
@@ -261,23 +307,61 @@ class Observer:
                 self.metrics.token_failure(reason)
         if not plan.access or (record.probe and not plan.probes):
             return
+        error = status >= 500
+        output = self._output
+        if output is not None and output.level > (_ERROR if error else _INFO):
+            return
         principal = record.principal
-        upstream_s = record.upstream_s
         client = scope.get("client")
+        host = client[0] if client else None
         token_hash = None
         if reason is not None and reason.startswith("invalid_token"):
             token_hash = _bearer_fingerprint(scope["headers"])
-        (self.log.error if status >= 500 else self.log.info)(
+        path = record.path if record.path is not None else logged_path(scope)
+        label = None if rule is None else plan.labels.get(id(rule)) or rule_label(rule)
+        upstream = record.upstream
+        upstream_s = record.upstream_s
+        upstream_ms = None if upstream_s is None else round(upstream_s * 1000, 3)
+        duration_ms = round(duration_s * 1000, 3)
+        if output is not None:
+            try:  # the line the JSON chain would write, built directly (see `logs.JSONOutput`)
+                q = json_string
+                lists = self._lists
+                if principal is None:
+                    who, granted = '"subject": null, "jti": null, "issuer": null', "null"
+                else:
+                    caller = self._callers.get(id(principal))
+                    if caller is None or caller[0] is not principal:
+                        caller = self._caller(principal)
+                    who, granted = caller[1], caller[2]
+                head = (
+                    f'{{"event": "request", "request_id": {q(record.request_id)}, "method": {q(method)}, '
+                    f'"path": {q(path)}, "route": {q(route)}, "rule": {"null" if label is None else q(label)}, '
+                    f'"upstream": {"null" if upstream is None else q(upstream)}, "decision": "{decision}", '
+                    f'"reason": {"null" if reason is None else q(reason)}, '
+                    f'"client": {"null" if host is None else q(host)}, {who}, '
+                    f'"token_hash": {"null" if token_hash is None else q(token_hash)}, '
+                    f'"required": {"null" if rule is None else lists.get(rule.scopes) or self._list(rule.scopes)}, '
+                    f'"granted": {granted}, "status": {status:d}, '
+                    f'"bytes_in": {record.bytes_in:d}, "bytes_out": {record.bytes_out:d}, '
+                    f'"upstream_ms": {"null" if upstream_ms is None else repr(upstream_ms)}, '
+                    f'"duration_ms": {duration_ms!r}'
+                )
+                if output.write(_ACCESS_KEYS, head, "error" if error else "info"):
+                    return
+            except (TypeError, ValueError):  # a value of an unexpected type: the logger renders it
+                pass
+        (self.log.error if error else self.log.info)(
             "request",
             request_id=record.request_id,
             method=method,
-            path=record.path if record.path is not None else logged_path(scope),
+            path=path,
             route=route,
-            rule=None if rule is None else plan.labels.get(id(rule)) or rule_label(rule),
-            upstream=record.upstream,
+            rule=label,
+            upstream=upstream,
             decision=decision,
             reason=reason,
-            client=client[0] if client else None,
+            client=host,
             subject=principal.subject if principal else None,
             jti=principal.token_id if principal else None,
             issuer=principal.issuer if principal else None,
@@ -287,6 +371,27 @@ class Observer:
             status=status,
             bytes_in=record.bytes_in,
             bytes_out=record.bytes_out,
-            upstream_ms=None if upstream_s is None else round(upstream_s * 1000, 3),
-            duration_ms=round(duration_s * 1000, 3),
+            upstream_ms=upstream_ms,
+            duration_ms=duration_ms,
         )
+
+    def _caller(self, principal: Principal) -> tuple[Principal, str, str]:
+        """The access line's subject/jti/issuer and granted parts for `principal`, remembered: the
+        authenticator hands the same (frozen) Principal to every request with the same token."""
+        q = json_string
+        jti = "null" if principal.token_id is None else q(principal.token_id)
+        who = f'"subject": {q(principal.subject)}, "jti": {jti}, "issuer": {q(principal.issuer)}'
+        caller = (principal, who, self._lists.get(principal.scopes) or self._list(principal.scopes))
+        if len(self._callers) >= 1024:
+            self._callers.clear()
+        self._callers[id(principal)] = caller
+        return caller
+
+    def _list(self, scopes: tuple[str, ...] | frozenset[str]) -> str:
+        """A rule's scopes (in order) or a caller's (sorted) as a JSON list, remembered (few distinct sets)."""
+        items = sorted(scopes) if isinstance(scopes, frozenset) else scopes
+        text = "[" + ", ".join(map(json_string, items)) + "]"
+        if len(self._lists) >= 1024:
+            self._lists.clear()
+        self._lists[scopes] = text
+        return text

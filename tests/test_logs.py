@@ -13,10 +13,12 @@ import hashlib
 import io
 import json
 import logging
+import os
 import re
 import socket
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -45,11 +47,14 @@ from gateway.logs import (
     StreamSink,
     configure_stdlib_logging,
     fingerprint,
+    json_output,
     make_logger,
     resolve_format,
 )
-from gateway.observe import MAX_LOGGED_PATH
-from gateway.policy import load_policy
+from gateway.metrics import Metrics
+from gateway.observe import MAX_LOGGED_PATH, ObservePlan, Observer, RequestRecord, new_request_id
+from gateway.policy import Rule, load_policy
+from gateway.verify import Principal
 
 ACCESS_FIELDS = [
     "event",
@@ -651,6 +656,133 @@ def test_event_name_comes_first_and_stays_intact() -> None:
     log = make_logger("t", redactor=Redactor(), sink=capture)
     log.info("token.issued", jti="abc")
     assert capture.lines[0].startswith('{"event": "token.issued", "jti": "abc", "level": "info", "timestamp": "')
+
+
+# ---------------------------------------------------------------------- the access line, written directly
+
+RULE = Rule(
+    methods=frozenset({"POST", "PUT"}),
+    path="/messages",
+    full_path="/3rdparty/v1/messages",
+    scopes=("messages:send", "messages:write"),
+    file="policies/test.yaml",
+    line=7,
+    upstream="smsgate",
+)
+CALLER = Principal("app-1", frozenset({"messages:send", "devices:list"}), "self", "jti-1", None, {}, "access")
+
+
+def access_scope(path: str = "/3rdparty/v1/messages", **extra: object) -> dict[str, Any]:
+    return {
+        "type": "http",
+        "method": "POST",
+        "path": path,
+        "raw_path": path.encode("utf-8"),
+        "headers": [(b"authorization", f"Bearer {JWT}x".encode())],
+        "client": ("10.0.0.7", 5555),
+        **extra,
+    }
+
+
+def access_lines(
+    record: RequestRecord, scope: dict[str, Any], redactor: Redactor, level: str = "info"
+) -> tuple[list[str], list[str]]:
+    """The access line(s) of one finished request: written directly (`JSONOutput`), and through structlog's
+    chain (a bound copy of the logger has no direct output), each with its timestamp checked and blanked."""
+    rendered = []
+    for bound in (False, True):
+        capture = LogCapture()
+        log = make_logger("smsguard.access", redactor=redactor, level=level, sink=capture)
+        assert json_output(log) is not None
+        if bound:
+            log = log.bind()
+            assert json_output(log) is None
+        plan = ObservePlan(access=True, probes=False, count=False, labels={})
+        Observer(log, Metrics(), lambda *args: asyncio.sleep(0)).finish(scope, record, 0.0123456, plan)
+        for line in capture.lines:
+            assert TIMESTAMP.fullmatch(json.loads(line)["timestamp"])
+        rendered.append([TIMESTAMP.sub("T", line) for line in capture.lines])
+    return rendered[0], rendered[1]
+
+
+@pytest.mark.parametrize(
+    ("record", "scope"),
+    [
+        (
+            RequestRecord(
+                "0123456789abcdef0123456789abcdef",
+                path="/3rdparty/v1/messages",
+                rule=RULE,
+                principal=CALLER,
+                upstream="smsgate",
+                upstream_s=0.000828,
+                status=202,
+                bytes_in=82,
+                bytes_out=48,
+            ),
+            access_scope(),
+        ),
+        (RequestRecord("r-2", reason="invalid_token:malformed", denied=True, status=401), access_scope(client=None)),
+        (RequestRecord("r-3", route="GET /healthz", reason="upstream_reset", status=502), access_scope()),
+        (
+            RequestRecord("r-4", rule=RULE, principal=CALLER, reason="client_disconnected"),
+            access_scope('/3rdparty/v1/"quoted"\\back/ünï\u2028/\x01' + "x" * 300),
+        ),
+        (
+            RequestRecord(
+                "r-5", rule=RULE, principal=Principal("basic-user", frozenset(), "basic", None, None, {}, "basic")
+            ),
+            access_scope(),
+        ),
+        (RequestRecord(JWT, path="/3rdparty/v1/canary-secret-1234", status=404), access_scope()),  # redacted
+        (RequestRecord("r-7", principal=Principal(42, frozenset(), "self", "j", None, {}, "access")), access_scope()),  # type: ignore[arg-type]
+    ],
+)
+def test_direct_access_line_is_the_line_structlog_writes(record: RequestRecord, scope: dict[str, Any]) -> None:
+    """The access line built without structlog is byte for byte the chain's (fields, order, escaping, level,
+    redaction), whether it is written directly or, when the redactor finds something, through the chain."""
+    direct, chained = access_lines(record, scope, Redactor(SECRETS, NAMES))
+    assert direct == chained
+    (line,) = direct
+    event = json.loads(line)
+    assert list(event) == ACCESS_FIELDS
+    assert event["level"] == ("error" if event["status"] >= 500 else "info")
+    assert "canary-secret-1234" not in line
+    assert JWT not in line
+
+
+def test_direct_access_line_masks_a_configured_name_like_a_field() -> None:
+    """A credential name that is also an access field (query parameter `client`) masks that field on both paths."""
+    record = RequestRecord("r-1", rule=RULE, principal=CALLER, status=200)
+    direct, chained = access_lines(record, access_scope(), Redactor(SECRETS, ["Client"]))
+    assert direct == chained
+    assert json.loads(direct[0])["client"] == REDACTED
+
+
+def test_direct_access_line_follows_the_log_level() -> None:
+    """log.level: error drops the access lines of successes and keeps the 5xx ones, as the logger does."""
+    for status, count in ((200, 0), (404, 0), (500, 1), (503, 1)):
+        direct, chained = access_lines(RequestRecord("r", status=status), access_scope(), Redactor(), level="error")
+        assert len(direct) == len(chained) == count
+
+
+def test_fresh_request_ids_are_random_and_not_shared_with_a_forked_child() -> None:
+    """Request ids are drawn in batches: 32 hex digits each, never repeated, and a forked process draws its own."""
+    ids = [new_request_id() for _ in range(1000)]
+    assert all(HEX32.fullmatch(value) for value in ids)
+    assert len(set(ids)) == len(ids)
+    reader, writer = os.pipe()
+    child = os.fork()
+    if child == 0:  # pragma: no cover (the child)
+        os.write(writer, ",".join(new_request_id() for _ in range(10)).encode())
+        os._exit(0)
+    os.close(writer)
+    os.waitpid(child, 0)
+    with os.fdopen(reader) as pipe:
+        theirs = pipe.read().split(",")
+    ours = [new_request_id() for _ in range(10)]
+    assert len(theirs) == 10
+    assert not set(theirs) & set(ours)
 
 
 # ---------------------------------------------------------------------------------------------------- sinks

@@ -15,6 +15,7 @@ from fakes import FakeSMSPortal, RecordingUpstream, UvicornServer
 from gatewayconfig import OPS_PASSWORD, GatewayConfig
 from observed import JSON_REPLY, Env, observed
 from processes import free_port, gateway_process
+from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from providersconfig import SMSPORTAL_ID, SMSPORTAL_SECRET, ProvidersConfig
 
@@ -22,9 +23,12 @@ from gateway.app import create_app
 from gateway.config import parse_settings
 from gateway.errors import LoadError
 from gateway.logs import LogCapture, NullSink
+from gateway.metrics import LATENCY_BUCKETS, Metrics
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 MESSAGES = "POST /3rdparty/v1/messages"
+REQUEST_SECONDS = "smsguard_request_duration_seconds"
+UPSTREAM_SECONDS = "smsguard_upstream_duration_seconds"
 SMSPORTAL = "{type: smsportal, client_id: '${T_SMSPORTAL_ID}', api_secret: '${T_SMSPORTAL_SECRET}'}"
 
 
@@ -187,6 +191,25 @@ async def test_two_gateways_in_one_process_count_separately(tmp_path: Path) -> N
     assert counted_b == {}
 
 
+def test_request_histograms_fill_buckets_as_prometheus_client_does() -> None:
+    """observe_request updates the histograms' buckets and sums directly: the same samples as
+    `Histogram.observe` gives (a value on a bucket's bound counts in that bucket)."""
+    metrics = Metrics()
+    registry = CollectorRegistry()
+    durations = Histogram(REQUEST_SECONDS, "", ("route",), buckets=LATENCY_BUCKETS, registry=registry)
+    upstreams = Histogram(UPSTREAM_SECONDS, "", ("upstream",), buckets=LATENCY_BUCKETS, registry=registry)
+    values = [0.0, 0.0004, 0.001, 0.0010001, 0.0025, 0.003, 0.7, 1.0, 29.9, 30.0, 30.5, 1e9]
+    for value in values:
+        metrics.observe_request(MESSAGES, "allow", 202, value, "smsgate", value / 2)
+        durations.labels(MESSAGES).observe(value)
+        upstreams.labels("smsgate").observe(value / 2)
+    ours, theirs = parse(metrics.render()[0].decode()), parse(generate_latest(registry).decode())
+    for name in (REQUEST_SECONDS, UPSTREAM_SECONDS):
+        for sample in (f"{name}_bucket", f"{name}_count", f"{name}_sum"):
+            assert only(ours, sample) == only(theirs, sample), sample
+    assert only(ours, "smsguard_requests_total") == {labels(route=MESSAGES, decision="allow", status="202"): 12}
+
+
 # ------------------------------------------------------------------------------------------------ workers
 
 
@@ -219,6 +242,8 @@ def test_several_workers_are_aggregated(tmp_path: Path) -> None:
             samples = parse(httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text)
             totals.add(samples[("smsguard_requests_total", labels(route="none", decision="deny", status="404"))])
         assert totals == {20.0}
+        assert samples[(f"{REQUEST_SECONDS}_count", labels(route="none"))] == 20
+        assert samples[(f"{REQUEST_SECONDS}_bucket", labels(route="none", le="+Inf"))] == 20
         assert samples[("smsguard_in_flight_requests", labels())] == 1
     lines = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
     requests = [line for line in lines if line["event"] == "request"]
