@@ -883,31 +883,23 @@ def run(args, connection_counts: list[int], workdir: Path, servers: list[Server]
 def quick(args, contenders: list[Server], scripts, servers: list[Server], connection_counts: list[int]) -> int:
     """Baseline and smsguard back to back, `--rounds` times, medians printed; nothing is written."""
     results: dict[tuple[str, str, int], list[Result]] = defaultdict(list)
-    cpu_us: dict[tuple[str, str, int], list[float]] = defaultdict(list)  # the worker's CPU per request
     for _ in range(args.rounds):
         for workload in WORKLOADS:
             for connections in connection_counts:
                 for server in contenders:
                     if args.warmup > 0:
                         run_wrk(args, server, workload, connections, args.warmup, scripts)
-                    worker = server.worker_processes()[0]
-                    before = sum(worker.cpu_times()[:2])
-                    result = run_wrk(args, server, workload, connections, args.duration, scripts)
-                    used = sum(worker.cpu_times()[:2]) - before
+                    result = measure(args, servers, server, workload, connections, args.duration, scripts)
                     results[(server.key, workload, connections)].append(result)
-                    cpu_us[(server.key, workload, connections)].append(1e6 * used / max(result.requests, 1))
     baseline, gateway = contenders
     for workload in WORKLOADS:
         for connections in connection_counts:
-            point = (workload, connections)
-            base = Result.median(results[(baseline.key, *point)])
-            ours = Result.median(results[(gateway.key, *point)])
-            base_us = statistics.median(cpu_us[(baseline.key, *point)])
-            ours_us = statistics.median(cpu_us[(gateway.key, *point)])
+            base = Result.median(results[(baseline.key, workload, connections)])
+            ours = Result.median(results[(gateway.key, workload, connections)])
             log(
                 f"{workload:4} c={connections:<4} baseline {base.rps:>7,.0f} req/s p99 {base.p99_ms:6.2f} ms"
-                f" {base_us:5.1f} µs CPU/req | smsguard {ours.rps:>7,.0f} req/s p99 {ours.p99_ms:6.2f} ms"
-                f" {ours_us:5.1f} µs CPU/req | {fmt_ratio(ratio(ours, base))}"
+                f" {base.cpu_us:5.1f} µs CPU/req | smsguard {ours.rps:>7,.0f} req/s p99 {ours.p99_ms:6.2f} ms"
+                f" {ours.cpu_us:5.1f} µs CPU/req | {fmt_ratio(ratio(ours, base))}"
             )
     return 0
 

@@ -167,16 +167,17 @@ class Metrics:
         if series is None:
             counter = self.requests.labels(route, decision, str(status))._value
             series = self._request_series[key] = _Timings(self.request_duration.labels(route), counter)
-        if not series.pending:
-            self._unflushed.append(series)
-        series.pending.append(duration_s)
+        self._hold(series, duration_s)
         if upstream is not None and upstream_s is not None:
             timings = self._upstream_series.get(upstream)
             if timings is None:
                 timings = self._upstream_series[upstream] = _Timings(self.upstream_duration.labels(upstream))
-            if not timings.pending:
-                self._unflushed.append(timings)
-            timings.pending.append(upstream_s)
+            self._hold(timings, upstream_s)
+
+    def _hold(self, timings: _Timings, seconds: float) -> None:
+        if not timings.pending:  # first since the last flush: flush will visit it
+            self._unflushed.append(timings)
+        timings.pending.append(seconds)
 
     def flush(self) -> None:
         """Add the requests observed since the last flush to prometheus_client's values."""

@@ -13,7 +13,7 @@ upstream, used as a plain pipe:
 - bodies stream both ways without being held whole: a request body up to `retry_buffer_bytes` is read
   first (replayable, and sent with a Content-Length even when the client chunked it), a bigger one is
   streamed with the client's Content-Length (chunked only when the client chunked); the response is
-  relayed chunk by chunk, bytes untouched (`auto_decompress=False`);
+  relayed chunk by chunk, bytes untouched (never decompressed);
 - nothing is ever resent on its own, not even an idempotent request after a dropped connection: only
   an injector's explicit second attempt (a token exchange after a 401) is honoured, and only for a
   replayable body; the injector's first request is
@@ -266,14 +266,12 @@ class Upstream:
         if self.pool is not None:
             return
         base = self.base
-        tls = self.tls
-        if base.scheme == "https" and tls is None:
-            tls = ssl.create_default_context()
+        https = base.scheme == "https"
         self.pool = ConnectionPool(
             base.raw_host or "",
-            base.port or (443 if base.scheme == "https" else 80),
+            base.port or (443 if https else 80),
             host_header=base.raw_authority,
-            tls=tls if base.scheme == "https" else None,
+            tls=(self.tls or ssl.create_default_context()) if https else None,
             connect_timeout_s=self.connect_timeout_s,
             read_timeout_s=self.read_timeout_s,
             size=self.pool_size,
@@ -505,7 +503,7 @@ class ProxyApp:
             sent_at = perf_counter()
             try:
                 try:
-                    response = await self._exchange(upstream, target, raw_query, flow, outgoing, body, exchange)
+                    response = await self._exchange(upstream, target, raw_query, flow, outgoing, body)
                 finally:
                     if record is not None:
                         record.upstream_s = perf_counter() - sent_at
@@ -582,7 +580,6 @@ class ProxyApp:
         flow: AsyncGenerator[OutgoingRequest, int],
         outgoing: OutgoingRequest,
         body: bytes | AsyncIterator[bytes] | None,
-        exchange: _Exchange,
     ) -> Response:
         """Send the flow's request, report the status, and resend once if the flow asks and the body allows."""
         response = await self._send(upstream, target, raw_query, outgoing, body)

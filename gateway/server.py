@@ -32,6 +32,7 @@ uvicorn's `http` (a picklable `functools.partial`, so `--workers N` works).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import http
 import json
@@ -76,7 +77,7 @@ class DisconnectSignal:
             self._callbacks.append(callback)
 
     def remove(self, callback: Callable[[], object]) -> None:
-        if callback in self._callbacks:
+        with contextlib.suppress(ValueError):  # already called, or never added
             self._callbacks.remove(callback)
 
     def fire(self) -> None:
