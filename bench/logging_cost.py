@@ -244,11 +244,11 @@ def client_rps(port: int, token: str, connections: int, duration_s: int, directo
 
 IN_PROCESS = r"""
 import asyncio, gc, json, os, statistics, sys, time
-from gateway.logs import Loggers, Redactor, StreamSink
-from gateway.metrics import Metrics
-from gateway.observe import Observer, ObservePlan
-from gateway.policy import Rule
-from gateway.verify import Principal
+from gateway.observe.logs import Loggers, Redactor, StreamSink
+from gateway.observe.metrics import Metrics
+from gateway.observe.events import Observer, ObservePlan
+from gateway.policy.model import Rule
+from gateway.auth.jwt import Principal
 
 secrets, requests, rounds = json.loads(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
 BATCH = 15  # requests finishing per event-loop iteration, as counted in a saturated `gateway serve`

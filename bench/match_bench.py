@@ -12,9 +12,9 @@ import sys
 import time
 import timeit
 
-from gateway.matcher import Matcher
-from gateway.paths import canonical_path
-from gateway.policy import Policy, parse_policy
+from gateway.policy.matcher import Matcher
+from gateway.policy.model import Policy, parse_policy
+from gateway.policy.paths import canonical_path
 
 ROUNDS = 7
 NUMBER = 20_000

@@ -4,10 +4,10 @@ Embed the guard in any Starlette/FastAPI app (`GuardMiddleware`), run the revers
 (`create_app`, or `gateway serve`), or use the policy engine directly (`Authorizer`, `Matcher`).
 """
 
-from .app import Gateway, create_app
-from .authorize import Authorizer, Decision
-from .config import Secret, Settings, load_settings, parse_settings
-from .errors import (
+from gateway.app import Gateway, create_app
+from gateway.auth.jwt import Principal, TokenVerifier
+from gateway.config.settings import Secret, Settings, load_settings, parse_settings
+from gateway.errors import (
     BadGateway,
     BadRequest,
     Forbidden,
@@ -20,11 +20,11 @@ from .errors import (
     SmsguardError,
     Unauthorized,
 )
-from .matcher import Match, Matcher
-from .middleware import GuardMiddleware
-from .policy import Policy, Rule, load_policies, load_policy, parse_policy
-from .stores import MemoryStore, RedisStore, Store, open_store
-from .verify import Principal, TokenVerifier
+from gateway.guard.authorize import Authorizer, Decision
+from gateway.guard.middleware import GuardMiddleware
+from gateway.policy.matcher import Match, Matcher
+from gateway.policy.model import Policy, Rule, load_policies, load_policy, parse_policy
+from gateway.store.stores import MemoryStore, RedisStore, Store, open_store
 
 __all__ = [
     "Authorizer",

@@ -29,16 +29,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from .asgi import Receive, Scope, Send, run_lifespan
-from .authorize import Authorizer
-from .config import Settings, load_settings
-from .credentials import build_credentials
-from .errors import Forbidden, HTTPError, LoadError, NotFound, Unauthorized
-from .issue import TokenIssuer
-from .logs import Loggers, LogSink, Redactor
-from .metrics import Metrics
-from .middleware import GuardMiddleware
-from .observe import (
+from gateway.config.settings import Settings, load_settings
+from gateway.errors import Forbidden, HTTPError, LoadError, NotFound, Unauthorized
+from gateway.guard.authorize import Authorizer
+from gateway.guard.middleware import GuardMiddleware
+from gateway.observe.events import (
     RECORD_KEY,
     ObservePlan,
     Observer,
@@ -48,14 +43,19 @@ from .observe import (
     route_label,
     rule_label,
 )
-from .paths import canonical_path
-from .policy import Policy, load_policies
-from .proxy import ProxyApp
-from .responses import send_error, send_json
-from .scopes import satisfies
-from .stores import RedisStore, Store, open_store
-from .tokens import TokenService
-from .tokens_api import TokenEndpoints
+from gateway.observe.logs import Loggers, LogSink, Redactor
+from gateway.observe.metrics import Metrics
+from gateway.policy.model import Policy, load_policies
+from gateway.policy.paths import canonical_path
+from gateway.policy.scopes import satisfies
+from gateway.proxy.credentials import build_credentials
+from gateway.proxy.forward import ProxyApp
+from gateway.store.stores import RedisStore, Store, open_store
+from gateway.tokens.endpoints import TokenEndpoints
+from gateway.tokens.mint import TokenIssuer
+from gateway.tokens.service import TokenService
+from gateway.web.asgi import Receive, Scope, Send, run_lifespan
+from gateway.web.responses import send_error, send_json
 
 __all__ = ["Gateway", "Runtime", "build_runtime", "check_policies_against_upstreams", "create_app"]
 

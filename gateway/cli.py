@@ -32,8 +32,8 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .config import Settings, load_settings
-from .errors import HTTPError, LoadError
+from gateway.config.settings import Settings, load_settings
+from gateway.errors import HTTPError, LoadError
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
@@ -77,7 +77,7 @@ def _parser() -> argparse.ArgumentParser:
     revoke.add_argument("--config", default="config.yaml")
     revoke.add_argument("jti")
 
-    from .policy_cli import add_policy_commands
+    from gateway.policytools.cli import add_policy_commands
 
     add_policy_commands(commands)
 
@@ -92,7 +92,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "serve":
             return _serve(args)
         if args.command == "demo":
-            from .demo import run_demo
+            from gateway.demo import run_demo
 
             return run_demo(Path(args.config), port=args.port, log_format=args.log_format)
         if args.command == "token":
@@ -100,7 +100,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "hash-password":
             return _hash_password(args)
         if args.command == "policy":
-            from .policy_cli import run_policy_command
+            from gateway.policytools.cli import run_policy_command
 
             return run_policy_command(args)
     except LoadError as exc:
@@ -117,19 +117,19 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from .logs import resolve_format
+    from gateway.observe.logs import resolve_format
 
     settings = load_settings(args.config)
     log_format = resolve_format(args.log_format)
     with _metrics_directory(settings, args.workers) as directory:  # before prometheus_client is imported
-        from .app import create_app
-        from .logs import NullSink, configure_stdlib_logging
+        from gateway.app import create_app
+        from gateway.observe.logs import NullSink, configure_stdlib_logging
 
         checked = create_app(settings, log_sink=NullSink())  # validate policies and upstreams before any worker
         checked.metrics.process_exiting()  # this process serves no requests: keep its gauges out of the aggregate
         configure_stdlib_logging(log_format, level=settings.log.level, redactor=checked.loggers.redactor)
         if directory is not None and settings.metrics.port is not None:
-            from .metrics import aggregate_registry
+            from gateway.observe.metrics import aggregate_registry
 
             start_metrics_listener(settings, aggregate_registry(directory))
         os.environ[CONFIG_ENV] = str(Path(args.config).resolve())
@@ -146,7 +146,7 @@ def _serve(args: argparse.Namespace) -> int:
 @contextlib.contextmanager
 def _metrics_directory(settings: Settings, workers: int) -> Iterator[str | None]:
     """prometheus_client's multiprocess directory, when several processes must be aggregated (else None)."""
-    from .metrics import MULTIPROC_ENV
+    from gateway.observe.metrics import MULTIPROC_ENV
 
     if not settings.metrics.enabled or (workers <= 1 and settings.metrics.port is None):
         yield None
@@ -189,7 +189,7 @@ def uvicorn_options(
     The protocol is httptools with a deadline and a size limit for request heads and origin-form targets
     only (`gateway.server.GatewayHttpProtocol`; the limits default to its `DEFAULT_*`).
     """
-    from .server import DEFAULT_HEAD_TIMEOUT_S, DEFAULT_MAX_HEAD_BYTES, protocol_factory
+    from gateway.web.server import DEFAULT_HEAD_TIMEOUT_S, DEFAULT_MAX_HEAD_BYTES, protocol_factory
 
     protocol = protocol_factory(
         head_timeout_s=DEFAULT_HEAD_TIMEOUT_S if head_timeout_s is None else head_timeout_s,
@@ -214,8 +214,8 @@ def uvicorn_options(
 def app_from_environment() -> object:
     """The uvicorn factory for `serve`: each worker loads the config named by SMSGUARD_CONFIG and logs its
     events, and the process's stdlib records, in the format named by SMSGUARD_LOG_FORMAT."""
-    from .app import create_app
-    from .logs import StreamSink, configure_stdlib_logging, resolve_format
+    from gateway.app import create_app
+    from gateway.observe.logs import StreamSink, configure_stdlib_logging, resolve_format
 
     log_format = resolve_format(os.environ.get(LOG_FORMAT_ENV, "json"))
     settings = load_settings(os.environ[CONFIG_ENV])
@@ -241,8 +241,8 @@ def freeze_startup_objects() -> None:
 async def _token(args: argparse.Namespace) -> int:
     import json
 
-    from .app import create_app
-    from .tokens_api import token_response
+    from gateway.app import create_app
+    from gateway.tokens.endpoints import token_response
 
     settings = load_settings(args.config)
     gateway = create_app(settings)
@@ -262,7 +262,7 @@ async def _token(args: argparse.Namespace) -> int:
 
 
 def _hash_password(args: argparse.Namespace) -> int:
-    from .passwords import hash_password
+    from gateway.auth.basic import hash_password
 
     if args.stdin:
         password = sys.stdin.readline().rstrip("\n")

@@ -11,7 +11,7 @@ import os
 import secrets
 from pathlib import Path
 
-from .config import load_settings
+from gateway.config.settings import load_settings
 
 __all__ = ["demo_banner", "demo_environment", "run_demo"]
 
@@ -21,7 +21,7 @@ DEMO_PASSWORD = "smsguard-demo"
 
 def demo_environment(sandbox_url: str, sandbox_user: str, sandbox_password: str) -> dict[str, str]:
     """The variables config.yaml needs, with demo values (real environment values are not used)."""
-    from .passwords import hash_password
+    from gateway.auth.basic import hash_password
 
     return {
         "SMSGUARD_TOKEN_SECRET": secrets.token_urlsafe(48),
@@ -67,10 +67,10 @@ def run_demo(config: Path, *, port: int | None = None, log_format: str = "auto")
 async def _demo(config: Path, port: int | None, log_format: str) -> None:
     import uvicorn
 
-    from .app import create_app
-    from .cli import start_metrics_listener, uvicorn_options
-    from .logs import StreamSink, configure_stdlib_logging, resolve_format
-    from .sandbox import Sandbox
+    from gateway.app import create_app
+    from gateway.cli import start_metrics_listener, uvicorn_options
+    from gateway.observe.logs import StreamSink, configure_stdlib_logging, resolve_format
+    from gateway.sandbox.app import Sandbox
 
     sandbox_user, sandbox_password = "sandbox", secrets.token_urlsafe(24)
     sandbox = Sandbox(sandbox_user, sandbox_password)

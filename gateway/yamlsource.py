@@ -14,7 +14,7 @@ from typing import NoReturn
 
 import yaml
 
-from .errors import LoadError
+from gateway.errors import LoadError
 
 __all__ = ["MAX_INTEGER", "Fields", "Node", "load_file", "load_text"]
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from gateway.config import Settings, load_settings
+from gateway.config.settings import Settings, load_settings
 
 ROOT = Path(__file__).resolve().parent.parent
 SMSGATE_POLICY = ROOT / "policies" / "smsgate.yaml"

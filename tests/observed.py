@@ -22,8 +22,8 @@ from fakes import RecordingUpstream, Reply, UvicornServer
 from gatewayconfig import GatewayConfig
 
 from gateway.app import Gateway, create_app
-from gateway.issue import TokenPair
-from gateway.logs import LogCapture
+from gateway.observe.logs import LogCapture
+from gateway.tokens.mint import TokenPair
 
 JSON_REPLY = Reply(202, body=b'{"id":"m1","state":"Pending"}', headers=[("Content-Type", "application/json")])
 

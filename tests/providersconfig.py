@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Self
 
-from gateway.config import Settings, load_settings
-from gateway.issue import TokenIssuer
+from gateway.config.settings import Settings, load_settings
+from gateway.tokens.mint import TokenIssuer
 
 ROOT = Path(__file__).resolve().parent.parent
 POLICIES = ROOT / "policies"

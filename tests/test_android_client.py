@@ -12,7 +12,7 @@ from fakes import UvicornServer
 from gatewayconfig import OPS_PASSWORD, UPSTREAM_PASSWORD, UPSTREAM_USER, GatewayConfig
 
 from gateway.app import create_app
-from gateway.sandbox import Sandbox
+from gateway.sandbox.app import Sandbox
 
 
 class RefreshableHttp(ahttp.HttpxAsyncHttpClient):  # type: ignore[misc]

@@ -11,11 +11,11 @@ import pytest
 from argon2 import PasswordHasher
 from keys import Clock, sign
 
-from gateway.authenticate import Authenticator
-from gateway.config import BasicUser, IssuerSettings, KeySettings, Secret
+from gateway.auth.authenticate import Authenticator
+from gateway.auth.basic import BasicAuthenticator
+from gateway.auth.jwt import Principal, TokenVerifier
+from gateway.config.settings import BasicUser, IssuerSettings, KeySettings, Secret
 from gateway.errors import BadRequest, Unauthorized
-from gateway.passwords import BasicAuthenticator
-from gateway.verify import Principal, TokenVerifier
 
 NOW = 1_700_000_000.0
 SECRET = "k" * 64

@@ -19,7 +19,7 @@ from processes import free_port, gateway_process
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from gateway.cli import main, uvicorn_options
-from gateway.config import parse_settings
+from gateway.config.settings import parse_settings
 
 
 async def test_sigterm_finishes_in_flight_requests(tmp_path: Path) -> None:
@@ -128,7 +128,7 @@ def test_serve_factory_freezes_start_up_objects(tmp_path: Path, monkeypatch: pyt
     monkeypatch.setenv(CONFIG_ENV, str(cfg.write()))
     for key, value in cfg.env.items():
         monkeypatch.setenv(key, value)
-    monkeypatch.setattr("gateway.logs.configure_stdlib_logging", lambda *args, **kwargs: None)
+    monkeypatch.setattr("gateway.observe.logs.configure_stdlib_logging", lambda *args, **kwargs: None)
     gc.unfreeze()
     try:
         gateway = app_from_environment()

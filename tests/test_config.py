@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.config import Secret, Settings, load_settings, parse_settings
+from gateway.config.settings import Secret, Settings, load_settings, parse_settings
 from gateway.errors import LoadError
 
 SECRET = "s" * 40

@@ -6,8 +6,9 @@ import base64
 
 import pytest
 
-from gateway.config import CredentialSettings, Secret, parse_settings
-from gateway.credentials import (
+from gateway.config.settings import CredentialSettings, Secret, parse_settings
+from gateway.errors import LoadError
+from gateway.proxy.credentials import (
     BasicCredentials,
     CredentialErrorRule,
     Credentials,
@@ -17,7 +18,6 @@ from gateway.credentials import (
     QueryCredentials,
     build_credentials,
 )
-from gateway.errors import LoadError
 
 CANARY = "canary-s3cret-9f2c"
 

@@ -14,11 +14,11 @@ import jwt
 import pytest
 from fakes import FaultServer, RecordingUpstream, Reply
 
-from gateway.config import Secret
-from gateway.credentials import OutgoingRequest
+from gateway.config.settings import Secret
 from gateway.errors import BadGateway, GatewayTimeout, HTTPError, LoadError
-from gateway.exchange import MAX_LOGIN_ANSWER_BYTES, ProviderToken, TokenExchange, exchange_settings
-from gateway.stores import MemoryStore, Store
+from gateway.proxy.credentials import OutgoingRequest
+from gateway.proxy.exchange import MAX_LOGIN_ANSWER_BYTES, ProviderToken, TokenExchange, exchange_settings
+from gateway.store.stores import MemoryStore, Store
 
 CANARY = "canary-exchange-secret-3e7b"
 JSON = [("Content-Type", "application/json")]

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from gateway.headers import (
+from gateway.proxy.headers import (
     HOP_BY_HOP,
     forwarded_headers,
     normalize_header_name,

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 from fakes.raw import RawConnection, RawServer, self_signed, server_context
 
-from gateway.http1 import (
+from gateway.proxy.http1 import (
     HIGH_WATER,
     KEEPALIVE_S,
     ConnectFailed,

@@ -13,9 +13,9 @@ import httpx
 import pytest
 from keys import Clock, LoopbackServer, ec_key, ed_key, loopback_server, public_jwk, rsa_key, sign
 
-from gateway.config import IssuerSettings
+from gateway.auth.jwt import TokenVerifier, parse_jwks
+from gateway.config.settings import IssuerSettings
 from gateway.errors import Unauthorized
-from gateway.verify import TokenVerifier, parse_jwks
 
 NOW = 1_700_000_000.0
 ISS = "https://idp.example.com/"

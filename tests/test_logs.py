@@ -36,10 +36,12 @@ from observed import JSON_REPLY, Env, observed
 from providersconfig import BSG_WRONG_KEY, PROVIDER_CANARIES, SMSPORTAL_ID, SMSPORTAL_SECRET, ProvidersConfig
 
 from gateway.app import create_app
+from gateway.auth.jwt import Principal
 from gateway.cli import main
-from gateway.config import LogSettings, parse_settings
+from gateway.config.settings import LogSettings, parse_settings
 from gateway.errors import LoadError
-from gateway.logs import (
+from gateway.observe.events import MAX_LOGGED_PATH, ObservePlan, Observer, RequestRecord, new_request_id
+from gateway.observe.logs import (
     REDACTED,
     LogCapture,
     Redactor,
@@ -51,10 +53,8 @@ from gateway.logs import (
     make_logger,
     resolve_format,
 )
-from gateway.metrics import Metrics
-from gateway.observe import MAX_LOGGED_PATH, ObservePlan, Observer, RequestRecord, new_request_id
-from gateway.policy import Rule, load_policy
-from gateway.verify import Principal
+from gateway.observe.metrics import Metrics
+from gateway.policy.model import Rule, load_policy
 
 ACCESS_FIELDS = [
     "event",
@@ -872,7 +872,7 @@ def test_cli_routes_stdlib_records_through_the_same_pipeline() -> None:
     configure_stdlib_logging("json", level="info", redactor=Redactor(["canary-secret-1234"]), stream=out)
     configure_stdlib_logging("json", level="info", redactor=Redactor(["canary-secret-1234"]), stream=out)  # idempotent
     logging.getLogger("uvicorn.error").info("Started server process [%d]", 42, extra={"color_message": "x"})
-    logging.getLogger("gateway.verify").warning(
+    logging.getLogger("gateway.auth.jwt").warning(
         "jwks fetch failed", extra={"issuer": "corp", "url": "canary-secret-1234"}
     )
     logging.getLogger("httpx").info("HTTP Request: POST https://h/login?key=canary-secret-1234")  # quieted

@@ -20,10 +20,10 @@ from prometheus_client.parser import text_string_to_metric_families
 from providersconfig import SMSPORTAL_ID, SMSPORTAL_SECRET, ProvidersConfig
 
 from gateway.app import create_app
-from gateway.config import parse_settings
+from gateway.config.settings import parse_settings
 from gateway.errors import LoadError
-from gateway.logs import LogCapture, NullSink
-from gateway.metrics import LATENCY_BUCKETS, Metrics
+from gateway.observe.logs import LogCapture, NullSink
+from gateway.observe.metrics import LATENCY_BUCKETS, Metrics
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 MESSAGES = "POST /3rdparty/v1/messages"

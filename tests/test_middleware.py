@@ -16,10 +16,10 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from gateway.authorize import Authorizer
-from gateway.config import parse_settings
-from gateway.middleware import GuardMiddleware
-from gateway.policy import parse_policy
+from gateway.config.settings import parse_settings
+from gateway.guard.authorize import Authorizer
+from gateway.guard.middleware import GuardMiddleware
+from gateway.policy.model import parse_policy
 
 SECRET = "m" * 40
 POLICY = """\

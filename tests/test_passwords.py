@@ -9,10 +9,10 @@ import pytest
 from argon2 import PasswordHasher
 from keys import Clock
 
-from gateway import passwords
-from gateway.config import BasicUser, Secret
+from gateway.auth import basic as passwords
+from gateway.auth.basic import BasicAuthenticator, hash_password
+from gateway.config.settings import BasicUser, Secret
 from gateway.errors import Unauthorized
-from gateway.passwords import BasicAuthenticator, hash_password
 
 FAST = PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1)
 

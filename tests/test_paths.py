@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from gateway.errors import BadRequest
-from gateway.paths import MAX_PATH_BYTES, canonical_path, split_segments
+from gateway.policy.paths import MAX_PATH_BYTES, canonical_path, split_segments
 
 ACCEPTED = [
     ("/", "/"),

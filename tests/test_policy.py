@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from gateway.errors import LoadError
-from gateway.policy import Policy, Rule, load_policies, load_policy, parse_policy
+from gateway.policy.model import Policy, Rule, load_policies, load_policy, parse_policy
 
 SHIPPED = Path(__file__).resolve().parent.parent / "policies" / "smsgate.yaml"
 

@@ -18,13 +18,13 @@ import jwt
 import pytest
 import yaml
 
-from gateway import policytools as tools
-from gateway.authorize import Authorizer
-from gateway.config import load_settings, parse_settings
+from gateway.config.settings import load_settings, parse_settings
 from gateway.errors import LoadError
-from gateway.middleware import GuardMiddleware
-from gateway.policy import load_policy, parse_policy
-from gateway.policy_cli import main
+from gateway.guard.authorize import Authorizer
+from gateway.guard.middleware import GuardMiddleware
+from gateway.policy.model import load_policy, parse_policy
+from gateway.policytools import tools
+from gateway.policytools.cli import main
 
 ROOT = Path(__file__).resolve().parent.parent
 GOLDEN = ROOT / "tests" / "golden"

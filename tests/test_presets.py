@@ -14,10 +14,10 @@ from typing import Any
 import pytest
 import yaml
 
-from gateway.config import PRESETS, CredentialSettings, Secret, parse_settings
-from gateway.credentials import HeaderCredentials, QueryCredentials, build_credentials
+from gateway.config.settings import PRESETS, CredentialSettings, Secret, parse_settings
 from gateway.errors import LoadError
-from gateway.exchange import TokenExchange
+from gateway.proxy.credentials import HeaderCredentials, QueryCredentials, build_credentials
+from gateway.proxy.exchange import TokenExchange
 
 ROOT = Path(__file__).resolve().parent.parent
 KEY = "live_canaryPresetKey91"

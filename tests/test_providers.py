@@ -34,7 +34,7 @@ from providersconfig import (
 
 from gateway.app import Gateway, create_app
 from gateway.errors import BadGateway
-from gateway.exchange import TokenExchange
+from gateway.proxy.exchange import TokenExchange
 
 BSG_V1 = "{type: bsg_v1, api_key: '${T_BSG_KEY}'}"
 BSG_V2 = "{type: bsg_v2, api_key: '${T_BSG_KEY}'}"

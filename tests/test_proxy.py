@@ -26,14 +26,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from yarl import URL
 
-from gateway.asgi import Message, Receive, Scope, Send
-from gateway.authorize import Decision
-from gateway.config import CredentialSettings, ProxySettings, Secret, UpstreamSettings
-from gateway.credentials import Credentials, OutgoingRequest
+from gateway.config.settings import CredentialSettings, ProxySettings, Secret, UpstreamSettings
 from gateway.errors import BadRequest
-from gateway.paths import canonical_path
-from gateway.policy import Rule
-from gateway.proxy import ProxyApp, rewrite_location, upstream_url
+from gateway.guard.authorize import Decision
+from gateway.policy.model import Rule
+from gateway.policy.paths import canonical_path
+from gateway.proxy.credentials import Credentials, OutgoingRequest
+from gateway.proxy.forward import ProxyApp, rewrite_location, upstream_url
+from gateway.web.asgi import Message, Receive, Scope, Send
 
 CANARY = "canary-s3cret-7d1e"
 BASIC = CredentialSettings("basic", {"username": Secret("ops"), "password": Secret(CANARY)})
@@ -691,10 +691,10 @@ async def test_request_body_streams_as_it_arrives() -> None:
 _GATEWAY_PROCESS = """
 import socket, sys
 import uvicorn
-from gateway.authorize import Decision
-from gateway.config import ProxySettings, UpstreamSettings
-from gateway.policy import Rule
-from gateway.proxy import ProxyApp
+from gateway.guard.authorize import Decision
+from gateway.config.settings import ProxySettings, UpstreamSettings
+from gateway.policy.model import Rule
+from gateway.proxy.forward import ProxyApp
 
 rule = Rule(methods=frozenset({"GET"}), path="/{x}", full_path="/{x}", public=True, upstream="up", mount="")
 proxy = ProxyApp({"up": UpstreamSettings(name="up", url=sys.argv[1])}, ProxySettings())

@@ -16,12 +16,12 @@ import httpx
 import pytest
 from fakes import RecordingUpstream, Reply
 
-from gateway.asgi import Receive, Scope, Send
-from gateway.authorize import Decision
-from gateway.config import CredentialSettings, ProxySettings, Secret, UpstreamSettings
-from gateway.paths import canonical_path
-from gateway.policy import Rule
-from gateway.proxy import INSPECT_BYTES, ProxyApp
+from gateway.config.settings import CredentialSettings, ProxySettings, Secret, UpstreamSettings
+from gateway.guard.authorize import Decision
+from gateway.policy.model import Rule
+from gateway.policy.paths import canonical_path
+from gateway.proxy.forward import INSPECT_BYTES, ProxyApp
+from gateway.web.asgi import Receive, Scope, Send
 
 CANARY = "live_canaryInspectKey5b1"
 BSG_RULE = {"status": 200, "field": "error", "equals": 2}

@@ -18,8 +18,8 @@ from fakes import FaultServer, RecordingUpstream, Reply, UvicornServer
 from fakes.raw import RawServer, self_signed, server_context
 from test_proxy import CANARY, call, gateway
 
-from gateway.observe import RECORD_KEY, RequestRecord
-from gateway.proxy import ResponseAborted
+from gateway.observe.events import RECORD_KEY, RequestRecord
+from gateway.proxy.forward import ResponseAborted
 
 FAST: dict[str, Any] = {"connect_timeout_s": 0.3, "read_timeout_s": 0.3}
 _OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"

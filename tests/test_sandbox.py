@@ -16,7 +16,7 @@ from android_sms_gateway import client as sms_client
 from android_sms_gateway import domain
 from android_sms_gateway.errors import UnauthorizedError
 
-from gateway.sandbox import BASE_PATH, MAX_BODY_BYTES, Sandbox, create_sandbox
+from gateway.sandbox.app import BASE_PATH, MAX_BODY_BYTES, Sandbox, create_sandbox
 
 USER, PASSWORD = "sandbox-user", "s3cret-sandbox"
 TEXT = {"phoneNumbers": ["+15555550123"], "textMessage": {"text": "hello"}}

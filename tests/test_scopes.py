@@ -6,7 +6,7 @@ from typing import Literal
 
 import pytest
 
-from gateway.scopes import SUPERUSER, is_valid_scope, parse_scopes, satisfies
+from gateway.policy.scopes import SUPERUSER, is_valid_scope, parse_scopes, satisfies
 
 
 @pytest.mark.parametrize(

@@ -7,8 +7,8 @@ from typing import Any
 
 from fakes import UvicornServer
 
-from gateway.asgi import Receive, Scope, Send
-from gateway.server import DISCONNECT_EXTENSION, DisconnectSignal, _HeadHeldTransport, protocol_factory
+from gateway.web.asgi import Receive, Scope, Send
+from gateway.web.server import DISCONNECT_EXTENSION, DisconnectSignal, _HeadHeldTransport, protocol_factory
 
 
 class _RecordingTransport:

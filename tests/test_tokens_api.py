@@ -20,13 +20,13 @@ from fakes import RecordingUpstream, Reply, UvicornServer
 from gatewayconfig import OPS_PASSWORD, SENDER_PASSWORD, TOKEN_SECRET, GatewayConfig
 
 from gateway.app import Gateway, create_app
+from gateway.auth.jwt import Principal
 from gateway.cli import main as cli_main
-from gateway.config import parse_settings
+from gateway.config.settings import parse_settings
 from gateway.errors import NotFound
-from gateway.issue import TokenIssuer
-from gateway.stores import MemoryStore, open_store
-from gateway.tokens import TokenService
-from gateway.verify import Principal
+from gateway.store.stores import MemoryStore, open_store
+from gateway.tokens.mint import TokenIssuer
+from gateway.tokens.service import TokenService
 
 TOKEN = "/3rdparty/v1/auth/token"
 OPS = ("ops", OPS_PASSWORD)

@@ -21,9 +21,9 @@ from keys import (
     sign,
 )
 
-from gateway.config import IssuerSettings, KeySettings, Secret
+from gateway.auth.jwt import MAX_TOKEN_CHARS, TokenVerifier
+from gateway.config.settings import IssuerSettings, KeySettings, Secret
 from gateway.errors import LoadError, Unauthorized
-from gateway.verify import MAX_TOKEN_CHARS, TokenVerifier
 
 NOW = 1_700_000_000.0
 HS_SECRET = "h" * 64

@@ -23,7 +23,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from gateway.http1 import ConnectionPool
+from gateway.proxy.http1 import ConnectionPool
 
 __all__ = ["RawConnection", "RawServer", "self_signed", "server_context"]
 

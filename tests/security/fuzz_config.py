@@ -27,13 +27,13 @@ import yaml  # noqa: E402
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
-from gateway.authorize import Authorizer  # noqa: E402
 from gateway.cli import uvicorn_options  # noqa: E402
-from gateway.config import parse_settings  # noqa: E402
+from gateway.config.settings import parse_settings  # noqa: E402
 from gateway.errors import LoadError  # noqa: E402
-from gateway.matcher import Matcher  # noqa: E402
-from gateway.policy import parse_policy  # noqa: E402
-from gateway.proxy import ProxyApp  # noqa: E402
+from gateway.guard.authorize import Authorizer  # noqa: E402
+from gateway.policy.matcher import Matcher  # noqa: E402
+from gateway.policy.model import parse_policy  # noqa: E402
+from gateway.proxy.forward import ProxyApp  # noqa: E402
 
 ENV = {
     "SECRET": "s" * 40,

@@ -33,11 +33,11 @@ from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 from keys import b64, ec_key, ed_key, forge, rsa_key  # noqa: E402
 
-from gateway.authenticate import Authenticator  # noqa: E402
-from gateway.config import BasicUser, Secret  # noqa: E402
+from gateway.auth.authenticate import Authenticator  # noqa: E402
+from gateway.auth.basic import BasicAuthenticator  # noqa: E402
+from gateway.auth.jwt import TokenVerifier  # noqa: E402
+from gateway.config.settings import BasicUser, Secret  # noqa: E402
 from gateway.errors import BadRequest, Unauthorized  # noqa: E402
-from gateway.passwords import BasicAuthenticator  # noqa: E402
-from gateway.verify import TokenVerifier  # noqa: E402
 
 B64URL = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
 NOW = int(table.NOW)

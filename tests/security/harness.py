@@ -52,8 +52,8 @@ from processes import gateway_process
 
 from gateway.app import Gateway, create_app
 from gateway.cli import uvicorn_options
-from gateway.config import Settings, load_settings
-from gateway.issue import TokenIssuer
+from gateway.config.settings import Settings, load_settings
+from gateway.tokens.mint import TokenIssuer
 
 MOUNT = "/3rdparty/v1"
 BROKEN_MOUNT = "/broken/v1"

@@ -29,7 +29,7 @@ from harness import (
 )
 from harness import request as http_request
 
-from gateway.config import parse_settings
+from gateway.config.settings import parse_settings
 from gateway.errors import LoadError
 
 MESSAGES = MOUNT + "/messages"

@@ -23,7 +23,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gateway.errors import BadRequest
-from gateway.paths import canonical_path
+from gateway.policy.paths import canonical_path
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 

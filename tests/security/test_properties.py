@@ -24,14 +24,14 @@ from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 from yarl import URL
 
-from gateway.authorize import Authorizer
+from gateway.auth.jwt import Principal
 from gateway.errors import BadRequest, Forbidden, HTTPError, NotFound, Unauthorized
-from gateway.matcher import Matcher
-from gateway.paths import canonical_path, split_segments
-from gateway.policy import Rule, load_policies
-from gateway.proxy import upstream_url
-from gateway.scopes import SUPERUSER
-from gateway.verify import Principal
+from gateway.guard.authorize import Authorizer
+from gateway.policy.matcher import Matcher
+from gateway.policy.model import Rule, load_policies
+from gateway.policy.paths import canonical_path, split_segments
+from gateway.policy.scopes import SUPERUSER
+from gateway.proxy.forward import upstream_url
 
 CI = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))

@@ -18,8 +18,8 @@ from harness import INJECTED, MOUNT, RawResponse, Running, basic, parse, recorde
 from harness import request as http_request
 from keys import b64, forge, loopback_server, public_der, public_jwk, rsa_key, sign
 
+from gateway.auth.jwt import TokenVerifier
 from gateway.errors import Unauthorized
-from gateway.verify import TokenVerifier
 
 MESSAGES = MOUNT + "/messages"
 BODY = b'{"textMessage":{"text":"hi"},"phoneNumbers":["+15555550100"]}'

@@ -15,17 +15,17 @@ from urllib.parse import unquote_plus
 
 import httpx
 
-from .authenticate import Authenticator
-from .config import Settings
-from .errors import BadRequest, Forbidden, NotFound, Unauthorized
-from .matcher import Match, Matcher
-from .passwords import BasicAuthenticator
-from .paths import canonical_path
-from .policy import Policy, Rule, load_policies
-from .verify import Principal, TokenVerifier
+from gateway.auth.authenticate import Authenticator
+from gateway.auth.basic import BasicAuthenticator
+from gateway.auth.jwt import Principal, TokenVerifier
+from gateway.config.settings import Settings
+from gateway.errors import BadRequest, Forbidden, NotFound, Unauthorized
+from gateway.policy.matcher import Match, Matcher
+from gateway.policy.model import Policy, Rule, load_policies
+from gateway.policy.paths import canonical_path
 
 if TYPE_CHECKING:
-    from .observe import RequestRecord
+    from gateway.observe.events import RequestRecord
 
 __all__ = ["Authorizer", "Decision"]
 

@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 
 import yaml
 
-from .yamlsource import Fields, Node, load_file, load_text
+from gateway.yamlsource import Fields, Node, load_file, load_text
 
 __all__ = [
     "AdminSettings",
@@ -409,7 +409,7 @@ _GATEWAY_PATHS = frozenset({"/", "/healthz", "/readyz", "/.well-known/jwks.json"
 
 
 def _admin(node: Node | None, settings: Settings) -> AdminSettings:
-    from .scopes import is_valid_scope
+    from gateway.policy.scopes import is_valid_scope
 
     if node is None:
         return AdminSettings()
@@ -589,7 +589,7 @@ def _hmac_secret(read: _Reader, node: Node) -> Secret:
 
 
 def _basic_user(read: _Reader, node: Node) -> BasicUser:
-    from .scopes import SUPERUSER, is_valid_scope
+    from gateway.policy.scopes import SUPERUSER, is_valid_scope
 
     f = node.fields()
     username = f.require("username").string()

@@ -24,12 +24,12 @@ import sys
 from collections.abc import Sequence
 from importlib.resources import files
 
-from . import policytools as tools
-from .authorize import Authorizer
-from .config import Settings, load_settings
-from .errors import LoadError
-from .matcher import Matcher
-from .policy import Policy
+from gateway.config.settings import Settings, load_settings
+from gateway.errors import LoadError
+from gateway.guard.authorize import Authorizer
+from gateway.policy.matcher import Matcher
+from gateway.policy.model import Policy
+from gateway.policytools import tools
 
 __all__ = ["add_policy_commands", "main", "run_policy_command"]
 

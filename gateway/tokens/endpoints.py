@@ -13,15 +13,15 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime
 
-from .asgi import Receive, Scope, Send, read_body
-from .authenticate import Authenticator
-from .errors import BadRequest, Forbidden, HTTPError, NotFound, NotImplementedHTTP, Unauthorized
-from .issue import TokenPair
-from .observe import RECORD_KEY, RequestRecord, note_principal, note_refusal
-from .responses import send_error, send_json
-from .scopes import satisfies
-from .tokens import MANAGE_SCOPE, TokenService
-from .verify import Principal
+from gateway.auth.authenticate import Authenticator
+from gateway.auth.jwt import Principal
+from gateway.errors import BadRequest, Forbidden, HTTPError, NotFound, NotImplementedHTTP, Unauthorized
+from gateway.observe.events import RECORD_KEY, RequestRecord, note_principal, note_refusal
+from gateway.policy.scopes import satisfies
+from gateway.tokens.mint import TokenPair
+from gateway.tokens.service import MANAGE_SCOPE, TokenService
+from gateway.web.asgi import Receive, Scope, Send, read_body
+from gateway.web.responses import send_error, send_json
 
 __all__ = ["TokenEndpoints", "token_response"]
 

@@ -49,12 +49,18 @@ from urllib.parse import quote, unquote_plus, urlencode
 
 from yarl import URL
 
-from .asgi import Receive, Scope, Send, run_lifespan
-from .config import ProxySettings, UpstreamSettings
-from .credentials import CredentialErrorRule, Credentials, OutgoingRequest, build_credentials
-from .errors import BadGateway, BadRequest, GatewayTimeout, HTTPError, PayloadTooLarge, ServiceUnavailable
-from .headers import forwarded_headers, normalized_names, sanitize_request_headers, sanitize_response_headers
-from .http1 import (
+from gateway.config.settings import ProxySettings, UpstreamSettings
+from gateway.errors import BadGateway, BadRequest, GatewayTimeout, HTTPError, PayloadTooLarge, ServiceUnavailable
+from gateway.observe.events import RECORD_KEY, RequestRecord
+from gateway.observe.logs import Redactor, make_logger
+from gateway.proxy.credentials import CredentialErrorRule, Credentials, OutgoingRequest, build_credentials
+from gateway.proxy.headers import (
+    forwarded_headers,
+    normalized_names,
+    sanitize_request_headers,
+    sanitize_response_headers,
+)
+from gateway.proxy.http1 import (
     ConnectFailed,
     ConnectionPool,
     ConnectTimeout,
@@ -64,16 +70,15 @@ from .http1 import (
     Response,
     UpstreamError,
 )
-from .logs import Redactor, make_logger
-from .observe import RECORD_KEY, RequestRecord
-from .responses import send_error
-from .server import DISCONNECT_EXTENSION, DisconnectSignal
+from gateway.web.asgi import Receive, Scope, Send, run_lifespan
+from gateway.web.responses import send_error
+from gateway.web.server import DISCONNECT_EXTENSION, DisconnectSignal
 
 if TYPE_CHECKING:
     from structlog.typing import FilteringBoundLogger
 
-    from .authorize import Decision
-    from .metrics import Metrics
+    from gateway.guard.authorize import Decision
+    from gateway.observe.metrics import Metrics
 
 __all__ = [
     "INSPECT_BYTES",

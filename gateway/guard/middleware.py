@@ -12,13 +12,13 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
-from .asgi import ASGIApp, Receive, Scope, Send
-from .authorize import Authorizer, Decision
-from .config import Settings
-from .errors import HTTPError
-from .observe import RECORD_KEY, RequestRecord
-from .responses import send_error
-from .verify import Principal
+from gateway.auth.jwt import Principal
+from gateway.config.settings import Settings
+from gateway.errors import HTTPError
+from gateway.guard.authorize import Authorizer, Decision
+from gateway.observe.events import RECORD_KEY, RequestRecord
+from gateway.web.asgi import ASGIApp, Receive, Scope, Send
+from gateway.web.responses import send_error
 
 __all__ = ["AuthCredentials", "GuardMiddleware", "GuardUser", "OnError"]
 

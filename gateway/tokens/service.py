@@ -16,13 +16,13 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from .config import TokenSettings
-from .errors import BadRequest, Forbidden, NotFound, Unauthorized
-from .issue import REFRESH_SCOPE, TokenIssuer, TokenPair
-from .logs import make_logger
-from .scopes import SUPERUSER, is_valid_scope
-from .stores import Store
-from .verify import Principal
+from gateway.auth.jwt import Principal
+from gateway.config.settings import TokenSettings
+from gateway.errors import BadRequest, Forbidden, NotFound, Unauthorized
+from gateway.observe.logs import make_logger
+from gateway.policy.scopes import SUPERUSER, is_valid_scope
+from gateway.store.stores import Store
+from gateway.tokens.mint import REFRESH_SCOPE, TokenIssuer, TokenPair
 
 if TYPE_CHECKING:
     from structlog.typing import FilteringBoundLogger

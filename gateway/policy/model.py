@@ -24,10 +24,10 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Literal
 
-from .errors import BadRequest, LoadError
-from .paths import canonical_path, split_segments
-from .scopes import SUPERUSER, is_valid_scope, satisfies
-from .yamlsource import Node, load_file, load_text
+from gateway.errors import BadRequest, LoadError
+from gateway.policy.paths import canonical_path, split_segments
+from gateway.policy.scopes import SUPERUSER, is_valid_scope, satisfies
+from gateway.yamlsource import Node, load_file, load_text
 
 __all__ = ["Policy", "Rule", "load_policies", "load_policy", "parse_policy"]
 

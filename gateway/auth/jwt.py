@@ -39,9 +39,9 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 from cryptography.hazmat.primitives.serialization import load_pem_private_key, load_pem_public_key
 from jwt.algorithms import ECAlgorithm, OKPAlgorithm, RSAAlgorithm
 
-from .config import IssuerSettings, KeySettings
-from .errors import LoadError, Unauthorized
-from .scopes import parse_scopes
+from gateway.config.settings import IssuerSettings, KeySettings
+from gateway.errors import LoadError, Unauthorized
+from gateway.policy.scopes import parse_scopes
 
 __all__ = ["DEFAULT_MAX_REFRESH_LIFETIME_S", "MAX_TOKEN_CHARS", "Principal", "TokenVerifier", "parse_jwks"]
 

@@ -40,16 +40,16 @@ import httpx
 import jwt
 from redis.exceptions import RedisError
 
-from .config import Secret
-from .credentials import CredentialErrorRule, Credentials, OutgoingRequest, field_value
-from .errors import BadGateway, GatewayTimeout, HTTPError, LoadError
-from .logs import Redactor, make_logger
-from .stores import MemoryStore, Store
+from gateway.config.settings import Secret
+from gateway.errors import BadGateway, GatewayTimeout, HTTPError, LoadError
+from gateway.observe.logs import Redactor, make_logger
+from gateway.proxy.credentials import CredentialErrorRule, Credentials, OutgoingRequest, field_value
+from gateway.store.stores import MemoryStore, Store
 
 if TYPE_CHECKING:
     from structlog.typing import FilteringBoundLogger
 
-    from .metrics import Metrics
+    from gateway.observe.metrics import Metrics
 
 __all__ = [
     "MAX_LOGIN_ANSWER_BYTES",

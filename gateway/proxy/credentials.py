@@ -29,15 +29,15 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import TYPE_CHECKING, ClassVar
 
-from .config import CredentialSettings, Secret
-from .errors import LoadError
-from .headers import normalize_header_name
+from gateway.config.settings import CredentialSettings, Secret
+from gateway.errors import LoadError
+from gateway.proxy.headers import normalize_header_name
 
 if TYPE_CHECKING:
     from structlog.typing import FilteringBoundLogger
 
-    from .metrics import Metrics
-    from .stores import Store
+    from gateway.observe.metrics import Metrics
+    from gateway.store.stores import Store
 
 __all__ = [
     "BasicCredentials",
@@ -282,7 +282,7 @@ def _query(options: Mapping[str, object], context: _Context) -> Credentials:
 
 
 def _token_exchange(options: Mapping[str, object], context: _Context) -> Credentials:
-    from .exchange import TokenExchange, exchange_settings
+    from gateway.proxy.exchange import TokenExchange, exchange_settings
 
     return TokenExchange(
         exchange_settings(options), name=context.name, store=context.store, log=context.log, metrics=context.metrics

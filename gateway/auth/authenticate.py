@@ -18,9 +18,9 @@ import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
 
-from .errors import BadRequest, Unauthorized
-from .passwords import BasicAuthenticator
-from .verify import Principal, TokenVerifier
+from gateway.auth.basic import BasicAuthenticator
+from gateway.auth.jwt import Principal, TokenVerifier
+from gateway.errors import BadRequest, Unauthorized
 
 __all__ = ["Authenticator"]
 

@@ -21,7 +21,7 @@ def header_values(headers: list[tuple[bytes, bytes]], name: bytes) -> list[bytes
 
 async def read_body(receive: Receive, limit: int) -> bytes:
     """The whole request body, refusing (PayloadTooLarge) past `limit` bytes; for small control-plane bodies."""
-    from .errors import PayloadTooLarge
+    from gateway.errors import PayloadTooLarge
 
     chunks: list[bytes] = []
     size = 0
@@ -47,7 +47,7 @@ async def run_lifespan(
     A failed start-up is reported to the server (which then exits) with the error's type, plus its text
     only for smsguard's own errors, whose messages never carry secrets.
     """
-    from .errors import SmsguardError
+    from gateway.errors import SmsguardError
 
     while True:
         message = await receive()

@@ -43,17 +43,17 @@ from typing import Literal
 import yaml
 from yarl import URL
 
-from .authenticate import Authenticator
-from .authorize import Authorizer
-from .config import Settings, load_settings
-from .errors import HTTPError, LoadError
-from .matcher import Match, Matcher
-from .paths import canonical_path, split_segments
-from .policy import Policy, Rule, _read, load_policies
-from .proxy import upstream_url
-from .scopes import SUPERUSER, parse_scopes
-from .verify import Principal, TokenVerifier
-from .yamlsource import Node, load_file
+from gateway.auth.authenticate import Authenticator
+from gateway.auth.jwt import Principal, TokenVerifier
+from gateway.config.settings import Settings, load_settings
+from gateway.errors import HTTPError, LoadError
+from gateway.guard.authorize import Authorizer
+from gateway.policy.matcher import Match, Matcher
+from gateway.policy.model import Policy, Rule, _read, load_policies
+from gateway.policy.paths import canonical_path, split_segments
+from gateway.policy.scopes import SUPERUSER, parse_scopes
+from gateway.proxy.forward import upstream_url
+from gateway.yamlsource import Node, load_file
 
 __all__ = [
     "AccessChange",

@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 
-from .asgi import Send
-from .errors import HTTPError
+from gateway.errors import HTTPError
+from gateway.web.asgi import Send
 
 __all__ = ["error_body", "send_error", "send_json"]
 

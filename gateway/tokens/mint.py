@@ -18,7 +18,7 @@ import jwt
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
 from jwt.algorithms import get_default_algorithms
 
-from .config import SYMMETRIC, KeySettings, TokenSettings
+from gateway.config.settings import SYMMETRIC, KeySettings, TokenSettings
 
 __all__ = [
     "ACCESS_TYP",

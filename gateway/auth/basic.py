@@ -22,9 +22,9 @@ from types import MappingProxyType
 from argon2 import PasswordHasher, extract_parameters
 from argon2.exceptions import InvalidHashError, VerificationError
 
-from .config import BasicUser
-from .errors import Unauthorized
-from .verify import Principal
+from gateway.auth.jwt import Principal
+from gateway.config.settings import BasicUser
+from gateway.errors import Unauthorized
 
 __all__ = ["BasicAuthenticator", "hash_password"]
 

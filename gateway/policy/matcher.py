@@ -18,9 +18,9 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from difflib import SequenceMatcher
 
-from .errors import LoadError
-from .paths import split_segments
-from .policy import Policy, Rule
+from gateway.errors import LoadError
+from gateway.policy.model import Policy, Rule
+from gateway.policy.paths import split_segments
 
 __all__ = ["Match", "Matcher"]
 

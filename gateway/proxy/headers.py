@@ -16,7 +16,7 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Iterable, Sequence
 
-from .asgi import Scope
+from gateway.web.asgi import Scope
 
 __all__ = [
     "HOP_BY_HOP",

@@ -43,16 +43,16 @@ from pathlib import Path
 from time import perf_counter
 from typing import TYPE_CHECKING, Any
 
-from .asgi import Message, Receive, Scope, Send
-from .logs import fingerprint, json_output, json_string
+from gateway.observe.logs import fingerprint, json_output, json_string
+from gateway.web.asgi import Message, Receive, Scope, Send
 
 if TYPE_CHECKING:
     from structlog.typing import FilteringBoundLogger
 
-    from .errors import HTTPError
-    from .metrics import Metrics
-    from .policy import Rule
-    from .verify import Principal
+    from gateway.auth.jwt import Principal
+    from gateway.errors import HTTPError
+    from gateway.observe.metrics import Metrics
+    from gateway.policy.model import Rule
 
 __all__ = [
     "RECORD_KEY",

@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 from urllib.parse import unquote_to_bytes
 
-from .errors import BadRequest
+from gateway.errors import BadRequest
 
 __all__ = ["MAX_PATH_BYTES", "canonical_path", "split_segments"]
 

@@ -1,0 +1,1 @@
+"""The gateway's settings: typed, frozen, read from YAML with file:line errors and ${VAR} secrets."""

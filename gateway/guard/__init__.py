@@ -1,0 +1,1 @@
+"""The authorization decision (authenticate, match, check scopes) and the pure-ASGI GuardMiddleware around it."""

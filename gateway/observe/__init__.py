@@ -1,0 +1,1 @@
+"""What happened: structlog access and audit events with redaction, and Prometheus metrics."""

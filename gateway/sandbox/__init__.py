@@ -1,0 +1,1 @@
+"""The demo upstream: an in-process stand-in for SMSGate's 3rdparty API that answers made-up data."""

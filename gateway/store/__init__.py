@@ -1,0 +1,1 @@
+"""Shared state: the Store protocol with its memory and Redis implementations (revocations, records, counters)."""

@@ -1,0 +1,1 @@
+"""Tokens this gateway mints: signing, the token service (issue, refresh, revoke) and its HTTP endpoints."""
