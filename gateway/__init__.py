@@ -24,7 +24,7 @@ from gateway.guard.authorize import Authorizer, Decision
 from gateway.guard.middleware import GuardMiddleware
 from gateway.policy.matcher import Match, Matcher
 from gateway.policy.model import Policy, Rule, load_policies, load_policy, parse_policy
-from gateway.store.stores import MemoryStore, RedisStore, Store, open_store
+from gateway.store import MemoryStore, RedisStore, Store, open_store
 
 __all__ = [
     "Authorizer",
