@@ -11,7 +11,7 @@ Every failure prints one clear line to stderr (a config error names file:line:co
 non-zero; nothing here prints a secret except what the user asked for (a token, a hash).
 
 `serve` and `demo` set up what is process-wide, so `create_app` never has to: the gateway's events and
-every stdlib record (uvicorn, aiohttp, httpx) as JSON lines or console lines on stderr, through the
+every stdlib record (uvicorn, httpx) as JSON lines or console lines on stderr, through the
 gateway's redactor (`logs.configure_stdlib_logging`); and, for `--workers N > 1` or `metrics.port`,
 prometheus_client's multiprocess directory (a fresh temporary one unless PROMETHEUS_MULTIPROC_DIR is set),
 created before prometheus_client is first imported and removed on exit.
