@@ -17,9 +17,12 @@ install: $(STAMP)
 run: $(STAMP)
 	$(BIN)/gateway demo
 
+# The complexity gate (no function graded D or worse; `$(BIN)/radon cc -n D gateway` lists them) is in
+# `lint` only, not yet in `test`: other branches are still removing today's D functions.
 lint: $(STAMP)
 	$(BIN)/ruff check gateway tests bench
 	$(BIN)/ruff format --check gateway tests bench
+	$(BIN)/xenon --max-absolute C gateway
 
 typecheck: $(STAMP)
 	$(BIN)/mypy

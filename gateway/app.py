@@ -50,7 +50,7 @@ from gateway.policy.paths import canonical_path
 from gateway.policy.scopes import satisfies
 from gateway.proxy.credentials import build_credentials
 from gateway.proxy.forward import ProxyApp
-from gateway.store.stores import RedisStore, Store, open_store
+from gateway.store import RedisStore, Store, open_store
 from gateway.tokens.endpoints import TokenEndpoints
 from gateway.tokens.mint import TokenIssuer
 from gateway.tokens.service import TokenService

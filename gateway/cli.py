@@ -11,7 +11,7 @@ Every failure prints one clear line to stderr (a config error names file:line:co
 non-zero; nothing here prints a secret except what the user asked for (a token, a hash).
 
 `serve` and `demo` set up what is process-wide, so `create_app` never has to: the gateway's events and
-every stdlib record (uvicorn, aiohttp, httpx) as JSON lines or console lines on stderr, through the
+every stdlib record (uvicorn, httpx) as JSON lines or console lines on stderr, through the
 gateway's redactor (`logs.configure_stdlib_logging`); and, for `--workers N > 1` or `metrics.port`,
 prometheus_client's multiprocess directory (a fresh temporary one unless PROMETHEUS_MULTIPROC_DIR is set),
 created before prometheus_client is first imported and removed on exit.
@@ -30,13 +30,10 @@ import sys
 import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
 from gateway.config.settings import Settings, load_settings
 from gateway.errors import HTTPError, LoadError
-
-if TYPE_CHECKING:
-    from prometheus_client import CollectorRegistry
+from gateway.serving import start_metrics_listener, uvicorn_options
 
 __all__ = ["main"]
 
@@ -162,53 +159,6 @@ def _metrics_directory(settings: Settings, workers: int) -> Iterator[str | None]
         yield directory
     finally:
         shutil.rmtree(directory, ignore_errors=True)
-
-
-def start_metrics_listener(settings: Settings, registry: CollectorRegistry) -> None:
-    """Serve `registry` on `metrics.host:metrics.port` from a daemon thread (every path answers the metrics)."""
-    from prometheus_client import start_http_server
-
-    metrics = settings.metrics
-    assert metrics.port is not None
-    try:
-        start_http_server(metrics.port, addr=metrics.host, registry=registry)
-    except OSError as exc:
-        raise LoadError(f"cannot listen on {metrics.host}:{metrics.port}: {exc.strerror}", key="metrics.port") from None
-
-
-def uvicorn_options(
-    settings: Settings,
-    *,
-    host: str | None = None,
-    port: int | None = None,
-    head_timeout_s: float | None = None,
-    max_head_bytes: int | None = None,
-) -> dict[str, Any]:
-    """The server settings: httptools + uvloop, no proxy-header trust, a drain longer than any upstream timeout.
-
-    The protocol is httptools with a deadline and a size limit for request heads and origin-form targets
-    only (`gateway.server.GatewayHttpProtocol`; the limits default to its `DEFAULT_*`).
-    """
-    from gateway.web.server import DEFAULT_HEAD_TIMEOUT_S, DEFAULT_MAX_HEAD_BYTES, protocol_factory
-
-    protocol = protocol_factory(
-        head_timeout_s=DEFAULT_HEAD_TIMEOUT_S if head_timeout_s is None else head_timeout_s,
-        max_head_bytes=DEFAULT_MAX_HEAD_BYTES if max_head_bytes is None else max_head_bytes,
-    )
-    longest = max((up.read_timeout_s + up.connect_timeout_s for up in settings.upstreams.values()), default=30.0)
-    return {
-        "host": host or settings.listen.host,
-        "port": port if port is not None else settings.listen.port,
-        "http": protocol,
-        "loop": "uvloop",
-        "lifespan": "on",
-        "proxy_headers": False,
-        "server_header": False,
-        "timeout_graceful_shutdown": int(longest) + 5,
-        "log_level": settings.log.level,
-        "log_config": None,  # stdlib logging is routed by logs.configure_stdlib_logging
-        "access_log": False,  # the gateway writes its own access events (observe.py)
-    }
 
 
 def app_from_environment() -> object:

@@ -68,9 +68,9 @@ async def _demo(config: Path, port: int | None, log_format: str) -> None:
     import uvicorn
 
     from gateway.app import create_app
-    from gateway.cli import start_metrics_listener, uvicorn_options
     from gateway.observe.logs import StreamSink, configure_stdlib_logging, resolve_format
     from gateway.sandbox.app import Sandbox
+    from gateway.serving import start_metrics_listener, uvicorn_options
 
     sandbox_user, sandbox_password = "sandbox", secrets.token_urlsafe(24)
     sandbox = Sandbox(sandbox_user, sandbox_password)

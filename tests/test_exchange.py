@@ -18,7 +18,7 @@ from gateway.config.settings import Secret
 from gateway.errors import BadGateway, GatewayTimeout, HTTPError, LoadError
 from gateway.proxy.credentials import OutgoingRequest
 from gateway.proxy.exchange import MAX_LOGIN_ANSWER_BYTES, ProviderToken, TokenExchange, exchange_settings
-from gateway.store.stores import MemoryStore, Store
+from gateway.store import MemoryStore, Store
 
 CANARY = "canary-exchange-secret-3e7b"
 JSON = [("Content-Type", "application/json")]

@@ -13,7 +13,7 @@ from processes import gateway_process
 from redisserver import exists_calls, private_redis
 
 from gateway.app import create_app
-from gateway.store.stores import RedisStore
+from gateway.store import RedisStore
 
 TOKEN = "/3rdparty/v1/auth/token"
 

@@ -1,4 +1,4 @@
-"""stores.py: one suite run on MemoryStore and on RedisStore against the real Redis (never skipped)."""
+"""gateway.store: one suite run on MemoryStore and on RedisStore against the real Redis (never skipped)."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ import pytest
 import redis.asyncio as aioredis
 from redisserver import PrivateRedis, exists_calls, private_redis
 
-from gateway.store.stores import MemoryStore, RedisStore, Store, open_store
+from gateway.store import MemoryStore, RedisStore, Store, open_store
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
 DAY = 86400.0
@@ -474,7 +474,7 @@ async def test_redis_expired_holder_cannot_release_its_successor(
             successor_in.set()
             await successor_out.wait()
 
-    with caplog.at_level(logging.WARNING, logger="gateway.store.stores"):
+    with caplog.at_level(logging.WARNING, logger="gateway.store.redis"):
         async with redis_store.lock("x", ttl_s=0.15):
             task = asyncio.create_task(successor())
             await asyncio.wait_for(successor_in.wait(), 2)

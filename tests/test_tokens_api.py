@@ -24,7 +24,7 @@ from gateway.auth.jwt import Principal
 from gateway.cli import main as cli_main
 from gateway.config.settings import parse_settings
 from gateway.errors import NotFound
-from gateway.store.stores import MemoryStore, open_store
+from gateway.store import MemoryStore, open_store
 from gateway.tokens.mint import TokenIssuer
 from gateway.tokens.service import TokenService
 

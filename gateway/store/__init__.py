@@ -1,1 +1,31 @@
-"""Shared state: the Store protocol with its memory and Redis implementations (revocations, records, counters)."""
+"""Shared state: the Store protocol with its memory and Redis implementations (revocations, records, counters).
+
+    base     the `Store` protocol every implementation satisfies
+    memory   `MemoryStore`, the embedded default (one process)
+    redis    `RedisStore`, shared across processes and hosts (Lua scripts in `scripts`, the pub/sub
+             revocation mirror in `mirror`)
+    url      `open_store(url)`, the store a config's `store:` URL names
+
+`RedisStore` is loaded on first use (PEP 562), so a memory-only gateway never imports redis-py.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from gateway.store.base import RotateResult, Store
+from gateway.store.memory import MemoryStore
+from gateway.store.url import open_store
+
+if TYPE_CHECKING:
+    from gateway.store.redis import RedisStore
+
+__all__ = ["MemoryStore", "RedisStore", "RotateResult", "Store", "open_store"]
+
+
+def __getattr__(name: str) -> object:
+    if name == "RedisStore":
+        from gateway.store.redis import RedisStore
+
+        return RedisStore
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -21,7 +21,7 @@ from gateway.config.settings import TokenSettings
 from gateway.errors import BadRequest, Forbidden, NotFound, Unauthorized
 from gateway.observe.logs import make_logger
 from gateway.policy.scopes import SUPERUSER, is_valid_scope
-from gateway.store.stores import Store
+from gateway.store import Store
 from gateway.tokens.mint import REFRESH_SCOPE, TokenIssuer, TokenPair
 
 if TYPE_CHECKING:

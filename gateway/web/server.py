@@ -25,7 +25,7 @@ And two things for speed, measured with `make bench`:
   per request to hear `http.disconnect`; apps under other servers fall back to doing that.
 
 Keep-alive between requests stays uvicorn's (`timeout_keep_alive`). Configure with
-`protocol_factory(head_timeout_s=..., max_head_bytes=...)`, which `cli.uvicorn_options` passes as
+`protocol_factory(head_timeout_s=..., max_head_bytes=...)`, which `serving.uvicorn_options` passes as
 uvicorn's `http` (a picklable `functools.partial`, so `--workers N` works).
 """
 

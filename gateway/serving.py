@@ -1,0 +1,66 @@
+"""How the gateway is served, shared by `gateway serve` (cli.py) and `gateway demo` (demo.py).
+
+The uvicorn settings (httptools with the gateway's request-head limits, uvloop, no proxy-header trust, a
+graceful drain longer than any upstream timeout) and the Prometheus listener. Nothing heavy is imported at
+module level: prometheus_client must not be imported before `serve` has set its multiprocess directory.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from gateway.errors import LoadError
+
+if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
+
+    from gateway.config.settings import Settings
+
+__all__ = ["start_metrics_listener", "uvicorn_options"]
+
+
+def start_metrics_listener(settings: Settings, registry: CollectorRegistry) -> None:
+    """Serve `registry` on `metrics.host:metrics.port` from a daemon thread (every path answers the metrics)."""
+    from prometheus_client import start_http_server
+
+    metrics = settings.metrics
+    assert metrics.port is not None
+    try:
+        start_http_server(metrics.port, addr=metrics.host, registry=registry)
+    except OSError as exc:
+        raise LoadError(f"cannot listen on {metrics.host}:{metrics.port}: {exc.strerror}", key="metrics.port") from None
+
+
+def uvicorn_options(
+    settings: Settings,
+    *,
+    host: str | None = None,
+    port: int | None = None,
+    head_timeout_s: float | None = None,
+    max_head_bytes: int | None = None,
+) -> dict[str, Any]:
+    """The server settings: httptools + uvloop, no proxy-header trust, a drain longer than any upstream timeout.
+
+    The protocol is httptools with a deadline and a size limit for request heads and origin-form targets
+    only (`gateway.server.GatewayHttpProtocol`; the limits default to its `DEFAULT_*`).
+    """
+    from gateway.web.server import DEFAULT_HEAD_TIMEOUT_S, DEFAULT_MAX_HEAD_BYTES, protocol_factory
+
+    protocol = protocol_factory(
+        head_timeout_s=DEFAULT_HEAD_TIMEOUT_S if head_timeout_s is None else head_timeout_s,
+        max_head_bytes=DEFAULT_MAX_HEAD_BYTES if max_head_bytes is None else max_head_bytes,
+    )
+    longest = max((up.read_timeout_s + up.connect_timeout_s for up in settings.upstreams.values()), default=30.0)
+    return {
+        "host": host or settings.listen.host,
+        "port": port if port is not None else settings.listen.port,
+        "http": protocol,
+        "loop": "uvloop",
+        "lifespan": "on",
+        "proxy_headers": False,
+        "server_header": False,
+        "timeout_graceful_shutdown": int(longest) + 5,
+        "log_level": settings.log.level,
+        "log_config": None,  # stdlib logging is routed by logs.configure_stdlib_logging
+        "access_log": False,  # the gateway writes its own access events (observe.py)
+    }

@@ -1,0 +1,75 @@
+"""The Store protocol: the little shared state a gateway needs, in memory or in Redis.
+
+It holds revocations (token and family ids, each until its token would have expired anyway), refresh-token
+families (which refresh token is the live one), cached opaque values with a TTL (upstream tokens),
+single-flight locks and counters. Everything expires, so the store never grows forever.
+
+`MemoryStore` (`gateway.store.memory`) is the embedded default (one process). `RedisStore`
+(`gateway.store.redis`) shares the same state across processes and hosts. `open_store` (`gateway.store.url`)
+picks one from a URL. Callers pass ids and hashes as key names, never secrets; values are never logged.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from contextlib import AbstractAsyncContextManager
+from typing import Literal, Protocol, runtime_checkable
+
+__all__ = ["RotateResult", "Store", "check_ttl"]
+
+RotateResult = Literal["rotated", "replayed", "revoked"]
+
+
+@runtime_checkable
+class Store(Protocol):
+    """What the gateway needs from shared state; see `MemoryStore` and `RedisStore`."""
+
+    async def revoke(self, ids: Iterable[str], until: float) -> None:
+        """Mark token or family ids revoked until the unix time `until` (their exp); then forget them."""
+        ...
+
+    async def is_revoked(self, *ids: str) -> bool:
+        """True if any of `ids` is revoked."""
+        ...
+
+    async def start_family(self, family: str, jti: str, until: float) -> None:
+        """Begin a refresh-token family whose live refresh token is `jti`."""
+        ...
+
+    async def rotate_refresh(self, family: str, presented: str, new: str, until: float) -> RotateResult:
+        """Atomically swap the live refresh token `presented` for `new`; a dead one presented revokes the family."""
+        ...
+
+    async def get(self, key: str) -> bytes | None:
+        """The cached value, or None when absent or expired."""
+        ...
+
+    async def set(self, key: str, value: bytes, ttl_s: float) -> None:
+        """Cache `value` for `ttl_s` seconds (> 0)."""
+        ...
+
+    async def delete(self, key: str) -> None:
+        """Drop a cached value (no error when absent)."""
+        ...
+
+    def lock(self, name: str, *, ttl_s: float = 10.0, wait_s: float = 10.0) -> AbstractAsyncContextManager[None]:
+        """Single flight: one holder per name; TimeoutError after `wait_s`."""
+        ...
+
+    async def incr(self, key: str, ttl_s: float) -> int:
+        """Increment a counter that expires `ttl_s` after its first increment."""
+        ...
+
+    async def ping(self) -> bool:
+        """True when the store answers (readiness)."""
+        ...
+
+    async def aclose(self) -> None:
+        """Release connections."""
+        ...
+
+
+def check_ttl(ttl_s: float) -> None:
+    """Reject a TTL that is not a positive number of seconds (every store's `set`, `lock` and `incr`)."""
+    if not ttl_s > 0:  # also rejects NaN
+        raise ValueError(f"ttl_s must be a positive number of seconds, not {ttl_s!r}")

@@ -1,0 +1,174 @@
+"""`MemoryStore`: the embedded store (one process), dicts with expiry timestamps."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Callable, Iterable
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from gateway.store.base import check_ttl
+
+if TYPE_CHECKING:
+    from gateway.store.base import RotateResult
+
+__all__ = ["MemoryStore"]
+
+
+@dataclass(slots=True)
+class _LockSlot:
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    users: int = 0  # holders + waiters; the slot is dropped when it falls to zero
+
+
+class MemoryStore:
+    """The embedded store: dicts with expiry timestamps, checked on access and swept now and then.
+
+    `clock` gives unix time (inject a fake one in tests). Every mutation sweeps all expired entries once
+    `sweep_interval_s` of clock time has passed since the last sweep, so entries nobody reads again are
+    still dropped. Operations never await, so each one (notably `rotate_refresh`) is atomic on the loop.
+    Locks are per-process asyncio locks; `ttl_s` is ignored (a holder cannot vanish without releasing).
+    """
+
+    def __init__(self, *, clock: Callable[[], float] = time.time, sweep_interval_s: float = 60.0) -> None:
+        self._clock = clock
+        self._sweep_interval_s = sweep_interval_s
+        self._next_sweep = clock() + sweep_interval_s
+        self._revoked: dict[str, float] = {}  # id -> until
+        self._families: dict[str, tuple[str, float]] = {}  # family -> (live jti, until)
+        self._values: dict[str, tuple[bytes, float]] = {}  # key -> (value, expires)
+        self._counters: dict[str, tuple[int, float]] = {}  # key -> (count, expires)
+        self._locks: dict[str, _LockSlot] = {}
+
+    def size(self) -> int:
+        """Entries held, expired or not (locks excluded): what a sweep can shrink.
+
+        Not `__len__`: an empty store must stay truthy (`store or open_store(...)`).
+        """
+        return len(self._revoked) + len(self._families) + len(self._values) + len(self._counters)
+
+    def sweep(self) -> int:
+        """Drop every expired entry now; returns how many went."""
+        now = self._clock()
+        self._next_sweep = now + self._sweep_interval_s
+        dropped = 0
+        for table in (self._revoked, self._families, self._values, self._counters):
+            dead = [k for k, v in table.items() if _expiry(v) <= now]
+            for k in dead:
+                del table[k]
+            dropped += len(dead)
+        return dropped
+
+    def _now(self) -> float:
+        """The clock, sweeping first when the interval has passed (called by every mutation)."""
+        now = self._clock()
+        if now >= self._next_sweep:
+            self.sweep()
+        return now
+
+    async def revoke(self, ids: Iterable[str], until: float) -> None:
+        now = self._now()
+        if until <= now:
+            return  # already expired: nothing left to revoke
+        for id_ in ids:
+            self._revoked[id_] = max(until, self._revoked.get(id_, 0.0))
+
+    async def is_revoked(self, *ids: str) -> bool:
+        return any(self._is_revoked(id_, self._clock()) for id_ in ids)
+
+    def _is_revoked(self, id_: str, now: float) -> bool:
+        until = self._revoked.get(id_)
+        if until is None:
+            return False
+        if until <= now:
+            del self._revoked[id_]
+            return False
+        return True
+
+    async def start_family(self, family: str, jti: str, until: float) -> None:
+        if until > self._now():
+            self._families[family] = (jti, until)
+        else:
+            self._families.pop(family, None)
+
+    async def rotate_refresh(self, family: str, presented: str, new: str, until: float) -> RotateResult:
+        now = self._now()
+        if self._is_revoked(family, now):
+            return "revoked"
+        entry = self._families.get(family)
+        if entry is None or entry[1] <= now:
+            self._families.pop(family, None)
+            return "revoked"
+        live, live_until = entry
+        if live == presented:
+            if until > now:
+                self._families[family] = (new, until)
+            else:
+                del self._families[family]
+            return "rotated"
+        del self._families[family]
+        self._revoked[family] = max(until, live_until)  # outlive every token the family handed out
+        return "replayed"
+
+    async def get(self, key: str) -> bytes | None:
+        entry = self._values.get(key)
+        if entry is None:
+            return None
+        if entry[1] <= self._clock():
+            del self._values[key]
+            return None
+        return entry[0]
+
+    async def set(self, key: str, value: bytes, ttl_s: float) -> None:
+        check_ttl(ttl_s)
+        self._values[key] = (value, self._now() + ttl_s)
+
+    async def delete(self, key: str) -> None:
+        self._values.pop(key, None)
+
+    def lock(self, name: str, *, ttl_s: float = 10.0, wait_s: float = 10.0) -> AbstractAsyncContextManager[None]:
+        check_ttl(ttl_s)
+        return self._hold(name, wait_s)
+
+    @contextlib.asynccontextmanager
+    async def _hold(self, name: str, wait_s: float) -> AsyncIterator[None]:
+        slot = self._locks.get(name)
+        if slot is None:
+            slot = self._locks[name] = _LockSlot()
+        slot.users += 1
+        try:
+            try:
+                async with asyncio.timeout(wait_s):
+                    await slot.lock.acquire()
+            except TimeoutError:
+                raise TimeoutError(f"lock {name!r} still held after {wait_s} s") from None
+            try:
+                yield
+            finally:
+                slot.lock.release()
+        finally:
+            slot.users -= 1
+            if slot.users == 0:
+                del self._locks[name]
+
+    async def incr(self, key: str, ttl_s: float) -> int:
+        check_ttl(ttl_s)
+        now = self._now()
+        count, expires = self._counters.get(key, (0, 0.0))
+        if expires <= now:
+            count, expires = 0, now + ttl_s
+        self._counters[key] = (count + 1, expires)
+        return count + 1
+
+    async def ping(self) -> bool:
+        return True
+
+    async def aclose(self) -> None:
+        return None
+
+
+def _expiry(entry: float | tuple[object, float]) -> float:
+    return entry if isinstance(entry, float | int) else entry[1]

@@ -1,0 +1,213 @@
+"""`RedisStore`: the shared store on Redis, for several processes and hosts.
+
+Its rotation is a Lua script (`gateway.store.scripts`), so two gateways rotating the same refresh token
+cannot both win. It checks revocations (every request does) against a local mirror kept current by pub/sub
+(`gateway.store.mirror`), falling back to Redis whenever the mirror might have missed something.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import random
+import secrets
+from collections.abc import AsyncIterator, Iterable, Mapping
+from contextlib import AbstractAsyncContextManager
+from types import MappingProxyType
+from typing import TYPE_CHECKING
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from gateway.store.base import check_ttl
+from gateway.store.mirror import RevocationMirror
+from gateway.store.scripts import INCR, REVOKE, ROTATE, UNLOCK
+
+if TYPE_CHECKING:
+    from gateway.store.base import RotateResult
+
+__all__ = ["RedisStore"]
+
+_log = logging.getLogger(__name__)
+
+_ROTATE_RESULTS: Mapping[bytes, RotateResult] = MappingProxyType({b"rotated": "rotated", b"revoked": "revoked"})
+
+
+def _ms(seconds: float) -> int:
+    """Whole milliseconds, at least 1 (Redis rejects a zero PX)."""
+    return max(1, math.ceil(seconds * 1000))
+
+
+def _unix_ms(until: float) -> str:
+    return str(int(until * 1000))
+
+
+class RedisStore:
+    """The shared store on Redis: every key under `prefix`, every key with a TTL.
+
+    Keys: `{prefix}rev:{id}`, `{prefix}fam:{family}`, `{prefix}kv:{key}`, `{prefix}ctr:{key}`,
+    `{prefix}lock:{name}`. Locks are `SET NX PX` with a random token, released by a compare-and-delete
+    script, so a holder that outlived `ttl_s` cannot release its successor's lock; waiters poll with
+    jittered backoff. The store owns `client` and closes it in `aclose`.
+
+    Revocations are also published on `{prefix}revocations` by the scripts that write them, and (unless
+    `mirror_revocations=False`) a local mirror fed by that channel answers `is_revoked` without a round
+    trip while it is in sync, falling back to `EXISTS` otherwise (see `RevocationMirror`). It starts on
+    first use or with `start()` and stops in `aclose`.
+    """
+
+    def __init__(
+        self,
+        client: aioredis.Redis,
+        *,
+        prefix: str = "smsguard:",
+        ping_timeout_s: float = 2.0,
+        mirror_revocations: bool = True,
+        mirror_heartbeat_s: float = 1.0,
+        mirror_backoff_s: tuple[float, float] = (0.05, 5.0),
+    ) -> None:
+        if not prefix:
+            raise ValueError("prefix must not be empty: every key lives under it")
+        if client.connection_pool.connection_kwargs.get("decode_responses"):
+            raise ValueError("the Redis client must use decode_responses=False: values are bytes")
+        self._client = client
+        self._prefix = prefix
+        self._ping_timeout_s = ping_timeout_s
+        self._revoke = client.register_script(REVOKE)
+        self._rotate = client.register_script(ROTATE)
+        self._incr = client.register_script(INCR)
+        self._unlock = client.register_script(UNLOCK)
+        self._channel = f"{prefix}revocations"
+        self._mirror = (
+            RevocationMirror(client, prefix, heartbeat_s=mirror_heartbeat_s, backoff_s=mirror_backoff_s)
+            if mirror_revocations
+            else None
+        )
+
+    @classmethod
+    def from_url(cls, url: str, *, prefix: str = "smsguard:", mirror_revocations: bool = True) -> RedisStore:
+        """A store on a new client for `redis://`, `rediss://` or `unix://` (connects lazily)."""
+        client = aioredis.Redis.from_url(url, decode_responses=False)
+        return cls(client, prefix=prefix, mirror_revocations=mirror_revocations)
+
+    @property
+    def prefix(self) -> str:
+        return self._prefix
+
+    @property
+    def revocations_mirrored(self) -> bool:
+        """True while `is_revoked` answers from the local mirror (subscribed, loaded, heartbeat current)."""
+        return self._mirror is not None and self._mirror.in_sync
+
+    def start(self) -> None:
+        """Start syncing the revocation mirror in the running loop, so the first requests need not wait.
+
+        Optional (the first `is_revoked` starts it too) and idempotent; the app's lifespan calls it.
+        """
+        if self._mirror is not None:
+            self._mirror.start()
+
+    def _key(self, kind: str, name: str) -> str:
+        return f"{self._prefix}{kind}:{name}"
+
+    async def revoke(self, ids: Iterable[str], until: float) -> None:
+        listed = list(ids)
+        if not listed:
+            return
+        until_ms = _unix_ms(until)
+        keys = [self._key("rev", id_) for id_ in listed]
+        await self._revoke(keys=keys, args=[until_ms, self._channel, *listed])
+        if self._mirror is not None:  # this process refuses them at once, before its own message arrives
+            self._mirror.note(listed, int(until_ms) / 1000)
+
+    async def is_revoked(self, *ids: str) -> bool:
+        if not ids:
+            return False
+        if self._mirror is not None:
+            known = self._mirror.lookup(ids)
+            if known is not None:
+                return known
+        found = await self._client.exists(*(self._key("rev", id_) for id_ in ids))
+        return bool(found)
+
+    async def start_family(self, family: str, jti: str, until: float) -> None:
+        key = self._key("fam", family)
+        async with self._client.pipeline(transaction=True) as pipe:
+            pipe.set(key, jti)
+            pipe.pexpireat(key, int(until * 1000))
+            await pipe.execute()
+
+    async def rotate_refresh(self, family: str, presented: str, new: str, until: float) -> RotateResult:
+        keys = [self._key("fam", family), self._key("rev", family)]
+        raw = await self._rotate(keys=keys, args=[presented, new, _unix_ms(until), self._channel, family])
+        if isinstance(raw, list):  # [b"replayed", until ms]: the family was revoked
+            if self._mirror is not None:
+                self._mirror.note([family], int(raw[1]) / 1000)
+            return "replayed"
+        return _ROTATE_RESULTS[raw]
+
+    async def get(self, key: str) -> bytes | None:
+        value = await self._client.get(self._key("kv", key))
+        return value.encode() if isinstance(value, str) else value
+
+    async def set(self, key: str, value: bytes, ttl_s: float) -> None:
+        check_ttl(ttl_s)
+        await self._client.set(self._key("kv", key), value, px=_ms(ttl_s))
+
+    async def delete(self, key: str) -> None:
+        await self._client.delete(self._key("kv", key))
+
+    def lock(self, name: str, *, ttl_s: float = 10.0, wait_s: float = 10.0) -> AbstractAsyncContextManager[None]:
+        check_ttl(ttl_s)
+        return self._hold(name, ttl_s, wait_s)
+
+    @contextlib.asynccontextmanager
+    async def _hold(self, name: str, ttl_s: float, wait_s: float) -> AsyncIterator[None]:
+        key = self._key("lock", name)
+        token = secrets.token_hex(16)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait_s
+        delay = 0.005
+        while True:
+            try:
+                acquired = await self._client.set(key, token, nx=True, px=_ms(ttl_s))
+            except BaseException:
+                # the SET may have landed before we were interrupted: give back what may be ours
+                with contextlib.suppress(RedisError, OSError):
+                    await self._unlock(keys=[key], args=[token])
+                raise
+            if acquired:
+                break
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                raise TimeoutError(f"lock {name!r} still held after {wait_s} s")
+            await asyncio.sleep(min(remaining, delay * random.uniform(0.5, 1.0)))
+            delay = min(delay * 2, 0.1)
+        try:
+            yield
+        finally:
+            try:
+                released = await self._unlock(keys=[key], args=[token])
+            except (RedisError, OSError) as exc:
+                _log.warning("could not release lock %r (it expires in %s s): %s", name, ttl_s, type(exc).__name__)
+            else:
+                if not released:
+                    _log.warning("lock %r expired before release: hold it for less than ttl_s=%s", name, ttl_s)
+
+    async def incr(self, key: str, ttl_s: float) -> int:
+        check_ttl(ttl_s)
+        return int(await self._incr(keys=[self._key("ctr", key)], args=[_ms(ttl_s)]))
+
+    async def ping(self) -> bool:
+        try:
+            async with asyncio.timeout(self._ping_timeout_s):
+                return bool(await self._client.ping())
+        except (RedisError, OSError, TimeoutError):
+            return False
+
+    async def aclose(self) -> None:
+        if self._mirror is not None:
+            await self._mirror.aclose()
+        await self._client.aclose()

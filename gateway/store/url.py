@@ -1,0 +1,84 @@
+"""`open_store`: the store a URL names, checked at start-up, with any password masked in errors."""
+
+from __future__ import annotations
+
+import re
+from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
+
+from gateway.store.memory import MemoryStore
+
+if TYPE_CHECKING:
+    from gateway.store.base import Store
+    from gateway.store.redis import RedisStore
+
+__all__ = ["open_store"]
+
+_REDIS_SCHEMES = frozenset({"redis", "rediss", "unix"})
+
+
+def open_store(url: str, *, prefix: str = "smsguard:") -> Store:
+    """The store a URL names: `memory://`, or `redis://`, `rediss://`, `unix://` (a RedisStore).
+
+    Checked eagerly (no connection is made) so a typo fails at startup: a ValueError whose message
+    shows the URL with any password masked.
+    """
+    try:
+        parts = urlsplit(url)
+    except ValueError as exc:
+        raise ValueError(f"invalid store URL {_redact(url)!r}: {_reason(exc)}") from None
+    scheme = parts.scheme.lower()
+    if scheme == "memory":
+        if parts.netloc or parts.path or parts.query or parts.fragment:
+            raise ValueError(f"invalid store URL {_redact(url)!r}: memory:// takes no host, path or options")
+        return MemoryStore()
+    if scheme not in _REDIS_SCHEMES:
+        raise ValueError(
+            f"unsupported store URL {_redact(url)!r}: use memory://, redis://host:6379/0, rediss://... or unix:///path"
+        )
+    try:
+        from gateway.store.redis import RedisStore  # only now: redis-py is a heavy import
+
+        store = RedisStore.from_url(url, prefix=prefix)
+        # builds a connection object without connecting: rejects unknown ?options now, not at first use
+        store._client.connection_pool.make_connection()  # type: ignore[no-untyped-call]
+    except (ValueError, TypeError) as exc:
+        raise ValueError(f"invalid store URL {_redact(url)!r}: {_reason(exc)}") from None
+    if scheme != "unix" and parts.path not in ("", "/") and not _DB_PATH.fullmatch(parts.path):
+        raise ValueError(f"invalid store URL {_redact(url)!r}: the path must be a database number such as /0")
+    return store
+
+
+_DB_PATH = re.compile(r"/[0-9]+")
+_PASSWORD_PARAM = re.compile(r"(?i)((?:^|[?&;])password=)[^&;#]*")
+
+
+def _redact(url: str) -> str:
+    """The URL with its userinfo password and any `password=` option masked, even when malformed."""
+    masked = _PASSWORD_PARAM.sub(r"\1***", url)
+    scheme, _, rest = masked.partition(":")
+    if "@" not in rest:
+        return masked
+    userinfo, _, hostinfo = rest.rpartition("@")
+    bare = userinfo.lstrip("/")
+    user, colon, _ = bare.partition(":")
+    return f"{scheme}:{userinfo[: len(userinfo) - len(bare)]}{user}{':***' if colon else ''}@{hostinfo}"
+
+
+def _reason(exc: Exception) -> str:
+    """The parser's complaint, unless it might quote part of the URL (a password, say)."""
+    message = str(exc)
+    if isinstance(exc, TypeError) and "unexpected keyword argument" in message:
+        option = message.rpartition("argument")[2].strip()
+        return f"unknown option {option}"
+    if message.startswith("Port could not be cast"):
+        return "the port is not a number"
+    if message.startswith(("Port out of range", "Invalid IPv6 URL", "Invalid value for '")):
+        return message
+    return "malformed URL"
+
+
+if TYPE_CHECKING:  # mypy proves both implementations satisfy the protocol
+
+    def _implements_store(memory: MemoryStore, redis_store: RedisStore) -> tuple[Store, Store]:
+        return memory, redis_store
