@@ -48,11 +48,11 @@ from gateway.auth.jwt import Principal, TokenVerifier
 from gateway.config.settings import Settings, load_settings
 from gateway.errors import HTTPError, LoadError
 from gateway.guard.authorize import Authorizer
+from gateway.policy.forwarding import upstream_url
 from gateway.policy.matcher import Match, Matcher
 from gateway.policy.model import Policy, Rule, _read, load_policies
 from gateway.policy.paths import canonical_path, split_segments
 from gateway.policy.scopes import SUPERUSER, parse_scopes
-from gateway.proxy.forward import upstream_url
 from gateway.yamlsource import Node, load_file
 
 __all__ = [
@@ -590,7 +590,7 @@ def explain(method: str, target: str, matcher: Matcher, settings: Settings | Non
 
 
 def _forwarding(e: Explanation, rule: Rule, query: str, settings: Settings | None) -> Explanation:
-    """Where the proxy sends it: `proxy.upstream_url`, the function the proxy itself calls."""
+    """Where the proxy sends it: `upstream_url`, on the target the proxy itself computes."""
     if rule.upstream is None:
         return replace(e, upstream_note="none named: in middleware mode the wrapped app answers")
     if settings is None:
