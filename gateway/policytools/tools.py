@@ -49,8 +49,9 @@ from gateway.config.settings import Settings, load_settings
 from gateway.errors import HTTPError, LoadError
 from gateway.guard.authorize import Authorizer
 from gateway.policy.forwarding import upstream_url
-from gateway.policy.matcher import Match, Matcher
-from gateway.policy.model import Policy, Rule, _read, load_policies
+from gateway.policy.loader import load_policies, read_policy
+from gateway.policy.matcher import Conflict, Match, Matcher
+from gateway.policy.model import Policy, Rule
 from gateway.policy.paths import canonical_path, split_segments
 from gateway.policy.scopes import SUPERUSER, parse_scopes
 from gateway.yamlsource import Node, load_file
@@ -356,56 +357,39 @@ class _Loaded:
     rule_errors: bool
 
 
-_RULE_KEY = re.compile(r"^rules\[(\d+)\]")
-
-
-def _load_collecting(path: str, out: list[Diagnostic]) -> _Loaded | None:
-    """Load one policy file, dropping each broken rule and retrying, so every rule error is reported."""
+def _load(path: str, out: list[Diagnostic]) -> _Loaded | None:
+    """Load one policy file, collecting the error of each broken rule, so every rule error is reported."""
+    errors: list[LoadError] = []
     try:
         root = load_file(path)
         layout = _Layout.of(root)
+        read = read_policy(root, errors)
     except LoadError as exc:
         out.append(Diagnostic.from_error(exc))
         return None
-    rules_raw = _mapping(root.raw).get("rules", (None, None))[1]
-    indices = list(range(len(rules_raw.value))) if isinstance(rules_raw, yaml.SequenceNode) else []
-    broken = False
-    while True:
-        try:
-            policy, mount = _read(root)
-        except LoadError as exc:
-            found = _RULE_KEY.match(exc.key)
-            if found is None or not isinstance(rules_raw, yaml.SequenceNode):
-                out.append(Diagnostic.from_error(exc))
-                return None
-            at = int(found.group(1))
-            key = f"rules[{indices[at]}]" + exc.key[found.end() :]
-            out.append(replace(Diagnostic.from_error(exc), key=key))
-            del rules_raw.value[at], indices[at]
-            broken = True
-            continue
-        return _Loaded(policy, layout, indices, (mount.line, mount.column), broken)
+    out.extend(Diagnostic.from_error(error) for error in errors)
+    mount = (read.mount.line, read.mount.column)
+    return _Loaded(read.policy, layout, list(read.rule_indices), mount, bool(errors))
 
 
-def _drop_ambiguous(loaded: list[_Loaded], out: list[Diagnostic]) -> Matcher:
-    """Compile the rules, dropping and reporting each rule the matcher refuses (duplicates, ambiguity)."""
-    while True:
-        try:
-            return Matcher([item.policy for item in loaded])
-        except LoadError as exc:
-            found = _RULE_KEY.match(exc.key)
-            item = next((i for i in loaded if i.policy.file == exc.file), None)
-            if found is None or item is None:
-                out.append(Diagnostic.from_error(exc))
-                return Matcher([])
-            at = int(found.group(1))
-            original = item.indices[at]
-            line, column = item.layout.paths[original]
-            key = f"rules[{original}]" + exc.key[found.end() :]
-            out.append(Diagnostic(exc.file, line, column, "error", key, exc.reason, exc.hint))
-            rules = item.policy.rules
-            item.policy = replace(item.policy, rules=rules[:at] + rules[at + 1 :])
-            del item.indices[at]
+def _compile(loaded: list[_Loaded], out: list[Diagnostic]) -> Matcher:
+    """Compile the rules, reporting and leaving out each rule the matcher refuses (duplicates, ambiguity)."""
+    conflicts: list[Conflict] = []
+    matcher = Matcher([item.policy for item in loaded], conflicts)
+    source = {id(rule): (item, item.indices[at]) for item in loaded for at, rule in enumerate(item.policy.rules)}
+    for conflict in conflicts:
+        item, index = source[id(conflict.rule)]
+        line, column = item.layout.paths[index]
+        key = f"rules[{index}].path"
+        out.append(Diagnostic(conflict.rule.file, line, column, "error", key, conflict.message, conflict.hint))
+    compiled = {id(rule) for rule in matcher.rules()}
+    for item in loaded:
+        kept = [
+            (rule, index) for rule, index in zip(item.policy.rules, item.indices, strict=True) if id(rule) in compiled
+        ]
+        item.policy = replace(item.policy, rules=tuple(rule for rule, _ in kept))
+        item.indices = [index for _, index in kept]
+    return matcher
 
 
 def _check_mounts(loaded: Sequence[_Loaded], out: list[Diagnostic]) -> list[_Loaded]:
@@ -505,9 +489,9 @@ def validate(
             out.append(Diagnostic.from_error(exc))
     paths = [str(f) for f in files] or list(settings.policies if settings else ())
     checked += paths
-    loaded = [item for path in paths if (item := _load_collecting(path, out)) is not None]
+    loaded = [item for path in paths if (item := _load(path, out)) is not None]
     loaded = _check_mounts(loaded, out)
-    matcher = _drop_ambiguous(loaded, out)
+    matcher = _compile(loaded, out)
     routes = gateway_routes(settings) if settings is not None else ()
     for item in loaded:
         out += _rule_warnings(item, matcher, routes)
