@@ -35,9 +35,18 @@ from gateway.policy.paths import canonical_path, split_segments
 from gateway.policy.scopes import SUPERUSER, is_valid_scope
 from gateway.yamlsource import Node, load_file, load_text
 
-__all__ = ["RULE_KEYS", "TOP_LEVEL_KEYS", "PolicyRead", "load_policies", "load_policy", "parse_policy", "read_policy"]
+__all__ = [
+    "METHOD",
+    "RULE_KEYS",
+    "TOP_LEVEL_KEYS",
+    "PolicyRead",
+    "load_policies",
+    "load_policy",
+    "parse_policy",
+    "read_policy",
+]
 
-_METHOD = re.compile(r"[A-Z][A-Z0-9_-]*")
+METHOD = re.compile(r"[A-Z][A-Z0-9_-]*")  # an HTTP method: uppercase, case-sensitive
 _PARAM = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _SCOPE_KEYS = ("scope", "any_of", "all_of")
 _SCOPE_HINT = "scopes look like resource:action, lowercase, e.g. messages:send"
@@ -233,7 +242,7 @@ def _methods(rule: Node, one: Node | None, many: Node | None) -> frozenset[str]:
 
 def _method(node: Node) -> str:
     method = node.string()
-    if _METHOD.fullmatch(method) is None:
+    if METHOD.fullmatch(method) is None:
         hint = f"methods are case-sensitive: write {method.upper()}" if method.isalpha() else ""
         node.fail(f"malformed method {method!r}", hint=hint or "an uppercase HTTP method such as GET")
     return method
