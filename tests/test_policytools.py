@@ -23,7 +23,7 @@ from gateway.errors import LoadError
 from gateway.guard.authorize import Authorizer
 from gateway.guard.middleware import GuardMiddleware
 from gateway.policy.model import load_policy, parse_policy
-from gateway.policytools import tools
+from gateway.policytools import testing, tools
 from gateway.policytools.cli import main
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -576,7 +576,7 @@ class TestPolicyTests:
 
     def test_documented_example_runs(self, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
         """The test-file example in policytools' docstring is valid and passes against the shipped policy."""
-        doc = tools.__doc__ or ""
+        doc = testing.__doc__ or ""
         example = doc.split("```yaml\n", 1)[1].split("```", 1)[0]
         suite = write(tmp_path / "t.yaml", example.replace("../smsgate.yaml", str(ROOT / SHIPPED)))
         code, out, _ = run(capsys, "test", suite)

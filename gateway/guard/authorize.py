@@ -20,8 +20,9 @@ from gateway.auth.basic import BasicAuthenticator
 from gateway.auth.jwt import Principal, TokenVerifier
 from gateway.config.settings import Settings
 from gateway.errors import BadRequest, Forbidden, NotFound, Unauthorized
+from gateway.policy.loader import load_policies
 from gateway.policy.matcher import Match, Matcher
-from gateway.policy.model import Policy, Rule, load_policies
+from gateway.policy.model import Policy, Rule
 from gateway.policy.paths import canonical_path
 
 if TYPE_CHECKING:

@@ -8,7 +8,9 @@ is reached by one prefix only, a walk visits each node at most once whatever the
 
 Compiling also proves the policy unambiguous: two rules that share a method and can match the same
 request must be ordered, one literal at every position where they differ and the other a parameter.
-Otherwise (`/a/{x}/c` against `/a/b/{y}`, or the same template twice) loading fails, naming both.
+Otherwise (`/a/{x}/c` against `/a/b/{y}`, or the same template twice) loading fails, naming both;
+given a list of conflicts to collect into, the matcher adds each `Conflict` there instead, leaves the
+later rule out and compiles the rest (so `gateway policy validate` reports every one).
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from gateway.errors import LoadError
 from gateway.policy.model import Policy, Rule
 from gateway.policy.paths import split_segments
 
-__all__ = ["Match", "Matcher"]
+__all__ = ["Conflict", "Match", "Matcher"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,6 +33,36 @@ class Match:
 
     rule: Rule
     params: dict[str, str]
+
+
+@dataclass(frozen=True, slots=True)
+class Conflict:
+    """Two rules that can claim the same `method` request: `rule`, the later one, and `other`."""
+
+    rule: Rule
+    other: Rule
+    method: str
+    duplicate: bool  # the same template twice; otherwise neither rule is more specific
+
+    @property
+    def message(self) -> str:
+        rule, other, method = self.rule, self.other, self.method
+        if self.duplicate:
+            return f"duplicate rule: {rule.label()} and {other.label()} both cover {method} {other.full_path}"
+        return (
+            f"ambiguous rules: {rule.label()} and {other.label()} can match the same {method} "
+            "request and neither is more specific"
+        )
+
+    @property
+    def hint(self) -> str:
+        if self.duplicate:
+            return "merge the two rules or remove one"
+        return "make one of them literal where the other has a parameter, or split the paths"
+
+    def error(self, key: str) -> LoadError:
+        """The LoadError at the later rule; `key` names its path (`rules[3].path`)."""
+        return LoadError(self.message, file=self.rule.file, line=self.rule.line, key=key, hint=self.hint)
 
 
 class _Node:
@@ -53,19 +85,31 @@ class Matcher:
 
     __slots__ = ("_roots", "_rules")
 
-    def __init__(self, policies: Sequence[Policy]) -> None:
-        self._rules = tuple(rule for policy in policies for rule in policy.rules)
+    def __init__(self, policies: Sequence[Policy], conflicts: list[Conflict] | None = None) -> None:
+        """Compile `policies`; a conflict raises its LoadError, or with `conflicts` is added there."""
+        rules: list[Rule] = []
         self._roots: dict[tuple[str, int], _Node] = {}
         for policy in policies:
             for index, rule in enumerate(policy.rules):
                 template = split_segments(rule.full_path)
-                for method in sorted(rule.methods):
-                    root = self._roots.setdefault((method, len(template)), _Node())
-                    _check_overlap(root, template, rule, method, f"rules[{index}].path")
-                    _insert(root, template, rule)
+                methods = sorted(rule.methods)
+                conflict = next(filter(None, (self._conflict(rule, template, m) for m in methods)), None)
+                if conflict is not None:
+                    if conflicts is None:
+                        raise conflict.error(f"rules[{index}].path")
+                    conflicts.append(conflict)
+                    continue
+                for method in methods:
+                    _insert(self._roots.setdefault((method, len(template)), _Node()), template, rule)
+                rules.append(rule)
+        self._rules = tuple(rules)
+
+    def _conflict(self, rule: Rule, template: list[str], method: str) -> Conflict | None:
+        root = self._roots.get((method, len(template)))
+        return None if root is None else _conflict(root, template, rule, method)
 
     def rules(self) -> tuple[Rule, ...]:
-        """Every rule, in load order."""
+        """Every compiled rule, in load order (a rule left out for a conflict is not one)."""
         return self._rules
 
     def match(self, method: str, path: str) -> Match | None:
@@ -151,25 +195,18 @@ def _insert(root: _Node, template: list[str], rule: Rule) -> None:
     node.params = tuple((index, name) for index, segment in enumerate(template) if (name := _param_name(segment)))
 
 
-def _check_overlap(root: _Node, template: list[str], rule: Rule, method: str, key: str) -> None:
-    """Fail if `rule` can match a request an existing rule matches without either being more specific.
+def _conflict(root: _Node, template: list[str], rule: Rule, method: str) -> Conflict | None:
+    """The first rule `rule` would conflict with: one that can match a request `rule` matches without
+    either being more specific.
 
     Walks only the trie branches that can match a request together with `template`, tracking whether
     the new rule has been more literal (`wins`) or less literal (`loses`) than the branch so far.
     """
     for other, wins, loses in _overlaps(root, template):
-        if not wins and not loses:
-            message = f"duplicate rule: {rule.label()} and {other.label()} both cover {method} {other.full_path}"
-            hint = "merge the two rules or remove one"
-        elif wins and loses:
-            message = (
-                f"ambiguous rules: {rule.label()} and {other.label()} can match the same {method} "
-                "request and neither is more specific"
-            )
-            hint = "make one of them literal where the other has a parameter, or split the paths"
-        else:
+        if wins != loses:
             continue
-        raise LoadError(message, file=rule.file, line=rule.line, key=key, hint=hint)
+        return Conflict(rule, other, method, duplicate=not wins)
+    return None
 
 
 def _overlaps(root: _Node, template: list[str]) -> Iterator[tuple[Rule, bool, bool]]:

@@ -15,7 +15,7 @@ from urllib.parse import unquote_to_bytes
 
 from gateway.errors import BadRequest
 
-__all__ = ["MAX_PATH_BYTES", "canonical_path", "split_segments"]
+__all__ = ["MAX_PATH_BYTES", "UNRESERVED", "canonical_path", "split_segments"]
 
 MAX_PATH_BYTES = 4096
 
@@ -24,7 +24,7 @@ _PCHAR = r"A-Za-z0-9\-._~!$&'()*+,=:@"
 # Common case, no escapes and no segment starting with ".": already canonical as written.
 _FAST = re.compile(rf"(?:/[{_PCHAR.replace('.', '')}][{_PCHAR}]*)+/?|/")
 _TOKEN = re.compile(rf"%[0-9A-Fa-f]{{2}}|[{_PCHAR}]+")
-_UNRESERVED = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
+UNRESERVED = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
 _FORBIDDEN_ESCAPES = {0x2F: "an encoded '/'", 0x5C: "an encoded '\\'", 0x3B: "an encoded ';'"}
 
 
@@ -65,7 +65,7 @@ def _canonical_segment(segment: str, raw: str, last: bool) -> str:
             parts.append(text)
             continue
         byte = int(text[1:], 16)
-        if byte in _UNRESERVED:
+        if byte in UNRESERVED:
             parts.append(chr(byte))
         elif byte < 0x20 or byte == 0x7F:
             raise _bad("an encoded control character", raw)
