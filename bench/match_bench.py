@@ -12,8 +12,9 @@ import sys
 import time
 import timeit
 
+from gateway.policy.loader import parse_policy
 from gateway.policy.matcher import Matcher
-from gateway.policy.model import Policy, parse_policy
+from gateway.policy.model import Policy
 from gateway.policy.paths import canonical_path
 
 ROUNDS = 7

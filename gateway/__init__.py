@@ -32,8 +32,9 @@ if TYPE_CHECKING:
     )
     from gateway.guard.authorize import Authorizer, Decision
     from gateway.guard.middleware import GuardMiddleware
+    from gateway.policy.loader import load_policies, load_policy, parse_policy
     from gateway.policy.matcher import Match, Matcher
-    from gateway.policy.model import Policy, Rule, load_policies, load_policy, parse_policy
+    from gateway.policy.model import Policy, Rule
     from gateway.store import MemoryStore, RedisStore, Store, open_store
 
 __all__ = [
@@ -87,7 +88,8 @@ _HOMES: dict[str, str] = {
     **dict.fromkeys(("Authorizer", "Decision"), "gateway.guard.authorize"),
     "GuardMiddleware": "gateway.guard.middleware",
     **dict.fromkeys(("Match", "Matcher"), "gateway.policy.matcher"),
-    **dict.fromkeys(("Policy", "Rule", "load_policies", "load_policy", "parse_policy"), "gateway.policy.model"),
+    **dict.fromkeys(("Policy", "Rule"), "gateway.policy.model"),
+    **dict.fromkeys(("load_policies", "load_policy", "parse_policy"), "gateway.policy.loader"),
     **dict.fromkeys(("MemoryStore", "RedisStore", "Store", "open_store"), "gateway.store"),
 }
 

@@ -45,7 +45,8 @@ from gateway.observe.events import (
 )
 from gateway.observe.logs import Loggers, LogSink, Redactor
 from gateway.observe.metrics import Metrics
-from gateway.policy.model import Policy, load_policies
+from gateway.policy.loader import load_policies
+from gateway.policy.model import Policy
 from gateway.policy.paths import canonical_path
 from gateway.policy.scopes import satisfies
 from gateway.proxy.credentials import build_credentials

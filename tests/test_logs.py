@@ -54,7 +54,8 @@ from gateway.observe.logs import (
     resolve_format,
 )
 from gateway.observe.metrics import Metrics
-from gateway.policy.model import Rule, load_policy
+from gateway.policy.loader import load_policy
+from gateway.policy.model import Rule
 
 ACCESS_FIELDS = [
     "event",

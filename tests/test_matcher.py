@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 
 from gateway.errors import LoadError
+from gateway.policy.loader import load_policy, parse_policy
 from gateway.policy.matcher import Match, Matcher
-from gateway.policy.model import Policy, load_policy, parse_policy
+from gateway.policy.model import Policy
 
 SHIPPED = Path(__file__).resolve().parent.parent / "policies" / "smsgate.yaml"
 VOCABULARY = "scopes: {r:read: Read, r:write: Write}\n"

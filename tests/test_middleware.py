@@ -19,7 +19,7 @@ from starlette.routing import Route
 from gateway.config.settings import parse_settings
 from gateway.guard.authorize import Authorizer
 from gateway.guard.middleware import GuardMiddleware
-from gateway.policy.model import parse_policy
+from gateway.policy.loader import parse_policy
 
 SECRET = "m" * 40
 POLICY = """\

@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from gateway.errors import LoadError
-from gateway.policy.model import Policy, Rule, load_policies, load_policy, parse_policy
+from gateway.policy.loader import load_policies, load_policy, parse_policy
+from gateway.policy.model import Policy, Rule
 
 SHIPPED = Path(__file__).resolve().parent.parent / "policies" / "smsgate.yaml"
 

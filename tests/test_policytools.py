@@ -22,7 +22,7 @@ from gateway.config.settings import load_settings, parse_settings
 from gateway.errors import LoadError
 from gateway.guard.authorize import Authorizer
 from gateway.guard.middleware import GuardMiddleware
-from gateway.policy.model import load_policy, parse_policy
+from gateway.policy.loader import load_policy, parse_policy
 from gateway.policytools import testing, tools
 from gateway.policytools.cli import main
 

@@ -13,11 +13,11 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Literal
 
 from gateway.policy.scopes import satisfies
 
-__all__ = ["Policy", "Rule", "display_path", "load_policies", "load_policy", "parse_policy", "rule_label"]
+__all__ = ["Policy", "Rule", "display_path", "rule_label"]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -79,16 +79,3 @@ def display_path(file: str) -> str:
 def rule_label(rule: Rule) -> str:
     """The rule's label with its file as `display_path` shows it: `POST /3rdparty/v1/messages (policies/x.yaml:34)`."""
     return rule.label(display_path(rule.file))
-
-
-if TYPE_CHECKING:
-    from gateway.policy.loader import load_policies, load_policy, parse_policy
-else:
-
-    def __getattr__(name: str) -> Any:
-        """The loader's functions, still importable from here (the loader imports this module, not back)."""
-        if name in ("load_policies", "load_policy", "parse_policy"):
-            from gateway.policy import loader
-
-            return getattr(loader, name)
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -31,8 +31,8 @@ from gateway.cli import uvicorn_options  # noqa: E402
 from gateway.config.settings import parse_settings  # noqa: E402
 from gateway.errors import LoadError  # noqa: E402
 from gateway.guard.authorize import Authorizer  # noqa: E402
+from gateway.policy.loader import parse_policy  # noqa: E402
 from gateway.policy.matcher import Matcher  # noqa: E402
-from gateway.policy.model import parse_policy  # noqa: E402
 from gateway.proxy.forward import ProxyApp  # noqa: E402
 
 ENV = {

@@ -27,8 +27,9 @@ from yarl import URL
 from gateway.auth.jwt import Principal
 from gateway.errors import BadRequest, Forbidden, HTTPError, NotFound, Unauthorized
 from gateway.guard.authorize import Authorizer
+from gateway.policy.loader import load_policies
 from gateway.policy.matcher import Matcher
-from gateway.policy.model import Rule, load_policies
+from gateway.policy.model import Rule
 from gateway.policy.paths import canonical_path, split_segments
 from gateway.policy.scopes import SUPERUSER
 from gateway.proxy.forward import upstream_url
