@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.config.settings import Secret, Settings, load_settings, parse_settings
+from gateway.config.settings import HeaderCredentialSettings, Secret, Settings, load_settings, parse_settings
 from gateway.errors import LoadError
 
 SECRET = "s" * 40
@@ -168,9 +168,9 @@ def test_dollar_escapes_and_argon_hashes_are_left_alone() -> None:
     settings = parse_settings(text, env={})
     assert settings.auth.basic_users[0].password_hash.reveal() == ARGON
     text = "upstreams:\n  x: {url: https://h, credentials: {type: header, headers: {X-K: a$$b}}}\n"
-    headers = parse_settings(text, env={}).upstreams["x"].credentials.options["headers"]
-    assert isinstance(headers, dict)
-    assert headers["X-K"].reveal() == "a$b"
+    credentials = parse_settings(text, env={}).upstreams["x"].credentials
+    assert isinstance(credentials, HeaderCredentialSettings)
+    assert credentials.headers["X-K"].reveal() == "a$b"
 
 
 def test_load_settings_reads_file_and_reports_missing_file(tmp_path: Path) -> None:
