@@ -413,3 +413,34 @@ def test_example_config_sections_validate() -> None:
     assert set(settings.upstreams) == {"bsg_v1", "bsg_v2", "smsportal", "smsgatewaycenter"}
     for name, upstream in settings.upstreams.items():
         assert build_credentials(upstream.credentials, name=name).kind in {"header", "token_exchange", "query"}
+
+
+def test_shipped_schema_is_generated_from_the_settings() -> None:
+    """gateway/config.schema.json is exactly what the settings classes generate (`make schema`)."""
+    from gateway.config.schema import render_config_schema
+
+    assert (ROOT / "gateway" / "config.schema.json").read_text(encoding="utf-8") == render_config_schema()
+
+
+@pytest.mark.parametrize(
+    "credentials_block",
+    [
+        {"type": "basci", "username": "u", "password": "p"},
+        {"type": "basic", "username": "u"},
+        {"type": "bsg_v1", "api_key": "k", "apikey": "k"},
+        {"type": "smsgate_jwt", "username": "u", "password": "p", "ttl_s": "long"},
+    ],
+)
+def test_schema_and_loader_refuse_the_same_credentials(credentials_block: dict[str, Any]) -> None:
+    """A credentials block the loader refuses fails the schema too (`type: basci` used to pass it)."""
+    import jsonschema
+
+    document = {"upstreams": {"p": {"url": "https://p.example/v1", "credentials": credentials_block}}}
+    assert list(jsonschema.Draft202012Validator(schema()).iter_errors(document))
+    with pytest.raises(LoadError):
+        parse_settings(yaml.safe_dump(document), env={})
+    fixed = {**credentials_block, "type": "basic", "username": "u", "password": "p"}
+    fixed = {key: fixed[key] for key in ("type", "username", "password")}
+    document["upstreams"]["p"]["credentials"] = fixed
+    assert list(jsonschema.Draft202012Validator(schema()).iter_errors(document)) == []
+    parse_settings(yaml.safe_dump(document), env={})

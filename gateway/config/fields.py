@@ -30,6 +30,7 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     GetCoreSchemaHandler,
+    JsonValue,
     Strict,
     ValidationInfo,
     WithJsonSchema,
@@ -40,6 +41,7 @@ __all__ = [
     "CONFIG",
     "HEADER_NAME",
     "MAX_INTEGER",
+    "ON_WHEN_PRESENT",
     "STRING_OR_LIST",
     "Bool",
     "Finite",
@@ -51,6 +53,7 @@ __all__ = [
     "Strings",
     "Text",
     "Texts",
+    "enabled_when_present",
     "fail",
     "interpolate",
     "one_or_many",
@@ -191,6 +194,19 @@ class Finite(GroupedMetadata):
         yield Ge(self.minimum)
         yield Le(MAX_INTEGER)
         yield AllowInfNan(False)
+
+
+def enabled_when_present(data: Any) -> Any:
+    """A section that is written (`tokens: {...}`, `admin: {...}`) is on unless it says `enabled: false`."""
+    if isinstance(data, dict) and "enabled" not in data:
+        return {**data, "enabled": True}
+    return data
+
+
+ON_WHEN_PRESENT: dict[str, JsonValue] = {
+    "description": "On when the section is present, unless enabled: false.",
+    "default": True,
+}
 
 
 @dataclass(frozen=True, slots=True)

@@ -80,10 +80,6 @@ class Store(Protocol):
         """Single flight: one holder per name; TimeoutError after `wait_s`."""
         ...
 
-    async def incr(self, key: str, ttl_s: float) -> int:
-        """Increment a counter that expires `ttl_s` after its first increment."""
-        ...
-
     async def ping(self) -> bool:
         """True when the store answers (readiness)."""
         ...
@@ -237,15 +233,6 @@ class MemoryStore:
             if slot.users == 0:
                 del self._locks[name]
 
-    async def incr(self, key: str, ttl_s: float) -> int:
-        _check_ttl(ttl_s)
-        now = self._now()
-        count, expires = self._counters.get(key, (0, 0.0))
-        if expires <= now:
-            count, expires = 0, now + ttl_s
-        self._counters[key] = (count + 1, expires)
-        return count + 1
-
     async def ping(self) -> bool:
         return True
 
@@ -303,12 +290,6 @@ redis.call('PEXPIREAT', KEYS[2], s)
 redis.call('DEL', KEYS[1])
 redis.call('PUBLISH', ARGV[4], '{"until":' .. s .. ',"ids":' .. cjson.encode({ARGV[5]}) .. '}')
 return {'replayed', s}
-"""
-
-_INCR = """
-local n = redis.call('INCR', KEYS[1])
-if n == 1 or redis.call('PTTL', KEYS[1]) < 0 then redis.call('PEXPIRE', KEYS[1], ARGV[1]) end
-return n
 """
 
 _UNLOCK = """
@@ -622,7 +603,6 @@ class RedisStore:
         self._ping_timeout_s = ping_timeout_s
         self._revoke = client.register_script(_REVOKE)
         self._rotate = client.register_script(_ROTATE)
-        self._incr = client.register_script(_INCR)
         self._unlock = client.register_script(_UNLOCK)
         self._channel = f"{prefix}revocations"
         self._mirror = (
@@ -740,10 +720,6 @@ class RedisStore:
             else:
                 if not released:
                     _log.warning("lock %r expired before release: hold it for less than ttl_s=%s", name, ttl_s)
-
-    async def incr(self, key: str, ttl_s: float) -> int:
-        _check_ttl(ttl_s)
-        return int(await self._incr(keys=[self._key("ctr", key)], args=[_ms(ttl_s)]))
 
     async def ping(self) -> bool:
         try:
