@@ -74,7 +74,8 @@ def _parse(root: Node, env: Mapping[str, str], base: Path) -> Settings:
     reading.walk(schema, schema, data, ())
     if isinstance(data, dict):
         data.pop("$schema", None)
-        for name, upstream in (data.get("upstreams") or {}).items():
+        upstreams = data.get("upstreams")
+        for name, upstream in upstreams.items() if isinstance(upstreams, dict) else ():
             if isinstance(upstream, dict):
                 upstream["name"] = name
         data["file"] = root.file
