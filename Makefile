@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test lint typecheck bench fuzz clean
+.PHONY: install run test lint typecheck schema bench fuzz clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -26,6 +26,11 @@ lint: $(STAMP)
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
+
+# gateway/config.schema.json is generated from the settings classes (a test keeps it current).
+schema: $(STAMP)
+	$(BIN)/python -c "from gateway.config.schema import render_config_schema as r; print(r(), end='')" \
+	  > gateway/config.schema.json
 
 test: $(STAMP) redis
 	$(BIN)/ruff check gateway tests bench

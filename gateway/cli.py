@@ -101,7 +101,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             return run_policy_command(args)
     except LoadError as exc:
-        print(f"gateway: config error: {exc}", file=sys.stderr)
+        for error in exc.errors:
+            print(f"gateway: config error: {error.line_text}", file=sys.stderr)
         return 2
     except HTTPError as exc:
         print(f"gateway: {exc.message}", file=sys.stderr)

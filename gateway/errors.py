@@ -18,6 +18,8 @@ Messages of HTTPError are shown to clients as `{"message": ...}`: they never car
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 __all__ = [
     "BadGateway",
     "BadRequest",
@@ -41,7 +43,11 @@ class SmsguardError(Exception):
 
 
 class LoadError(SmsguardError):
-    """A config or policy file cannot be used; the message names file, line, column and key."""
+    """A config or policy file cannot be used; the message names file, line, column and key.
+
+    One LoadError may report several mistakes of the same file (`LoadError.of`): its own attributes are
+    the first one's, `errors` lists them all, and `str()` gives one line per mistake, the first one first.
+    """
 
     def __init__(
         self, message: str, *, file: str = "", line: int = 0, column: int = 0, key: str = "", hint: str = ""
@@ -52,10 +58,23 @@ class LoadError(SmsguardError):
         self.key = key
         self.hint = hint
         self.reason = message
+        self.errors: tuple[LoadError, ...] = (self,)
         where = f"{file}:{line}:{column}: " if file else ""
         what = f"{key}: " if key else ""
         tail = f" (hint: {hint})" if hint else ""
-        super().__init__(f"{where}{what}{message}{tail}")
+        self.line_text = f"{where}{what}{message}{tail}"
+        super().__init__(self.line_text)
+
+    @classmethod
+    def of(cls, errors: Sequence[LoadError]) -> LoadError:
+        """One error reporting all of `errors` (at least one), in the order given."""
+        first = errors[0]
+        combined = cls(
+            first.reason, file=first.file, line=first.line, column=first.column, key=first.key, hint=first.hint
+        )
+        combined.errors = tuple(errors)
+        combined.args = ("\n".join(error.line_text for error in errors),)
+        return combined
 
 
 class HTTPError(SmsguardError):

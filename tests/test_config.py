@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.config.settings import Secret, Settings, load_settings, parse_settings
+from gateway.config.settings import HeaderCredentialSettings, Secret, Settings, load_settings, parse_settings
 from gateway.errors import LoadError
 
 SECRET = "s" * 40
@@ -168,9 +168,9 @@ def test_dollar_escapes_and_argon_hashes_are_left_alone() -> None:
     settings = parse_settings(text, env={})
     assert settings.auth.basic_users[0].password_hash.reveal() == ARGON
     text = "upstreams:\n  x: {url: https://h, credentials: {type: header, headers: {X-K: a$$b}}}\n"
-    headers = parse_settings(text, env={}).upstreams["x"].credentials.options["headers"]
-    assert isinstance(headers, dict)
-    assert headers["X-K"].reveal() == "a$b"
+    credentials = parse_settings(text, env={}).upstreams["x"].credentials
+    assert isinstance(credentials, HeaderCredentialSettings)
+    assert credentials.headers["X-K"].reveal() == "a$b"
 
 
 def test_load_settings_reads_file_and_reports_missing_file(tmp_path: Path) -> None:
@@ -194,3 +194,97 @@ def test_shipped_config_loads() -> None:
     }
     settings = load_settings(root / "config.yaml", env=env)
     assert "smsgate" in settings.upstreams
+
+
+# ---------------------------------------------------------------------------------- every error at once
+
+
+def test_every_error_of_a_file_is_reported_at_once() -> None:
+    """Five unset variables are five errors in one run, in file order, each with its own line and key."""
+    text = (
+        "store: ${STORE_URL}\n"
+        "upstreams:\n"
+        "  a:\n"
+        "    url: ${A_URL}\n"
+        "    credentials: {type: basic, username: '${A_USER}', password: '${A_PASSWORD}'}\n"
+        "  b:\n"
+        "    url: https://b.example\n"
+        "    credentials: {type: header, headers: {X-Key: '${B_KEY}'}}\n"
+    )
+    with pytest.raises(LoadError) as caught:
+        parse_settings(text, file="cfg.yaml", env={})
+    errors = caught.value.errors
+    assert [(e.line, e.key) for e in errors] == [
+        (1, "store"),
+        (4, "upstreams.a.url"),
+        (5, "upstreams.a.credentials.username"),
+        (5, "upstreams.a.credentials.password"),
+        (8, "upstreams.b.credentials.headers.X-Key"),
+    ]
+    for error, name in zip(errors, ("STORE_URL", "A_URL", "A_USER", "A_PASSWORD", "B_KEY"), strict=True):
+        assert f"environment variable {name} is not set" in str(error)
+        assert error.hint == f"export {name}=... before starting"
+    lines = str(caught.value).splitlines()
+    assert len(lines) == 5
+    hint = "(hint: export STORE_URL=... before starting)"
+    assert lines[0] == f"cfg.yaml:1:8: store: environment variable STORE_URL is not set {hint}"
+    assert (caught.value.line, caught.value.key) == (1, "store")  # the error itself is the first one
+
+
+def test_positions_point_at_the_value_the_key_or_the_mapping() -> None:
+    """A wrong value points at the value, an unknown key at the key, a missing key at its mapping."""
+    text = "listen:\n  host: h\n  port: eighty\nauth:\n  leeway_s: 1\n  levway: 2\nupstreams:\n  x:\n    pool_size: 1\n"
+    with pytest.raises(LoadError) as caught:
+        parse_settings(text, file="cfg.yaml", env={})
+    found = [(e.line, e.column, e.key, e.reason) for e in caught.value.errors]
+    assert found == [
+        (3, 9, "listen.port", "expected an integer, got str 'eighty'"),
+        (6, 3, "auth.levway", "unknown key, did you mean leeway_s?"),
+        (9, 5, "upstreams.x.url", "required key is missing"),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("text", "key", "suggestion"),
+    [
+        ("listen: {host: a, prot: 1}\n", "listen.prot", "port"),
+        ("lisen: {}\n", "lisen", "listen"),
+        ("auth: {basic_user: []}\n", "auth.basic_user", "basic_users"),
+        ("upstreams:\n  x: {url: 'https://h', credentials: {type: basci, username: u, password: p}}\n",
+         "upstreams.x.credentials.type", "basic"),
+        ("upstreams:\n  x: {url: 'https://h', credentials: {type: bsg_v1, apikey: k}}\n",
+         "upstreams.x.credentials.apikey", "api_key"),
+    ],
+)  # fmt: skip
+def test_misspelled_keys_get_a_did_you_mean(text: str, key: str, suggestion: str) -> None:
+    """An unknown key (or credentials type) close to a known one names it; the hint still lists them all."""
+    with pytest.raises(LoadError) as caught:
+        parse_settings(text, file="cfg.yaml", env={})
+    error = next(e for e in caught.value.errors if e.key == key)
+    assert f"did you mean {suggestion}?" in error.reason
+    assert suggestion in error.hint
+
+
+def test_secrets_never_appear_in_errors_or_reprs() -> None:
+    """A secret read from the environment shows in no error text and no repr, whatever else is wrong."""
+    canary = "canary-config-s3cret-77"
+    env = {"PW": canary, "KEY": canary + "-key", "HS": canary * 2}
+    text = (
+        "auth:\n  issuers:\n    - {name: a, issuer: b, audience: c, algorithms: [RS256], secret: '${HS}'}\n"
+        "upstreams:\n"
+        "  x:\n    url: https://h\n    credentials: {type: basic, username: 'u:${PW}', password: '${PW}'}\n"
+        "  y:\n    url: https://h\n    credentials: {type: header, headers: {X-K: ' ${KEY}'}}\n"
+        "  z:\n    url: https://h\n    credentials: {type: token_exchange,"
+        " login: {url: 'https://l', json: {k: '${KEY}', n: {deep: 1}}},"
+        " token_field: t, expiry: {ttl_s: 1}, format: '${PW}'}\n"
+    )
+    with pytest.raises(LoadError) as caught:
+        parse_settings(text, env=env)
+    assert len(caught.value.errors) >= 4
+    assert canary not in str(caught.value) + repr(caught.value)
+    settings = parse_settings(
+        "upstreams:\n  x: {url: https://h, credentials: {type: smsportal, client_id: id, api_secret: '${PW}'}}\n",
+        env=env,
+    )
+    assert canary not in repr(settings) + str(settings)
+    assert canary in settings.secret_values()

@@ -6,7 +6,15 @@ import base64
 
 import pytest
 
-from gateway.config.settings import CredentialSettings, Secret, parse_settings
+from gateway.config.settings import (
+    BasicCredentialSettings,
+    HeaderCredentialSettings,
+    NoneCredentialSettings,
+    QueryCredentialSettings,
+    Secret,
+    parse_settings,
+    read_credentials,
+)
 from gateway.errors import LoadError
 from gateway.proxy.credentials import (
     BasicCredentials,
@@ -38,7 +46,7 @@ async def run_flow(credentials: Credentials, status: int = 200) -> tuple[list[Ou
 
 async def test_none_adds_nothing() -> None:
     """`none` yields the request untouched, once."""
-    credentials = build_credentials(CredentialSettings("none"))
+    credentials = build_credentials(NoneCredentialSettings())
     assert isinstance(credentials, NoCredentials)
     sent, retried = await run_flow(credentials)
     assert sent[0].headers == [("content-type", "application/json")]
@@ -51,9 +59,7 @@ async def test_none_adds_nothing() -> None:
 
 async def test_basic_injects_one_authorization() -> None:
     """`basic` adds exactly one Authorization: Basic base64(user:password), UTF-8 encoded."""
-    credentials = build_credentials(
-        CredentialSettings("basic", {"username": Secret("José"), "password": Secret(CANARY + ":x")})
-    )
+    credentials = build_credentials(BasicCredentialSettings(username=Secret("José"), password=Secret(CANARY + ":x")))
     assert isinstance(credentials, BasicCredentials)
     sent, retried = await run_flow(credentials, status=401)
     token = base64.b64encode(f"José:{CANARY}:x".encode()).decode()
@@ -66,7 +72,7 @@ async def test_basic_injects_one_authorization() -> None:
 async def test_header_injects_each_configured_header() -> None:
     """`header` adds each configured header once, spelled as configured."""
     credentials = build_credentials(
-        CredentialSettings("header", {"headers": {"X-API-KEY": Secret(CANARY), "apiKey": Secret("k2")}})
+        HeaderCredentialSettings(headers={"X-API-KEY": Secret(CANARY), "apiKey": Secret("k2")})
     )
     assert isinstance(credentials, HeaderCredentials)
     sent, _ = await run_flow(credentials)
@@ -77,7 +83,7 @@ async def test_header_injects_each_configured_header() -> None:
 
 async def test_flow_runs_fresh_per_request() -> None:
     """Each request gets its own flow: headers are never accumulated across requests."""
-    credentials = HeaderCredentials({"X-Key": "v"})
+    credentials = HeaderCredentials(HeaderCredentialSettings(headers={"X-Key": Secret("v")}))
     first, second = OutgoingRequest("GET", []), OutgoingRequest("GET", [])
     for request in (first, second):
         flow = credentials.flow(request)
@@ -89,8 +95,8 @@ async def test_flow_runs_fresh_per_request() -> None:
 @pytest.mark.parametrize(
     "credentials",
     [
-        BasicCredentials("user", CANARY),
-        HeaderCredentials({"X-API-KEY": CANARY}),
+        BasicCredentials(BasicCredentialSettings(username=Secret("user"), password=Secret(CANARY))),
+        HeaderCredentials(HeaderCredentialSettings(headers={"X-API-KEY": Secret(CANARY)})),
         NoCredentials(),
     ],
 )
@@ -102,22 +108,22 @@ def test_repr_never_shows_secrets(credentials: Credentials) -> None:
 
 
 @pytest.mark.parametrize(
-    ("settings", "message"),
+    ("options", "message"),
     [
-        (CredentialSettings("oauth-magic"), "unknown credentials type"),
-        (CredentialSettings("basic", {"username": Secret("a:b"), "password": Secret("p")}), "no ':'"),
-        (CredentialSettings("basic", {"password": Secret("p")}), "username is required"),
-        (CredentialSettings("header", {"headers": {}}), "at least one header"),
-        (CredentialSettings("header", {"headers": {"Bad Name": Secret("v")}}), "not a valid header name"),
-        (CredentialSettings("header", {"headers": {"X-Key": Secret("a\r\nX-Evil: 1")}}), "control characters"),
-        (CredentialSettings("header", {"headers": {"X-Key": Secret(" padded ")}}), "padded"),
-        (CredentialSettings("header", {"headers": {"X-Api-Key": Secret("a"), "x_api_key": Secret("b")}}), "same"),
+        ({"type": "oauth-magic"}, "unknown credentials type"),
+        ({"type": "basic", "username": Secret("a:b"), "password": Secret("p")}, "no ':'"),
+        ({"type": "basic", "password": Secret("p")}, "username: required key is missing"),
+        ({"type": "header", "headers": {}}, "at least one header"),
+        ({"type": "header", "headers": {"Bad Name": Secret("v")}}, "not a valid header name"),
+        ({"type": "header", "headers": {"X-Key": Secret("a\r\nX-Evil: 1")}}, "control characters"),
+        ({"type": "header", "headers": {"X-Key": Secret(" padded ")}}, "padded"),
+        ({"type": "header", "headers": {"X-Api-Key": Secret("a"), "x_api_key": Secret("b")}}, "same"),
     ],
 )
-def test_invalid_settings_rejected(settings: CredentialSettings, message: str) -> None:
+def test_invalid_settings_rejected(options: dict[str, object], message: str) -> None:
     """Bad credential settings fail at startup with a message that never contains the secret."""
     with pytest.raises(LoadError, match=message) as caught:
-        build_credentials(settings)
+        build_credentials(read_credentials(options))
     assert "a\r\nX-Evil" not in str(caught.value)
 
 
@@ -149,7 +155,7 @@ upstreams:
 async def test_query_adds_each_parameter_once() -> None:
     """`query` appends its parameters (after any another injector added) and names them for stripping."""
     credentials = build_credentials(
-        CredentialSettings("query", {"params": {"userId": Secret("u1"), "password": Secret(CANARY)}})
+        QueryCredentialSettings(params={"userId": Secret("u1"), "password": Secret(CANARY)})
     )
     assert isinstance(credentials, QueryCredentials)
     sent, retried = await run_flow(credentials, status=401)
@@ -175,7 +181,7 @@ async def test_query_adds_each_parameter_once() -> None:
 def test_invalid_query_credentials(params: dict[str, Secret], message: str) -> None:
     """Bad query parameters fail at startup, naming the parameter but never its value."""
     with pytest.raises(LoadError, match=message) as caught:
-        build_credentials(CredentialSettings("query", {"params": params}))
+        build_credentials(read_credentials({"type": "query", "params": params}))
     assert "a\r\nb" not in str(caught.value)
 
 
@@ -194,22 +200,17 @@ def test_invalid_query_credentials(params: dict[str, Secret], message: str) -> N
 )
 def test_credential_error_rule_matches_exactly(document: object, status: int, matches: bool) -> None:
     """BSG's rule matches status 200 with `error` equal to the integer 2, nothing looser."""
-    rule = CredentialErrorRule.from_options({"status": 200, "field": "error", "equals": 2})
-    assert rule is not None
+    rule = CredentialErrorRule(status=200, field="error", equals=2)
     assert rule.matches(status, document) is matches
 
 
 def test_credential_error_rule_on_any_kind() -> None:
     """Any kind can carry a credential_error rule; nested fields use dotted paths."""
-    credentials = build_credentials(
-        CredentialSettings(
-            "basic",
-            {"username": Secret("u"), "password": Secret("p"), "credential_error": {"field": "a.b", "equals": "x"}},
-        )
-    )
+    basic = {"type": "basic", "username": Secret("u"), "password": Secret("p")}
+    credentials = build_credentials(read_credentials({**basic, "credential_error": {"field": "a.b", "equals": "x"}}))
     assert credentials.credential_error is not None
     assert credentials.credential_error.matches(200, {"a": {"b": "x"}})
     with pytest.raises(LoadError, match="dotted JSON path"):
-        CredentialErrorRule.from_options({"field": "a..b", "equals": 1})
-    with pytest.raises(LoadError, match="HTTP status"):
-        CredentialErrorRule.from_options({"status": 99, "field": "a", "equals": 1})
+        read_credentials({**basic, "credential_error": {"field": "a..b", "equals": 1}})
+    with pytest.raises(LoadError, match="at least 100"):
+        read_credentials({**basic, "credential_error": {"status": 99, "field": "a", "equals": 1}})

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import dataclasses
 import json
 import time
 from collections.abc import AsyncGenerator, Callable
@@ -14,10 +15,10 @@ import jwt
 import pytest
 from fakes import FaultServer, RecordingUpstream, Reply
 
-from gateway.config.settings import Secret
+from gateway.config.settings import Secret, TokenExchangeSettings, read_credentials
 from gateway.errors import BadGateway, GatewayTimeout, HTTPError, LoadError
 from gateway.proxy.credentials import OutgoingRequest
-from gateway.proxy.exchange import MAX_LOGIN_ANSWER_BYTES, ProviderToken, TokenExchange, exchange_settings
+from gateway.proxy.exchange import MAX_LOGIN_ANSWER_BYTES, ProviderToken, TokenExchange
 from gateway.store import MemoryStore, Store
 
 CANARY = "canary-exchange-secret-3e7b"
@@ -28,14 +29,22 @@ def answer(document: object, status: int = 200) -> Reply:
     return Reply(status, headers=JSON, body=json.dumps(document).encode())
 
 
-def make(url: str, store: Store | None = None, **options: Any) -> TokenExchange:
+def exchange_settings(options: dict[str, Any]) -> TokenExchangeSettings:
+    """`type: token_exchange` settings from data, checked as the loader checks config.yaml."""
+    settings = read_credentials({"type": "token_exchange", **options})
+    assert isinstance(settings, TokenExchangeSettings)
+    return settings
+
+
+def make(url: str, store: Store | None = None, failure_cooldown_s: float = 1.0, **options: Any) -> TokenExchange:
     settings: dict[str, Any] = {
         "login": {"url": url + "/login", "json": {"api_key": Secret(CANARY)}},
         "token_field": "token",
         "expiry": {"ttl_s": 600},
         **options,
     }
-    return TokenExchange(exchange_settings(settings), name="prov", store=store or MemoryStore())
+    typed = dataclasses.replace(exchange_settings(settings), failure_cooldown_s=failure_cooldown_s)  # code-only
+    return TokenExchange(typed, name="prov", store=store or MemoryStore())
 
 
 def unverified_jwt(lifetime_s: float) -> str:

@@ -13,8 +13,6 @@ import ast
 from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
-
 ROOT = Path(__file__).resolve().parent.parent / "gateway"
 
 # Lowest first. A module may import modules of its own layer or of lower ones. The groups of the first layer
@@ -42,13 +40,6 @@ LAYERS: list[tuple[str, ...]] = [
 # and test a policy without the data plane.
 INDEPENDENT: list[tuple[str, str]] = [("policytools", "proxy")]
 
-# Known violations, each fixed in a branch of its own: exact (importer, imported) edges and exact circles.
-# removed when the policy/config branches land
-ALLOWED_EDGES: set[tuple[str, str]] = set()
-# removed when the policy/config branches land
-ALLOWED_CYCLES: set[frozenset[str]] = {
-    frozenset({"gateway.proxy.credentials", "gateway.proxy.exchange"}),
-}
 
 RANK = {group: rank for rank, groups in enumerate(LAYERS) for group in groups}
 
@@ -132,7 +123,7 @@ def test_imports_point_down() -> None:
     upward = sorted(
         f"{importer} imports {imported} ({_group(importer)} is below {_group(imported)})"
         for importer, imported in EDGES
-        if RANK.get(_group(importer), -1) < RANK.get(_group(imported), -1) and (importer, imported) not in ALLOWED_EDGES
+        if RANK.get(_group(importer), -1) < RANK.get(_group(imported), -1)
     )
     assert not upward, "imports pointing up:\n  " + "\n  ".join(upward)
 
@@ -143,7 +134,7 @@ def test_independent_groups_do_not_import_each_other() -> None:
         f"{importer} imports {imported}"
         for importer, imported in EDGES
         for pair in INDEPENDENT
-        if {_group(importer), _group(imported)} == set(pair) and (importer, imported) not in ALLOWED_EDGES
+        if {_group(importer), _group(imported)} == set(pair)
     )
     assert not crossing, "imports between independent groups:\n  " + "\n  ".join(crossing)
 
@@ -189,24 +180,8 @@ def test_no_import_cycles() -> None:
     for (importer, imported), typing_only in EDGES.items():
         if not typing_only:
             graph.setdefault(importer, set()).add(imported)
-    cycles = [sorted(cycle) for cycle in _cycles(graph) if cycle not in ALLOWED_CYCLES]
+    cycles = [sorted(cycle) for cycle in _cycles(graph)]
     assert not cycles, "modules importing each other in a circle:\n  " + "\n  ".join(map(str, sorted(cycles)))
-
-
-def test_allowlisted_edges_still_exist() -> None:
-    """An allowlisted violation that was fixed must leave the allowlist (so it cannot come back unnoticed)."""
-    gone = sorted(edge for edge in ALLOWED_EDGES if edge not in EDGES)
-    assert not gone, f"{gone} no longer exist: remove them from ALLOWED_EDGES"
-
-
-@pytest.mark.parametrize("allowed", sorted(sorted(cycle) for cycle in ALLOWED_CYCLES))
-def test_allowed_cycles_still_exist(allowed: list[str]) -> None:
-    """Likewise for an allowlisted circle."""
-    graph: dict[str, set[str]] = {}
-    for (importer, imported), typing_only in EDGES.items():
-        if not typing_only:
-            graph.setdefault(importer, set()).add(imported)
-    assert frozenset(allowed) in _cycles(graph), f"{allowed} no longer form a circle: remove it from ALLOWED_CYCLES"
 
 
 def test_the_checker_sees_lazy_and_typing_imports() -> None:

@@ -689,9 +689,8 @@ def schema_keys(root: dict[str, Any], path: list[str | int], variant: str | None
         else:
             node = node.get("properties", {}).get(step) or node["additionalProperties"]
     node = resolve(root, node)
-    if variant is not None:
-        (branch,) = [b for b in node["allOf"] if b["if"]["properties"]["type"]["const"] == variant]
-        return set(branch["then"]["properties"])
+    if variant is not None:  # a discriminated union (the config's credentials): the branch `type` selects
+        node = resolve(root, {"$ref": node["discriminator"]["mapping"][variant]})
     return set(node["properties"])
 
 

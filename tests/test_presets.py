@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import yaml
 
-from gateway.config.settings import PRESETS, CredentialSettings, Secret, parse_settings
+from gateway.config.settings import PRESETS, CredentialSettings, HeaderCredentialSettings, Secret, parse_settings
 from gateway.errors import LoadError
 from gateway.proxy.credentials import HeaderCredentials, QueryCredentials, build_credentials
 from gateway.proxy.exchange import TokenExchange
@@ -36,7 +36,8 @@ def test_bsg_v1_is_an_x_api_key_header_with_the_error_2_rule() -> None:
     """bsg_v1 → header X-API-KEY, and BSG's 200 `error: 2` marked as a credential failure."""
     settings = credentials("{type: bsg_v1, api_key: '${KEY}'}")
     assert settings.kind == "header"
-    assert settings.options["headers"] == {"X-API-KEY": Secret(KEY)}
+    assert isinstance(settings, HeaderCredentialSettings)
+    assert settings.headers == {"X-API-KEY": Secret(KEY)}
     injector = build_credentials(settings)
     assert isinstance(injector, HeaderCredentials)
     assert injector.credential_error is not None
@@ -85,7 +86,11 @@ def test_smsportal_gets_a_token_with_basic_and_renews_an_hour_early() -> None:
     assert isinstance(injector, TokenExchange)
     exchange = injector.settings
     assert (exchange.login.method, exchange.login.url) == ("GET", "https://rest.smsportal.com/v1/Authentication")
-    assert exchange.login.basic == (Secret("id-1"), Secret("canary-preset-secret"))
+    assert exchange.login.basic is not None
+    assert (exchange.login.basic.username, exchange.login.basic.password) == (
+        Secret("id-1"),
+        Secret("canary-preset-secret"),
+    )
     assert (exchange.token_field, exchange.expiry.field, exchange.expiry.unit) == (
         "token",
         "expiresInMinutes",
@@ -274,17 +279,30 @@ def schema() -> dict[str, Any]:
     return loaded
 
 
+def resolve(root: dict[str, Any], node: dict[str, Any]) -> dict[str, Any]:
+    """A schema node with references followed and `X | None` unwrapped."""
+    while True:
+        if "$ref" in node:
+            node = root["$defs"][node["$ref"].removeprefix("#/$defs/")]
+        elif "anyOf" in node:
+            (node,) = [branch for branch in node["anyOf"] if branch.get("type") != "null"]
+        else:
+            return node
+
+
+def credential_types(root: dict[str, Any]) -> dict[str, str]:
+    """The `type` of each credentials variant, and the schema definition it selects."""
+    mapping: dict[str, str] = root["$defs"]["UpstreamSettings"]["properties"]["credentials"]["discriminator"]["mapping"]
+    return mapping
+
+
 def variant_keys(variant: str, block: str | None = None) -> set[str]:
     """The keys the schema allows in a credentials variant, or in one of its nested blocks."""
     root = schema()
-    (branch,) = [b for b in root["$defs"]["credentials"]["allOf"] if b["if"]["properties"]["type"]["const"] == variant]
-    properties = branch["then"]["properties"]
+    properties = resolve(root, {"$ref": credential_types(root)[variant]})["properties"]
     if block is None:
         return set(properties)
-    node = properties[block]
-    while "$ref" in node:
-        node = root["$defs"][node["$ref"].removeprefix("#/$defs/")]
-    return set(node["properties"])
+    return set(resolve(root, properties[block])["properties"])
 
 
 FULL: dict[str, dict[str, Any]] = {
@@ -367,7 +385,7 @@ def test_schema_matches_loader_for_credentials(variant: str, path: list[str]) ->
     if not path:
         expected = variant_keys(variant)
     elif path == ["login", "basic"]:
-        expected = set(schema()["$defs"]["loginRequest"]["properties"]["basic"]["properties"])
+        expected = set(schema()["$defs"]["BasicPair"]["properties"])
     else:
         expected = variant_keys(variant, path[0])
     assert loader_keys(FULL[variant], path) == expected
@@ -376,7 +394,7 @@ def test_schema_matches_loader_for_credentials(variant: str, path: list[str]) ->
 def test_smsgatewaycenter_schema_lists_both_modes() -> None:
     """smsgatewaycenter takes api_key, or user_id and password (its loader reads all three)."""
     assert variant_keys("smsgatewaycenter") == {"type", "api_key", "user_id", "password"}
-    assert set(schema()["$defs"]["credentials"]["properties"]["type"]["anyOf"][0]["enum"]) >= set(PRESETS)
+    assert set(credential_types(schema())) == {"none", "basic", "header", "query", "token_exchange", *PRESETS}
 
 
 def test_example_config_sections_validate() -> None:
@@ -395,3 +413,34 @@ def test_example_config_sections_validate() -> None:
     assert set(settings.upstreams) == {"bsg_v1", "bsg_v2", "smsportal", "smsgatewaycenter"}
     for name, upstream in settings.upstreams.items():
         assert build_credentials(upstream.credentials, name=name).kind in {"header", "token_exchange", "query"}
+
+
+def test_shipped_schema_is_generated_from_the_settings() -> None:
+    """gateway/config.schema.json is exactly what the settings classes generate (`make schema`)."""
+    from gateway.config.schema import render_config_schema
+
+    assert (ROOT / "gateway" / "config.schema.json").read_text(encoding="utf-8") == render_config_schema()
+
+
+@pytest.mark.parametrize(
+    "credentials_block",
+    [
+        {"type": "basci", "username": "u", "password": "p"},
+        {"type": "basic", "username": "u"},
+        {"type": "bsg_v1", "api_key": "k", "apikey": "k"},
+        {"type": "smsgate_jwt", "username": "u", "password": "p", "ttl_s": "long"},
+    ],
+)
+def test_schema_and_loader_refuse_the_same_credentials(credentials_block: dict[str, Any]) -> None:
+    """A credentials block the loader refuses fails the schema too (`type: basci` used to pass it)."""
+    import jsonschema
+
+    document = {"upstreams": {"p": {"url": "https://p.example/v1", "credentials": credentials_block}}}
+    assert list(jsonschema.Draft202012Validator(schema()).iter_errors(document))
+    with pytest.raises(LoadError):
+        parse_settings(yaml.safe_dump(document), env={})
+    fixed = {**credentials_block, "type": "basic", "username": "u", "password": "p"}
+    fixed = {key: fixed[key] for key in ("type", "username", "password")}
+    document["upstreams"]["p"]["credentials"] = fixed
+    assert list(jsonschema.Draft202012Validator(schema()).iter_errors(document)) == []
+    parse_settings(yaml.safe_dump(document), env={})

@@ -26,7 +26,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from yarl import URL
 
-from gateway.config.settings import CredentialSettings, ProxySettings, Secret, UpstreamSettings
+from gateway.config.settings import (
+    BasicCredentialSettings,
+    CredentialSettings,
+    HeaderCredentialSettings,
+    NoneCredentialSettings,
+    ProxySettings,
+    Secret,
+    UpstreamSettings,
+)
 from gateway.errors import BadRequest
 from gateway.guard.authorize import Decision
 from gateway.policy.model import Rule
@@ -36,7 +44,7 @@ from gateway.proxy.forward import ProxyApp, rewrite_location, upstream_url
 from gateway.web.asgi import Message, Receive, Scope, Send
 
 CANARY = "canary-s3cret-7d1e"
-BASIC = CredentialSettings("basic", {"username": Secret("ops"), "password": Secret(CANARY)})
+BASIC = BasicCredentialSettings(username=Secret("ops"), password=Secret(CANARY))
 BASIC_VALUE = "Basic " + base64.b64encode(f"ops:{CANARY}".encode()).decode()
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"})
 
@@ -320,7 +328,7 @@ async def test_forwards_exactly_what_was_authorized() -> None:
 @pytest.mark.parametrize("alias", ["X-API-KEY", "x-api-key", "x_api_key", "X.Api.Key", "X_Api.KEY"])
 async def test_header_credential_aliases_stripped(alias: str) -> None:
     """Whatever alias the client uses, the upstream receives one X-API-KEY: ours."""
-    credentials = CredentialSettings("header", {"headers": {"X-API-KEY": Secret(CANARY)}})
+    credentials = HeaderCredentialSettings(headers={"X-API-KEY": Secret(CANARY)})
     async with RecordingUpstream() as upstream, gateway(upstream.url, credentials=credentials) as app:
         await call(app, headers=[(alias, "client-key"), ("Authorization", "Bearer t"), ("apikey", "keep-me")])
         seen = upstream.last
@@ -334,7 +342,7 @@ async def test_header_credential_aliases_stripped(alias: str) -> None:
 
 async def test_no_headers_of_aiohttps_own() -> None:
     """The upstream gets no Accept, Accept-Encoding, User-Agent or Content-Type the client did not send."""
-    async with RecordingUpstream() as upstream, gateway(upstream.url, credentials=CredentialSettings()) as app:
+    async with RecordingUpstream() as upstream, gateway(upstream.url, credentials=NoneCredentialSettings()) as app:
         await call(app, "POST", headers=[("Content-Length", "2")], body=[b"hi"])
         seen = upstream.last
     assert set(seen.names()) == {"host", "content-length", "x-forwarded-for", "x-forwarded-proto"}

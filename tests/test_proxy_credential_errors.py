@@ -16,7 +16,13 @@ import httpx
 import pytest
 from fakes import RecordingUpstream, Reply
 
-from gateway.config.settings import CredentialSettings, ProxySettings, Secret, UpstreamSettings
+from gateway.config.settings import (
+    CredentialErrorRule,
+    HeaderCredentialSettings,
+    ProxySettings,
+    Secret,
+    UpstreamSettings,
+)
 from gateway.guard.authorize import Decision
 from gateway.policy.model import Rule
 from gateway.policy.paths import canonical_path
@@ -24,7 +30,7 @@ from gateway.proxy.forward import INSPECT_BYTES, ProxyApp
 from gateway.web.asgi import Receive, Scope, Send
 
 CANARY = "live_canaryInspectKey5b1"
-BSG_RULE = {"status": 200, "field": "error", "equals": 2}
+BSG_RULE = CredentialErrorRule(status=200, field="error", equals=2)
 INVALID = json.dumps({"error": 2, "errorDescription": "Invalid API key"}).encode()
 JSON = ("Content-Type", "application/json; charset=utf-8")
 
@@ -51,12 +57,10 @@ class Guard:
 
 @contextlib.asynccontextmanager
 async def client(upstream: RecordingUpstream, *, checked: bool = True) -> AsyncIterator[httpx.AsyncClient]:
-    options: dict[str, object] = {"headers": {"X-API-KEY": Secret(CANARY)}}
-    if checked:
-        options["credential_error"] = BSG_RULE
-    settings = UpstreamSettings(
-        name="bsg", url=upstream.url + "/rest", credentials=CredentialSettings("header", options)
+    credentials = HeaderCredentialSettings(
+        headers={"X-API-KEY": Secret(CANARY)}, credential_error=BSG_RULE if checked else None
     )
+    settings = UpstreamSettings(name="bsg", url=upstream.url + "/rest", credentials=credentials)
     app = ProxyApp({"bsg": settings}, ProxySettings())
     await app.start()
     try:

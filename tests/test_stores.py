@@ -245,8 +245,6 @@ async def test_a_non_positive_ttl_is_refused(store: Store, ttl: float) -> None:
     with pytest.raises(ValueError, match="ttl_s"):
         await store.set("k", b"v", ttl)
     with pytest.raises(ValueError, match="ttl_s"):
-        await store.incr("k", ttl)
-    with pytest.raises(ValueError, match="ttl_s"):
         store.lock("k", ttl_s=ttl)
 
 
@@ -318,19 +316,7 @@ async def test_cancelled_waiter_leaves_the_lock_usable(store: Store) -> None:
         pass
 
 
-# ---------------------------------------------------------------------------------------- counters, ping
-
-
-async def test_incr_counts_and_expires(env: StoreEnv) -> None:
-    """A counter increments from 1 and starts over after the TTL set by its first increment."""
-    store = env.store
-    assert [await store.incr("hits", 60) for _ in range(3)] == [1, 2, 3]
-    assert await store.incr("other", 60) == 1
-    assert await store.incr("short", 1.0) == 1
-    await env.advance(0.6)
-    assert await store.incr("short", 1.0) == 2  # the window is fixed by the first increment
-    await env.advance(0.6)
-    assert await store.incr("short", 1.0) == 1
+# ------------------------------------------------------------------------------------------------- ping
 
 
 async def test_ping(store: Store) -> None:
@@ -348,11 +334,10 @@ async def test_memory_sweep_drops_expired_entries() -> None:
     await store.revoke([f"jti-{i}" for i in range(100)], clock.now + 10)
     await store.start_family("fam", "r1", clock.now + 10)
     await store.set("k", b"v", 10)
-    await store.incr("c", 10)
     await store.revoke(["long"], clock.now + DAY)
-    assert store.size() == 104
+    assert store.size() == 103
     clock.now += 11
-    assert store.sweep() == 103
+    assert store.sweep() == 102
     assert store.size() == 1
     assert await store.is_revoked("long")
 
@@ -421,12 +406,11 @@ async def test_redis_every_key_is_prefixed_and_expires(
     await redis_store.start_family("f2", "r1", now + 60)
     await redis_store.rotate_refresh("f2", "dead", "r2", now + 60)
     await redis_store.set("k", b"v", 60)
-    await redis_store.incr("c", 60)
     async with redis_store.lock("l"):
         keys = sorted([key.decode() async for key in admin.scan_iter(match=f"{redis_prefix}*")])
         ttls = [await admin.pttl(key) for key in keys]
     names = [key.removeprefix(redis_prefix) for key in keys]
-    assert names == ["ctr:c", "fam:f1", "kv:k", "lock:l", "rev:f2", "rev:jti"]
+    assert names == ["fam:f1", "kv:k", "lock:l", "rev:f2", "rev:jti"]
     assert all(ttl > 0 for ttl in ttls), dict(zip(names, ttls, strict=True))
 
 

@@ -208,8 +208,12 @@ def _matrix(args: argparse.Namespace) -> int:
 
 
 def _schema(args: argparse.Namespace) -> int:
-    name = "config.schema.json" if args.config else "policy.schema.json"
-    sys.stdout.write(files("gateway").joinpath(name).read_text(encoding="utf-8"))
+    if args.config:
+        from gateway.config.schema import render_config_schema
+
+        sys.stdout.write(render_config_schema())
+        return 0
+    sys.stdout.write(files("gateway").joinpath("policy.schema.json").read_text(encoding="utf-8"))
     return 0
 
 

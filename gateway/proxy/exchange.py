@@ -34,74 +34,28 @@ import time
 from collections.abc import AsyncGenerator, Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING, Literal, cast
+from typing import TYPE_CHECKING, cast
 
 import httpx
 import jwt
 from redis.exceptions import RedisError
 
-from gateway.config.settings import Secret
-from gateway.errors import BadGateway, GatewayTimeout, HTTPError, LoadError
+from gateway.config.credentials import BasicPair, LoginRequest, RefreshRequest, TokenExchangeSettings, field_value
+from gateway.config.fields import Secret, secrets_in
+from gateway.errors import BadGateway, GatewayTimeout, HTTPError
 from gateway.observe.logs import Redactor, make_logger
-from gateway.proxy.credentials import CredentialErrorRule, Credentials, OutgoingRequest, field_value
-from gateway.store.stores import MemoryStore, Store
+from gateway.proxy.injector import Credentials, OutgoingRequest
+from gateway.store import MemoryStore, Store
 
 if TYPE_CHECKING:
     from structlog.typing import FilteringBoundLogger
 
     from gateway.observe.metrics import Metrics
 
-__all__ = [
-    "MAX_LOGIN_ANSWER_BYTES",
-    "ExchangeSettings",
-    "Expiry",
-    "LoginRequest",
-    "ProviderToken",
-    "TokenExchange",
-    "exchange_settings",
-]
+__all__ = ["MAX_LOGIN_ANSWER_BYTES", "ProviderToken", "TokenExchange"]
 
 MAX_LOGIN_ANSWER_BYTES = 64 * 1024
-Unit = Literal["seconds", "minutes", "unix", "iso8601"]
-UNITS: tuple[Unit, ...] = ("seconds", "minutes", "unix", "iso8601")
-LOGIN_METHODS = frozenset({"GET", "POST", "PUT", "PATCH"})
 _TOKEN_VALUE = re.compile(r"[\x21-\x7e]{1,8192}")  # visible ASCII: safe inside a header value
-_HEADER_NAME = re.compile(r"[A-Za-z0-9!#$%&'*+.^_`|~-]+")
-_UNSAFE = re.compile(r"[\x00-\x1f\x7f]")
-
-
-@dataclass(frozen=True, slots=True)
-class LoginRequest:
-    """A control-plane request: the login (secrets as Basic or in a JSON body) or the refresh (the token)."""
-
-    url: str
-    method: str = "POST"
-    basic: tuple[Secret, Secret] | None = None
-    json: Mapping[str, object] | None = None  # values may be Secret; revealed only when sent
-
-
-@dataclass(frozen=True, slots=True)
-class Expiry:
-    """Where a token's lifetime comes from: exactly one of a JSON field, the JWT's own `exp`, a fixed TTL."""
-
-    field: str | None = None
-    unit: Unit = "seconds"
-    jwt_exp: bool = False
-    ttl_s: float | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class ExchangeSettings:
-    login: LoginRequest
-    token_field: str
-    expiry: Expiry
-    header: str = "Authorization"
-    format: str = "Bearer {token}"
-    refresh: LoginRequest | None = None
-    margin_s: float = 60.0
-    timeout_s: float = 10.0
-    failure_cooldown_s: float = 1.0
-    credential_error: CredentialErrorRule | None = None  # checked on login answers too
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,106 +87,6 @@ class ProviderToken:
         return f"ProviderToken(value='**********', expires_at={self.expires_at}, renew_at={self.renew_at})"
 
 
-# ------------------------------------------------------------------------------------------ settings
-
-
-def _fail(key: str, message: str) -> LoadError:
-    return LoadError(message, key=f"credentials.{key}")
-
-
-def _url(value: object, key: str) -> str:
-    if not isinstance(value, str) or not value.startswith(("http://", "https://")) or _UNSAFE.search(value):
-        raise _fail(key, "must be an absolute http(s) URL")
-    return value
-
-
-def _method(value: object, key: str) -> str:
-    if value is None:
-        return "POST"
-    if not isinstance(value, str) or value not in LOGIN_METHODS:
-        raise _fail(key, "must be one of " + ", ".join(sorted(LOGIN_METHODS)))
-    return value
-
-
-def _request(options: object, key: str) -> LoginRequest:
-    if not isinstance(options, Mapping):
-        raise _fail(key, "must be a mapping with at least url")
-    basic = options.get("basic")
-    pair: tuple[Secret, Secret] | None = None
-    if basic is not None:
-        if not isinstance(basic, Mapping):
-            raise _fail(f"{key}.basic", "must map username and password")
-        username, password = basic.get("username"), basic.get("password")
-        if not isinstance(username, Secret) or not isinstance(password, Secret):
-            raise _fail(f"{key}.basic", "needs username and password")
-        if ":" in username.reveal() or not username.reveal():
-            raise _fail(f"{key}.basic.username", "a Basic username must be non-empty and contain no ':'")
-        pair = (username, password)
-    body = options.get("json")
-    if body is not None and not isinstance(body, Mapping):
-        raise _fail(f"{key}.json", "must be a mapping (the JSON object sent)")
-    return LoginRequest(
-        _url(options.get("url"), f"{key}.url"), _method(options.get("method"), f"{key}.method"), pair, body
-    )
-
-
-def _expiry(options: object) -> Expiry:
-    if not isinstance(options, Mapping):
-        raise _fail("expiry", "must be a mapping: field (+ unit), jwt_exp: true, or ttl_s")
-    given = [key for key in ("field", "jwt_exp", "ttl_s") if options.get(key) not in (None, False)]
-    if len(given) != 1:
-        raise _fail("expiry", "give exactly one of field (+ unit), jwt_exp: true, ttl_s")
-    unit = options.get("unit", "seconds")
-    if unit not in UNITS:
-        raise _fail("expiry.unit", "must be one of " + ", ".join(UNITS))
-    if given == ["field"]:
-        field = options["field"]
-        if not isinstance(field, str) or not field:
-            raise _fail("expiry.field", "must be a dotted JSON path")
-        return Expiry(field=field, unit=cast(Unit, unit))
-    if given == ["jwt_exp"]:
-        if options["jwt_exp"] is not True:
-            raise _fail("expiry.jwt_exp", "must be true")
-        return Expiry(jwt_exp=True)
-    ttl = options["ttl_s"]
-    if not isinstance(ttl, int | float) or isinstance(ttl, bool) or not 0 < ttl < math.inf:
-        raise _fail("expiry.ttl_s", "must be a positive number of seconds")
-    return Expiry(ttl_s=float(ttl))
-
-
-def _seconds(options: Mapping[str, object], key: str, default: float, minimum: float = 0.0) -> float:
-    value = options.get(key, default)
-    if not isinstance(value, int | float) or isinstance(value, bool) or not minimum <= value < math.inf:
-        raise _fail(key, f"must be a number of seconds, at least {minimum}")
-    return float(value)
-
-
-def exchange_settings(options: Mapping[str, object]) -> ExchangeSettings:
-    """Validate `type: token_exchange` options (as config.py or a preset builds them) into settings."""
-    header = options.get("header", "Authorization")
-    if not isinstance(header, str) or not _HEADER_NAME.fullmatch(header):
-        raise _fail("header", "must be a header name")
-    template = options.get("format", "Bearer {token}")
-    if not isinstance(template, str) or template.count("{token}") != 1 or _UNSAFE.search(template):
-        raise _fail("format", "must contain {token} exactly once and no control characters")
-    token_field = options.get("token_field")
-    if not isinstance(token_field, str) or not token_field or "" in token_field.split("."):
-        raise _fail("token_field", "must be a dotted JSON path such as token or data.access_token")
-    refresh = options.get("refresh")
-    return ExchangeSettings(
-        login=_request(options.get("login"), "login"),
-        token_field=token_field,
-        expiry=_expiry(options.get("expiry")),
-        header=header,
-        format=template,
-        refresh=None if refresh is None else _request(refresh, "refresh"),
-        margin_s=_seconds(options, "margin_s", 60.0),
-        timeout_s=_seconds(options, "timeout_s", 10.0, minimum=0.1),
-        failure_cooldown_s=_seconds(options, "failure_cooldown_s", 1.0),
-        credential_error=CredentialErrorRule.from_options(options.get("credential_error")),
-    )
-
-
 def _reveal(value: object) -> object:
     if isinstance(value, Secret):
         return value.reveal()
@@ -243,18 +97,8 @@ def _reveal(value: object) -> object:
     return value
 
 
-def _secrets(value: object) -> list[str]:
-    if isinstance(value, Secret):
-        return [value.reveal()] if value.reveal() else []
-    if isinstance(value, Mapping):
-        return [s for v in value.values() for s in _secrets(v)]
-    if isinstance(value, list | tuple):
-        return [s for v in value for s in _secrets(v)]
-    return []
-
-
-def _basic_value(pair: tuple[Secret, Secret]) -> str:
-    raw = f"{pair[0].reveal()}:{pair[1].reveal()}".encode()
+def _basic_value(pair: BasicPair) -> str:
+    raw = f"{pair.username.reveal()}:{pair.password.reveal()}".encode()
     return "Basic " + base64.b64encode(raw).decode("ascii")
 
 
@@ -268,7 +112,7 @@ class TokenExchange(Credentials):
 
     def __init__(
         self,
-        settings: ExchangeSettings,
+        settings: TokenExchangeSettings,
         *,
         name: str,
         store: Store | None = None,
@@ -280,9 +124,9 @@ class TokenExchange(Credentials):
         self.name = name
         self.header_names = frozenset({settings.header.lower()})
         login = settings.login
-        secrets = _secrets(login.json)
+        secrets = secrets_in(login.json)
         if login.basic is not None:
-            secrets += [*_secrets(login.basic), _basic_value(login.basic).removeprefix("Basic ")]
+            secrets += [*secrets_in(login.basic), _basic_value(login.basic).removeprefix("Basic ")]
         self.secret_values = tuple(dict.fromkeys(secrets))
         self.credential_error = settings.credential_error
         self._store: Store = store if store is not None else MemoryStore()
@@ -471,7 +315,9 @@ class TokenExchange(Credentials):
     def _store_unavailable(self, what: str, exc: BaseException) -> None:
         self._log.warning("upstream.store_unavailable", upstream=self.name, operation=what, error=type(exc).__name__)
 
-    async def _call(self, spec: LoginRequest, what: str, *, bearer: str | None = None) -> ProviderToken:
+    async def _call(
+        self, spec: LoginRequest | RefreshRequest, what: str, *, bearer: str | None = None
+    ) -> ProviderToken:
         headers = {"Accept": "application/json"}
         if spec.basic is not None:
             headers["Authorization"] = _basic_value(spec.basic)

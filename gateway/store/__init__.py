@@ -1,4 +1,4 @@
-"""Shared state: the Store protocol with its memory and Redis implementations (revocations, records, counters).
+"""Shared state: the Store protocol, in memory and on Redis (revocations, refresh families, cached values, locks).
 
     base     the `Store` protocol every implementation satisfies
     memory   `MemoryStore`, the embedded default (one process)

@@ -2,7 +2,7 @@
 
 It holds revocations (token and family ids, each until its token would have expired anyway), refresh-token
 families (which refresh token is the live one), cached opaque values with a TTL (upstream tokens),
-single-flight locks and counters. Everything expires, so the store never grows forever.
+and single-flight locks. Everything expires, so the store never grows forever.
 
 `MemoryStore` (`gateway.store.memory`) is the embedded default (one process). `RedisStore`
 (`gateway.store.redis`) shares the same state across processes and hosts. `open_store` (`gateway.store.url`)
@@ -56,10 +56,6 @@ class Store(Protocol):
         """Single flight: one holder per name; TimeoutError after `wait_s`."""
         ...
 
-    async def incr(self, key: str, ttl_s: float) -> int:
-        """Increment a counter that expires `ttl_s` after its first increment."""
-        ...
-
     async def ping(self) -> bool:
         """True when the store answers (readiness)."""
         ...
@@ -70,6 +66,6 @@ class Store(Protocol):
 
 
 def check_ttl(ttl_s: float) -> None:
-    """Reject a TTL that is not a positive number of seconds (every store's `set`, `lock` and `incr`)."""
+    """Reject a TTL that is not a positive number of seconds (every store's `set` and `lock`)."""
     if not ttl_s > 0:  # also rejects NaN
         raise ValueError(f"ttl_s must be a positive number of seconds, not {ttl_s!r}")

@@ -40,7 +40,6 @@ class MemoryStore:
         self._revoked: dict[str, float] = {}  # id -> until
         self._families: dict[str, tuple[str, float]] = {}  # family -> (live jti, until)
         self._values: dict[str, tuple[bytes, float]] = {}  # key -> (value, expires)
-        self._counters: dict[str, tuple[int, float]] = {}  # key -> (count, expires)
         self._locks: dict[str, _LockSlot] = {}
 
     def size(self) -> int:
@@ -48,14 +47,14 @@ class MemoryStore:
 
         Not `__len__`: an empty store must stay truthy (`store or open_store(...)`).
         """
-        return len(self._revoked) + len(self._families) + len(self._values) + len(self._counters)
+        return len(self._revoked) + len(self._families) + len(self._values)
 
     def sweep(self) -> int:
         """Drop every expired entry now; returns how many went."""
         now = self._clock()
         self._next_sweep = now + self._sweep_interval_s
         dropped = 0
-        for table in (self._revoked, self._families, self._values, self._counters):
+        for table in (self._revoked, self._families, self._values):
             dead = [k for k, v in table.items() if _expiry(v) <= now]
             for k in dead:
                 del table[k]
@@ -153,15 +152,6 @@ class MemoryStore:
             slot.users -= 1
             if slot.users == 0:
                 del self._locks[name]
-
-    async def incr(self, key: str, ttl_s: float) -> int:
-        check_ttl(ttl_s)
-        now = self._now()
-        count, expires = self._counters.get(key, (0, 0.0))
-        if expires <= now:
-            count, expires = 0, now + ttl_s
-        self._counters[key] = (count + 1, expires)
-        return count + 1
 
     async def ping(self) -> bool:
         return True

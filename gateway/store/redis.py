@@ -23,7 +23,7 @@ from redis.exceptions import RedisError
 
 from gateway.store.base import check_ttl
 from gateway.store.mirror import RevocationMirror
-from gateway.store.scripts import INCR, REVOKE, ROTATE, UNLOCK
+from gateway.store.scripts import REVOKE, ROTATE, UNLOCK
 
 if TYPE_CHECKING:
     from gateway.store.base import RotateResult
@@ -47,7 +47,7 @@ def _unix_ms(until: float) -> str:
 class RedisStore:
     """The shared store on Redis: every key under `prefix`, every key with a TTL.
 
-    Keys: `{prefix}rev:{id}`, `{prefix}fam:{family}`, `{prefix}kv:{key}`, `{prefix}ctr:{key}`,
+    Keys: `{prefix}rev:{id}`, `{prefix}fam:{family}`, `{prefix}kv:{key}`,
     `{prefix}lock:{name}`. Locks are `SET NX PX` with a random token, released by a compare-and-delete
     script, so a holder that outlived `ttl_s` cannot release its successor's lock; waiters poll with
     jittered backoff. The store owns `client` and closes it in `aclose`.
@@ -77,7 +77,6 @@ class RedisStore:
         self._ping_timeout_s = ping_timeout_s
         self._revoke = client.register_script(REVOKE)
         self._rotate = client.register_script(ROTATE)
-        self._incr = client.register_script(INCR)
         self._unlock = client.register_script(UNLOCK)
         self._channel = f"{prefix}revocations"
         self._mirror = (
@@ -195,10 +194,6 @@ class RedisStore:
             else:
                 if not released:
                     _log.warning("lock %r expired before release: hold it for less than ttl_s=%s", name, ttl_s)
-
-    async def incr(self, key: str, ttl_s: float) -> int:
-        check_ttl(ttl_s)
-        return int(await self._incr(keys=[self._key("ctr", key)], args=[_ms(ttl_s)]))
 
     async def ping(self) -> bool:
         try:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["INCR", "REVOKE", "ROTATE", "UNLOCK"]
+__all__ = ["REVOKE", "ROTATE", "UNLOCK"]
 
 # Revocations store their `until` (unix ms) as the value so a later, shorter revoke never shortens one.
 # KEYS: revocation keys. ARGV: until (unix ms), the revocations channel, then each key's id. What changed is
@@ -48,12 +48,6 @@ redis.call('PEXPIREAT', KEYS[2], s)
 redis.call('DEL', KEYS[1])
 redis.call('PUBLISH', ARGV[4], '{"until":' .. s .. ',"ids":' .. cjson.encode({ARGV[5]}) .. '}')
 return {'replayed', s}
-"""
-
-INCR = """
-local n = redis.call('INCR', KEYS[1])
-if n == 1 or redis.call('PTTL', KEYS[1]) < 0 then redis.call('PEXPIRE', KEYS[1], ARGV[1]) end
-return n
 """
 
 UNLOCK = """

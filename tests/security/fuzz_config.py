@@ -84,6 +84,8 @@ FOUND = [
     "upstreams: {a: {url: 'https://x', connect_timeout_s: .inf}}\n",  # infinite timeout: OverflowError
     "upstreams: {a: {url: 'https://x', read_timeout_s: 1" + "0" * 400 + "}}\n",  # int too large for a float
     "auth: {leeway_s: 1" + "0" * 400 + "}\n",  # OverflowError in the verifier at start-up
+    "upstreams: 1\n",  # the typed loader's name injection assumed a mapping: AttributeError
+    "?: &0 [*0]\n",  # a recursive alias: RecursionError while turning nodes into data
 ]
 
 

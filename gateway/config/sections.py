@@ -1,0 +1,319 @@
+"""The settings of `config.yaml`, one frozen class per section, and `Settings` holding them all.
+
+Each class is what the file says and what the code reads: field names are the file's keys, validators
+hold the rules (with the messages users see), defaults are the documented ones. `auth:` and `tokens:`
+live in `auth.py`. An upstream's `credentials` are read as a generic kind or a provider preset and
+always hold the generic kind.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Mapping
+from dataclasses import field
+from typing import Annotated, Any
+from urllib.parse import urlsplit
+
+from pydantic import AfterValidator, BeforeValidator, Discriminator, Field, ValidationInfo, model_validator
+from pydantic.dataclasses import dataclass
+from pydantic.json_schema import SkipJsonSchema
+from pydantic_core import core_schema
+
+from gateway.config.auth import (
+    ASYMMETRIC,
+    MIN_HMAC_SECRET_BYTES,
+    SYMMETRIC,
+    AuthSettings,
+    BasicUser,
+    IssuerSettings,
+    KeySettings,
+    TokenSettings,
+)
+from gateway.config.credentials import (
+    BasicCredentialSettings,
+    CredentialSettings,
+    HeaderCredentialSettings,
+    NoneCredentialSettings,
+    QueryCredentialSettings,
+    TokenExchangeSettings,
+)
+from gateway.config.fields import (
+    CONFIG,
+    ON_WHEN_PRESENT,
+    Bool,
+    Finite,
+    Min,
+    Str,
+    Text,
+    enabled_when_present,
+    fail,
+    read_path,
+)
+from gateway.config.presets import (
+    BsgV1Preset,
+    BsgV2Preset,
+    SmsGateJwtPreset,
+    SmsGatewayCenterPreset,
+    SmsPortalPreset,
+)
+
+__all__ = [
+    "ASYMMETRIC",
+    "LOG_LEVELS",
+    "MIN_HMAC_SECRET_BYTES",
+    "SYMMETRIC",
+    "AdminSettings",
+    "AuthSettings",
+    "BasicUser",
+    "IssuerSettings",
+    "KeySettings",
+    "ListenSettings",
+    "LogSettings",
+    "MetricsSettings",
+    "ProxySettings",
+    "ReloadSettings",
+    "Settings",
+    "TokenSettings",
+    "UpstreamSettings",
+]
+
+LOG_LEVELS: tuple[str, ...] = ("debug", "info", "warning", "error", "critical")
+_GATEWAY_PATHS = frozenset({"/", "/healthz", "/readyz", "/.well-known/jwks.json", "/admin/policy"})
+_METRICS_PATH = re.compile(r"/[A-Za-z0-9._~/-]*")
+
+
+def _port(port: int) -> int:
+    if port > 65535:
+        raise fail(f"not a TCP port: {port}")
+    return port
+
+
+Port = Annotated[int, Min(0), AfterValidator(_port)]
+
+
+@dataclass(frozen=True, config=CONFIG)
+class ListenSettings:
+    host: Str = "127.0.0.1"
+    port: Port = 8080
+
+
+# ---------------------------------------------------------------------------------------- upstreams
+
+_CredentialInput = Annotated[
+    NoneCredentialSettings
+    | BasicCredentialSettings
+    | HeaderCredentialSettings
+    | QueryCredentialSettings
+    | TokenExchangeSettings
+    | BsgV1Preset
+    | BsgV2Preset
+    | SmsPortalPreset
+    | SmsGatewayCenterPreset
+    | SmsGateJwtPreset,
+    Discriminator("type"),
+    Field(
+        description="How the gateway authenticates to the upstream; the client's own Authorization is never "
+        "forwarded. Generic kinds: none, basic, header, query, token_exchange; provider presets (only the "
+        "secrets to write): bsg_v1, bsg_v2, smsportal, smsgatewaycenter, smsgate_jwt."
+    ),
+]
+_PRESET_TYPES = (BsgV1Preset, BsgV2Preset, SmsPortalPreset, SmsGatewayCenterPreset, SmsGateJwtPreset)
+
+
+class _ReadCredentials:
+    """Read `credentials:` as a generic kind or a preset; a preset expands against the upstream's url."""
+
+    def __get_pydantic_core_schema__(self, source: Any, handler: Any) -> core_schema.CoreSchema:
+        def expand(value: object, inner: core_schema.ValidatorFunctionWrapHandler, info: ValidationInfo) -> object:
+            result = inner(value)
+            if isinstance(result, _PRESET_TYPES) and "url" in info.data:
+                return result.expand(info.data["url"])
+            return result
+
+        return core_schema.with_info_wrap_validator_function(expand, handler.generate_schema(_CredentialInput))
+
+
+def _upstream_url(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.scheme not in {"http", "https"} or not parts.hostname:
+        raise fail("upstream url must be an absolute http(s) URL")
+    if parts.query or parts.fragment or parts.username or parts.password:
+        raise fail(
+            "upstream url must not carry a query, fragment or userinfo", hint="put credentials under credentials:"
+        )
+    return url.rstrip("/")
+
+
+@dataclass(frozen=True, config=CONFIG)
+class UpstreamSettings:
+    name: SkipJsonSchema[str]  # the key under `upstreams:`
+    url: Annotated[Text, AfterValidator(_upstream_url)]
+    credentials: Annotated[CredentialSettings, _ReadCredentials()] = field(default_factory=NoneCredentialSettings)
+    connect_timeout_s: Annotated[float, Finite(0.01)] = 5.0
+    read_timeout_s: Annotated[float, Finite(0.01)] = 30.0
+    pool_size: Annotated[int, Min(1)] = 100
+    pool_timeout_s: Annotated[float, Finite(0.0)] = 1.0
+
+
+# ------------------------------------------------------------------------------------------- the rest
+
+
+def _network(value: object) -> object:
+    if not isinstance(value, str):
+        return value
+    try:
+        return ipaddress.ip_network(value, strict=False)
+    except ValueError:
+        raise fail(f"not an IP address or CIDR network: {value!r}") from None
+
+
+@dataclass(frozen=True, config=CONFIG)
+class ProxySettings:
+    max_body_bytes: Annotated[int, Min(0)] = 1_048_576
+    trusted_proxies: tuple[
+        Annotated[ipaddress.IPv4Network | ipaddress.IPv6Network, BeforeValidator(_network)], ...
+    ] = ()
+    retry_buffer_bytes: Annotated[int, Min(0)] = 65_536
+
+
+@dataclass(frozen=True, config=CONFIG)
+class ReloadSettings:
+    """Hot reload: watch the config and policy files (SIGHUP always reloads)."""
+
+    watch: Bool = True
+    debounce_ms: Annotated[int, Min(10)] = 200
+
+
+def _scope(scope: str) -> str:
+    from gateway.policy.scopes import is_valid_scope
+
+    if not is_valid_scope(scope):
+        raise fail(f"malformed scope {scope!r}")
+    return scope
+
+
+@dataclass(frozen=True, config=CONFIG)
+class AdminSettings:
+    """`GET /admin/policy`: off unless enabled, then only for `scope` from the issuer named `issuer`."""
+
+    enabled: Bool = Field(default=False, json_schema_extra=ON_WHEN_PRESENT)
+    issuer: Str = ""
+    scope: Annotated[Str, AfterValidator(_scope)] = "settings:read"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _present(cls, data: Any) -> Any:
+        return enabled_when_present(data)
+
+
+def _log_level(level: str) -> str:
+    if level.lower() not in LOG_LEVELS:
+        raise fail(f"unknown log level {level!r}", hint="one of: " + ", ".join(LOG_LEVELS))
+    return level.lower()
+
+
+@dataclass(frozen=True, config=CONFIG)
+class LogSettings:
+    """Structured logs: the access log (one event per request), the level, and whether probes are logged."""
+
+    access: Bool = True
+    level: Annotated[Str, AfterValidator(_log_level)] = "info"
+    health_checks: Bool = False  # log /healthz, /readyz and metrics scrapes too
+
+
+def _metrics_path(path: str) -> str:
+    if not _METRICS_PATH.fullmatch(path) or "//" in path or (path.endswith("/") and path != "/"):
+        raise fail(f"not a plain absolute path: {path!r}", hint="e.g. /metrics")
+    if path in _GATEWAY_PATHS:
+        raise fail(f"{path} is already answered by the gateway", hint="e.g. /metrics")
+    return path
+
+
+@dataclass(frozen=True, config=CONFIG)
+class MetricsSettings:
+    """Prometheus metrics at `path` on the main port, or on `host:port` (a separate listener `serve` runs)."""
+
+    enabled: Bool = True
+    path: Annotated[Str, AfterValidator(_metrics_path)] = "/metrics"
+    port: Port | None = None
+    host: Str = "127.0.0.1"
+
+    @property
+    def served_path(self) -> str | None:
+        """The path the gateway answers on its main port (None: metrics off, or on their own port)."""
+        return self.path if self.enabled and self.port is None else None
+
+
+def _store(url: str) -> str:
+    scheme = urlsplit(url).scheme
+    if scheme not in {"memory", "redis", "rediss", "unix"}:
+        raise fail(f"unsupported store {scheme or url!r}", hint="use memory:// or redis://host:6379/0")
+    return url
+
+
+def _policy_path(path: str, info: ValidationInfo) -> str:
+    return str(read_path(path, info))
+
+
+@dataclass(frozen=True, config=CONFIG)
+class Settings:
+    """Everything `config.yaml` says, resolved: paths absolute, secrets read, defaults filled in."""
+
+    file: SkipJsonSchema[str] = "<defaults>"
+    listen: ListenSettings = field(default_factory=ListenSettings)
+    store: Annotated[Text, AfterValidator(_store)] = Field(
+        default="memory://", description="memory:// (one process) or redis://host:6379/0 (shared between instances)."
+    )
+    policies: tuple[Annotated[Text, AfterValidator(_policy_path)], ...] = Field(
+        default=(), description="Policy files, relative to this file."
+    )
+    auth: AuthSettings = field(default_factory=AuthSettings)
+    tokens: TokenSettings = Field(
+        default_factory=TokenSettings,
+        description="The gateway mints its own short-lived scoped tokens at {mount}/auth/token.",
+    )
+    upstreams: Mapping[str, UpstreamSettings] = field(default_factory=dict)
+    proxy: ProxySettings = field(default_factory=ProxySettings)
+    reload: ReloadSettings = field(default_factory=ReloadSettings)
+    admin: AdminSettings = field(default_factory=AdminSettings)
+    log: LogSettings = field(default_factory=LogSettings)
+    metrics: MetricsSettings = field(default_factory=MetricsSettings)
+
+    @model_validator(mode="after")
+    def _admin_issuer(self) -> Settings:
+        names = {item.name for item in self.all_issuers()} | {"basic"}
+        if self.admin.enabled and self.admin.issuer not in names:
+            raise fail(
+                f"admin.issuer must name a configured issuer ({', '.join(sorted(names))})",
+                hint="'self' is the gateway's own tokens, 'basic' the Basic users",
+                at=("admin", "issuer"),
+            )
+        return self
+
+    def all_issuers(self) -> tuple[IssuerSettings, ...]:
+        """Configured issuers plus, when issuing is on, the gateway's own."""
+        own = self.own_issuer()
+        return (own, *self.auth.issuers) if own else self.auth.issuers
+
+    def own_issuer(self) -> IssuerSettings | None:
+        if not self.tokens.enabled:
+            return None
+        return IssuerSettings(
+            name="self",
+            issuer=self.tokens.issuer,
+            audiences=(self.tokens.audience,),
+            algorithms=tuple(sorted({key.algorithm for key in self.tokens.keys})),
+            keys=self.tokens.keys,
+            own=True,
+        )
+
+    def secret_values(self) -> tuple[str, ...]:
+        """Every configured secret value (for log redaction and leak tests)."""
+        values: list[str] = []
+        for issuer in self.all_issuers():
+            values += [key.material.reveal() for key in issuer.keys if key.algorithm in SYMMETRIC]
+        values += [key.material.reveal() for key in self.tokens.keys]
+        for upstream in self.upstreams.values():
+            values += upstream.credentials.secret_values()
+        return tuple(v for v in values if v)

@@ -1,0 +1,60 @@
+"""What every upstream credential injector is: the `Credentials` contract and the request it edits.
+
+An injector's `flow` is an async generator shaped like httpx's auth flows: it yields the request to send
+with its credentials added, and receives the upstream's status code back. Static injectors
+(`credentials.py`) yield once; a token exchange (`exchange.py`) yields a second time after a 401 to ask
+for one retry with a fresh token. Both modules build on this one, so neither imports the other's base.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import AsyncGenerator
+from dataclasses import dataclass
+from typing import ClassVar
+
+from gateway.config.credentials import CredentialErrorRule
+
+__all__ = ["Credentials", "OutgoingRequest"]
+
+
+@dataclass(slots=True)
+class OutgoingRequest:
+    """What the forwarder is about to send; an injector edits it in place and yields it.
+
+    `raw_query` is the client's query string, validated, minus the client's copies of `query_names`;
+    `query` (None unless an injector adds parameters) is appended to it, percent-encoded.
+    `replayable` is False when the body is streamed: a retry after a 401 is then impossible.
+    """
+
+    method: str
+    headers: list[tuple[str, str]]
+    query: list[tuple[str, str]] | None = None
+    raw_query: str = ""
+    replayable: bool = True
+
+
+class Credentials(ABC):
+    """One upstream's way of authenticating; see the module docstring for the flow contract.
+
+    `header_names` and `query_names` tell the forwarder what to strip from the client's request (with
+    aliases) so the upstream receives exactly one credential, ours; `secret_values` feed log redaction.
+    """
+
+    kind: ClassVar[str] = ""
+    header_names: frozenset[str] = frozenset()
+    query_names: frozenset[str] = frozenset()
+    secret_values: tuple[str, ...] = ()
+    credential_error: CredentialErrorRule | None = None
+
+    @abstractmethod
+    def flow(self, request: OutgoingRequest) -> AsyncGenerator[OutgoingRequest, int]:
+        """Yield `request` with credentials added; receive the upstream status; maybe yield once more."""
+
+    async def aclose(self) -> None:
+        """Release what the injector holds (HTTP clients of a token exchange); static ones hold nothing."""
+        return None
+
+    def __repr__(self) -> str:
+        names = ", ".join(sorted(self.header_names | self.query_names))
+        return f"<{type(self).__name__} kind={self.kind!r} injects=[{names}]>"
