@@ -1,6 +1,7 @@
 """The Store: the little shared state a gateway needs, in memory or in Redis.
 
-It holds revocations (token and family ids, each until its token would have expired anyway), refresh-token
+It holds revocations (token and family ids, each until its token would have expired anyway; a revocation
+may carry a cutoff, `before`, and then refuses only tokens issued before it: subject revocation), refresh-token
 families (which refresh token is the live one), cached opaque values with a TTL (upstream tokens),
 single-flight locks and counters. Everything expires, so the store never grows forever.
 
@@ -48,12 +49,17 @@ _REDIS_SCHEMES = frozenset({"redis", "rediss", "unix"})
 class Store(Protocol):
     """What the gateway needs from shared state; see `MemoryStore` and `RedisStore`."""
 
-    async def revoke(self, ids: Iterable[str], until: float) -> None:
-        """Mark token or family ids revoked until the unix time `until` (their exp); then forget them."""
+    async def revoke(self, ids: Iterable[str], until: float, *, before: float | None = None) -> None:
+        """Mark token or family ids revoked until the unix time `until` (their exp); then forget them.
+
+        With `before` (a unix time) the revocation refuses only tokens issued before it (`is_revoked`'s
+        `issued_at`): a subject revocation. Revocations of one id merge: the later `until`, the later
+        `before`, and one without `before` beats one with it.
+        """
         ...
 
-    async def is_revoked(self, *ids: str) -> bool:
-        """True if any of `ids` is revoked."""
+    async def is_revoked(self, *ids: str, issued_at: float | None = None) -> bool:
+        """True if any of `ids` is revoked (for a revocation with `before`: if `issued_at` is before it, or unknown)."""
         ...
 
     async def start_family(self, family: str, jti: str, until: float) -> None:
@@ -121,6 +127,7 @@ class MemoryStore:
         self._sweep_interval_s = sweep_interval_s
         self._next_sweep = clock() + sweep_interval_s
         self._revoked: dict[str, float] = {}  # id -> until
+        self._cutoffs: dict[str, float] = {}  # id -> before, for revocations that carry one
         self._families: dict[str, tuple[str, float]] = {}  # family -> (live jti, until)
         self._values: dict[str, tuple[bytes, float]] = {}  # key -> (value, expires)
         self._counters: dict[str, tuple[int, float]] = {}  # key -> (count, expires)
@@ -143,6 +150,8 @@ class MemoryStore:
             for k in dead:
                 del table[k]
             dropped += len(dead)
+        for id_ in [id_ for id_ in self._cutoffs if id_ not in self._revoked]:
+            del self._cutoffs[id_]
         return dropped
 
     def _now(self) -> float:
@@ -152,24 +161,33 @@ class MemoryStore:
             self.sweep()
         return now
 
-    async def revoke(self, ids: Iterable[str], until: float) -> None:
+    async def revoke(self, ids: Iterable[str], until: float, *, before: float | None = None) -> None:
         now = self._now()
         if until <= now:
             return  # already expired: nothing left to revoke
         for id_ in ids:
-            self._revoked[id_] = max(until, self._revoked.get(id_, 0.0))
+            current = self._revoked.get(id_)
+            known = current is not None and current > now
+            self._revoked[id_] = max(until, current) if known and current is not None else until
+            merged = _merge_cutoff(known, self._cutoffs.get(id_), before)
+            if merged is None:
+                self._cutoffs.pop(id_, None)
+            else:
+                self._cutoffs[id_] = merged
 
-    async def is_revoked(self, *ids: str) -> bool:
-        return any(self._is_revoked(id_, self._clock()) for id_ in ids)
+    async def is_revoked(self, *ids: str, issued_at: float | None = None) -> bool:
+        now = self._clock()
+        return any(self._is_revoked(id_, now, issued_at) for id_ in ids)
 
-    def _is_revoked(self, id_: str, now: float) -> bool:
+    def _is_revoked(self, id_: str, now: float, issued_at: float | None) -> bool:
         until = self._revoked.get(id_)
         if until is None:
             return False
         if until <= now:
             del self._revoked[id_]
+            self._cutoffs.pop(id_, None)
             return False
-        return True
+        return _refuses(self._cutoffs.get(id_), issued_at)
 
     async def start_family(self, family: str, jti: str, until: float) -> None:
         if until > self._now():
@@ -179,7 +197,7 @@ class MemoryStore:
 
     async def rotate_refresh(self, family: str, presented: str, new: str, until: float) -> RotateResult:
         now = self._now()
-        if self._is_revoked(family, now):
+        if self._is_revoked(family, now, None):
             return "revoked"
         entry = self._families.get(family)
         if entry is None or entry[1] <= now:
@@ -194,6 +212,7 @@ class MemoryStore:
             return "rotated"
         del self._families[family]
         self._revoked[family] = max(until, live_until)  # outlive every token the family handed out
+        self._cutoffs.pop(family, None)
         return "replayed"
 
     async def get(self, key: str) -> bytes | None:
@@ -257,24 +276,62 @@ def _expiry(entry: float | tuple[object, float]) -> float:
     return entry if isinstance(entry, float | int) else entry[1]
 
 
+def _merge_cutoff(known: bool, current: float | None, before: float | None) -> float | None:
+    """The cutoff of an id revoked again: none (refuse every token) beats any cutoff, else the later one.
+
+    `known` says whether the id was revoked already (then `current` None means "no cutoff").
+    """
+    if before is None or (known and current is None):
+        return None
+    return before if current is None else max(current, before)
+
+
+def _refuses(cutoff: float | None, issued_at: float | None) -> bool:
+    """Whether a live revocation with this cutoff refuses a token issued at `issued_at` (None: unknown)."""
+    return cutoff is None or issued_at is None or issued_at < cutoff
+
+
 # ----------------------------------------------------------------------------------------------- redis
 
-# Revocations store their `until` (unix ms) as the value so a later, shorter revoke never shortens one.
-# KEYS: revocation keys. ARGV: until (unix ms), the revocations channel, then each key's id. What changed is
-# published in the same script, atomically with the write: no mirror can see one without the other.
+# Revocations store their `until` (unix ms) as the value so a later, shorter revoke never shortens one;
+# one with a cutoff stores `until:before` (both unix ms) and refuses only tokens issued before `before`.
+# Merging follows `_merge_cutoff`: the later until, the later cutoff, no cutoff beats any.
+# KEYS: revocation keys. ARGV: until (unix ms), the revocations channel, before (unix ms, or '' for none),
+# then each key's id. What changed is published in the same script, atomically with the write: no mirror
+# can see one without the other (mirrors merge the message the same way).
 _REVOKE = """
 local until_ms = tonumber(ARGV[1])
+local before = tonumber(ARGV[3])
 local changed = {}
 for i, key in ipairs(KEYS) do
-  local current = tonumber(redis.call('GET', key) or '0') or 0
-  if until_ms > current then
-    redis.call('SET', key, ARGV[1])
-    redis.call('PEXPIREAT', key, ARGV[1])
-    changed[#changed + 1] = ARGV[i + 2]
+  local raw = redis.call('GET', key)
+  local cur_until, cur_before, known = 0, nil, false
+  if raw then
+    local u, b = string.match(raw, '^(%d+):?(%d*)$')
+    if u then
+      known = true
+      cur_until = tonumber(u)
+      if b ~= '' then cur_before = tonumber(b) end
+    end
+  end
+  local new_until = math.max(cur_until, until_ms)
+  local new_before = nil
+  if before and not (known and not cur_before) then
+    new_before = before
+    if cur_before and cur_before > before then new_before = cur_before end
+  end
+  if new_until ~= cur_until or not known or new_before ~= cur_before then
+    local value = string.format('%d', new_until)
+    if new_before then value = value .. ':' .. string.format('%d', new_before) end
+    redis.call('SET', key, value)
+    redis.call('PEXPIREAT', key, string.format('%d', new_until))
+    changed[#changed + 1] = ARGV[i + 3]
   end
 end
 if #changed > 0 then
-  redis.call('PUBLISH', ARGV[2], '{"until":' .. ARGV[1] .. ',"ids":' .. cjson.encode(changed) .. '}')
+  local extra = ''
+  if before then extra = ',"before":' .. ARGV[3] end
+  redis.call('PUBLISH', ARGV[2], '{"until":' .. ARGV[1] .. extra .. ',"ids":' .. cjson.encode(changed) .. '}')
 end
 return 0
 """
@@ -379,6 +436,7 @@ class _RevocationMirror:
         self._sweep_interval_s = sweep_interval_s
         self._clock = clock
         self._entries: dict[str, float] = {}  # id -> until (unix seconds)
+        self._cutoffs: dict[str, float] = {}  # id -> before (unix seconds), for revocations that carry one
         self._fresh_until = -math.inf  # monotonic time until which a "not revoked" may come from memory
         self._task: asyncio.Task[None] | None = None
         self._closed = False
@@ -408,23 +466,36 @@ class _RevocationMirror:
             self._task = loop.create_task(self._run(), name=f"revocation mirror {self.channel}")
         return self._task.get_loop() is loop
 
-    def lookup(self, ids: Iterable[str]) -> bool | None:
-        """True if any id is revoked; False only while in sync; None: ask Redis."""
+    def lookup(self, ids: Iterable[str], issued_at: float | None = None) -> bool | None:
+        """True if any id is revoked; False only while in sync; None: ask Redis.
+
+        A revocation with a cutoff that does not refuse `issued_at` is a "not revoked" like a missing
+        one (cutoffs only move later, so it too is only trusted while in sync).
+        """
         now = self._clock()
         for id_ in ids:
             until = self._entries.get(id_)
             if until is not None:
                 if until > now:
-                    return True
-                del self._entries[id_]
+                    if _refuses(self._cutoffs.get(id_), issued_at):
+                        return True
+                else:
+                    del self._entries[id_]
+                    self._cutoffs.pop(id_, None)
         return False if self._running_here() and self.in_sync else None
 
-    def note(self, ids: Iterable[str], until: float) -> None:
-        """Record revocations (from a message, the load, or this process's own writes)."""
+    def note(self, ids: Iterable[str], until: float, before: float | None = None) -> None:
+        """Record revocations (from a message, the load, or this process's own writes), merged as Redis does."""
         if until <= self._clock():
             return
         for id_ in ids:
-            if until > self._entries.get(id_, -math.inf):
+            current = self._entries.get(id_)
+            merged = _merge_cutoff(current is not None, self._cutoffs.get(id_), before)
+            if merged is None:
+                self._cutoffs.pop(id_, None)
+            else:
+                self._cutoffs[id_] = merged
+            if current is None or until > current:
                 self._entries[id_] = until
 
     def sweep(self) -> int:
@@ -433,6 +504,7 @@ class _RevocationMirror:
         dead = [id_ for id_, until in self._entries.items() if until <= now]
         for id_ in dead:
             del self._entries[id_]
+            self._cutoffs.pop(id_, None)
         return len(dead)
 
     async def aclose(self) -> None:
@@ -520,14 +592,13 @@ class _RevocationMirror:
 
     async def _load_one(self, key: bytes, value: bytes) -> None:
         id_ = key[len(self._key_prefix) :].decode("utf-8", "surrogateescape")
-        try:
-            until = int(value) / 1000
-        except ValueError:  # not written by a store: keep it as long as Redis does
+        parsed = _parse_revocation(value)
+        if parsed is None:  # not written by a store: keep it as long as Redis does, refusing every token
             pttl = await self._client.pttl(key)
             if pttl == -2:
                 return
-            until = math.inf if pttl < 0 else self._clock() + pttl / 1000
-        self.note([id_], until)
+            parsed = (math.inf if pttl < 0 else self._clock() + pttl / 1000, None)
+        self.note([id_], *parsed)
 
     async def _listen(self, conn: AbstractConnection) -> None:
         """Apply messages; PING every heartbeat; end the session when a PONG is overdue."""
@@ -571,13 +642,24 @@ class _RevocationMirror:
             data = None
         until_ms = data.get("until") if isinstance(data, dict) else None
         ids = data.get("ids") if isinstance(data, dict) else None
+        before_ms = data.get("before") if isinstance(data, dict) else None
         if not (isinstance(until_ms, int) and isinstance(ids, list) and all(isinstance(i, str) for i in ids)):
             raise _MirrorError("malformed message on the revocation channel")
-        self.note(ids, until_ms / 1000)
+        if before_ms is not None and (not isinstance(before_ms, int) or isinstance(before_ms, bool)):
+            raise _MirrorError("malformed message on the revocation channel")
+        self.note(ids, until_ms / 1000, None if before_ms is None else before_ms / 1000)
 
 
 async def _returned(response: object) -> object:
     return response
+
+
+def _parse_revocation(value: bytes) -> tuple[float, float | None] | None:
+    """A revocation key's value, `until` or `until:before` in unix ms, as seconds; None if not a store's."""
+    until, colon, before = value.partition(b":")
+    if not until.isdigit() or (colon and not before.isdigit()):
+        return None
+    return int(until) / 1000, (int(before) / 1000 if colon else None)
 
 
 def _bytes(value: bytes | str) -> bytes:
@@ -657,25 +739,35 @@ class RedisStore:
     def _key(self, kind: str, name: str) -> str:
         return f"{self._prefix}{kind}:{name}"
 
-    async def revoke(self, ids: Iterable[str], until: float) -> None:
+    async def revoke(self, ids: Iterable[str], until: float, *, before: float | None = None) -> None:
         listed = list(ids)
         if not listed:
             return
         until_ms = _unix_ms(until)
+        before_ms = "" if before is None else _unix_ms(before)
         keys = [self._key("rev", id_) for id_ in listed]
-        await self._revoke(keys=keys, args=[until_ms, self._channel, *listed])
+        await self._revoke(keys=keys, args=[until_ms, self._channel, before_ms, *listed])
         if self._mirror is not None:  # this process refuses them at once, before its own message arrives
-            self._mirror.note(listed, int(until_ms) / 1000)
+            self._mirror.note(listed, int(until_ms) / 1000, None if before is None else int(before_ms) / 1000)
 
-    async def is_revoked(self, *ids: str) -> bool:
+    async def is_revoked(self, *ids: str, issued_at: float | None = None) -> bool:
         if not ids:
             return False
         if self._mirror is not None:
-            known = self._mirror.lookup(ids)
+            known = self._mirror.lookup(ids, issued_at)
             if known is not None:
                 return known
-        found = await self._client.exists(*(self._key("rev", id_) for id_ in ids))
-        return bool(found)
+        keys = [self._key("rev", id_) for id_ in ids]
+        found = await self._client.exists(*keys)
+        if not found or issued_at is None:
+            return bool(found)
+        # something is revoked: a cutoff may still let this token through (values are read only now)
+        for value in await self._client.mget(keys):
+            if value is not None:
+                parsed = _parse_revocation(_bytes(value))
+                if parsed is None or _refuses(parsed[1], issued_at):
+                    return True
+        return False
 
     async def start_family(self, family: str, jti: str, until: float) -> None:
         key = self._key("fam", family)
