@@ -48,11 +48,12 @@ from gateway.observe.metrics import Metrics
 from gateway.policy.loader import load_policies
 from gateway.policy.model import Policy
 from gateway.policy.paths import canonical_path
-from gateway.policy.scopes import satisfies
+from gateway.policy.scopes import SUPERUSER, satisfies
 from gateway.proxy.credentials import build_credentials
 from gateway.proxy.forward import ProxyApp
 from gateway.store import RedisStore, Store, open_store
 from gateway.tokens.endpoints import TokenEndpoints
+from gateway.tokens.lineage import BASIC_IDP, Identities
 from gateway.tokens.mint import TokenIssuer
 from gateway.tokens.service import TokenService
 from gateway.web.asgi import Receive, Scope, Send, run_lifespan
@@ -124,7 +125,12 @@ def build_runtime(
     check_policies_against_upstreams(settings, policies)
     vocabulary = {scope for policy in policies for scope in policy.scopes}
     tokens = TokenService(
-        settings.tokens, store, vocabulary, log=loggers.audit if loggers else None, grace_s=settings.auth.leeway_s
+        settings.tokens,
+        store,
+        vocabulary,
+        log=loggers.audit if loggers else None,
+        grace_s=settings.auth.leeway_s,
+        identities=Identities.from_settings(settings),
     )
     authorizer = Authorizer.from_settings(settings, policies=policies, is_revoked=tokens.is_revoked)
     # Token exchanges cache provider tokens in the shared store (one login across instances on Redis,
@@ -148,7 +154,7 @@ def build_runtime(
         authorizer=authorizer,
         proxy=proxy,
         guarded=GuardMiddleware(proxy, authorizer=authorizer),
-        token_endpoints=TokenEndpoints(settings.tokens.mount, tokens, authorizer.authenticator),
+        token_endpoints=TokenEndpoints(settings.tokens.mount, tokens, authorizer.authenticator, admin=settings.admin),
         jwks=issuer.jwks() if isinstance(issuer, TokenIssuer) else {"keys": []},
         observe=_observe_plan(settings, policies),
     )
@@ -258,7 +264,42 @@ class Gateway:
             task = asyncio.create_task(self._retire(current))
             self._retiring.add(task)
             task.add_done_callback(self._retiring.discard)
+            await self._revoke_narrowed_users(current, fresh)
             return True
+
+    async def _revoke_narrowed_users(self, old: Runtime, new: Runtime) -> None:
+        """A reload that removes a Basic user, or takes scopes from one, revokes that subject (idp basic).
+
+        Every token already refuses such an identity per request (lineage.Identities.check); the subject
+        revocation also holds if the user comes back with the old scopes. One audit line per reload.
+        """
+        before = old.tokens.identities.basic_users if old.tokens.identities else {}
+        after = new.tokens.identities.basic_users if new.tokens.identities else {}
+        narrowed = sorted(
+            user
+            for user, scopes in before.items()
+            if user not in after or not (scopes <= after[user] or SUPERUSER in after[user])
+        )
+        if not narrowed or new.tokens.issuer is None:
+            return
+        try:
+            cutoffs = [
+                await new.tokens.revoke_subject(BASIC_IDP, user, caller=None, reason="config reload", audit=False)
+                for user in narrowed
+            ]
+        except Exception as exc:  # the store is down: the per-request identity check still refuses them
+            self.loggers.audit.error(
+                "token.subjects_revoke_failed", idp=BASIC_IDP, subjects=narrowed, error=type(exc).__name__
+            )
+            return
+        self.loggers.audit.warning(
+            "token.subjects_revoked",
+            idp=BASIC_IDP,
+            subjects=narrowed,
+            before=max(cutoffs),
+            reason="config reload removed the users or some of their scopes",
+            version=new.version,
+        )
 
     def _policy_loaded(self, runtime: Runtime, previous: str | None) -> None:
         self.loggers.audit.info(

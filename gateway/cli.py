@@ -4,6 +4,7 @@
     gateway demo [--config config.yaml] [--port P] [--log-format auto|json|console]
     gateway token issue --config C --sub S --scope messages:send [--scope ...] [--ttl 900]
     gateway token revoke --config C JTI
+    gateway token revoke --config C --sub S [--issuer basic|cli|NAME]
     gateway hash-password [--stdin]
     gateway policy validate|explain|check|test|diff|matrix|schema ...
 
@@ -70,9 +71,16 @@ def _parser() -> argparse.ArgumentParser:
     issue.add_argument("--scope", action="append", required=True, help="a scope to grant (repeatable)")
     issue.add_argument("--ttl", type=int, help="lifetime in seconds (capped by tokens.max_ttl_s)")
     issue.add_argument("--json", action="store_true", help="print the whole token response as JSON")
-    revoke = token_commands.add_parser("revoke", help="revoke a token (and its refresh family) by jti")
+    revoke = token_commands.add_parser(
+        "revoke", help="revoke a token (its refresh family and descendants) by jti, or every token of a subject"
+    )
     revoke.add_argument("--config", default="config.yaml")
-    revoke.add_argument("jti")
+    revoke.add_argument("jti", nargs="?", help="the token's id (the `id` of the token response)")
+    revoke.add_argument("--sub", help="revoke every token of this subject issued before now, on every instance")
+    revoke.add_argument(
+        "--issuer",
+        help="whose subject: basic (the default: Basic users), cli (tokens of `token issue`) or an issuer name",
+    )
 
     from gateway.policytools.cli import add_policy_commands
 
@@ -191,6 +199,7 @@ def freeze_startup_objects() -> None:
 
 async def _token(args: argparse.Namespace) -> int:
     import json
+    from datetime import UTC, datetime
 
     from gateway.app import create_app
     from gateway.tokens.endpoints import token_response
@@ -204,6 +213,21 @@ async def _token(args: argparse.Namespace) -> int:
         if args.token_command == "issue":
             pair = await gateway.tokens.issue(args.sub, args.scope, args.ttl, caller=None)
             print(json.dumps(token_response(pair), indent=2) if args.json else pair.access.token)
+        elif args.sub is not None:
+            if args.jti is not None:
+                print("gateway: give a jti or --sub, not both", file=sys.stderr)
+                return 2
+            from gateway.tokens.lineage import BASIC_IDP
+
+            idp = args.issuer or BASIC_IDP
+            if settings.store == "memory://":
+                print("gateway: note: with store memory:// this reaches no running gateway", file=sys.stderr)
+            cutoff = await gateway.tokens.revoke_subject(idp, args.sub, caller=None)
+            issued = datetime.fromtimestamp(cutoff, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+            print(f"revoked every token of {idp}:{args.sub} issued before {issued}")
+        elif args.jti is None or args.issuer is not None:
+            print("gateway: give a jti, or --sub (with --issuer)", file=sys.stderr)
+            return 2
         else:
             record = await gateway.tokens.revoke(args.jti, caller=None)
             print(f"revoked {args.jti} (subject {record.subject}) and its refresh family")

@@ -15,8 +15,10 @@ UPSTREAM_USER = "canary-upstream-user"
 UPSTREAM_PASSWORD = "canary-upstream-password-7d1f"
 OPS_PASSWORD = "canary-ops-password-91c2"
 SENDER_PASSWORD = "canary-sender-password-55ab"
+CORP_SECRET = "canary-corp-idp-secret-" + "c" * 24  # HS256 key of the `corp` issuer `corp_issuer` adds
+CORP_ISS = "https://idp.example.com/"
 # argon2id hashes of OPS_PASSWORD and SENDER_PASSWORD with cheap test parameters (m=1024, t=1, p=1)
-CANARIES = (TOKEN_SECRET, UPSTREAM_USER, UPSTREAM_PASSWORD, OPS_PASSWORD, SENDER_PASSWORD)
+CANARIES = (TOKEN_SECRET, UPSTREAM_USER, UPSTREAM_PASSWORD, OPS_PASSWORD, SENDER_PASSWORD, CORP_SECRET)
 
 
 def cheap_hash(password: str) -> str:
@@ -34,6 +36,8 @@ class GatewayConfig:
     store: str = "memory://"
     tokens_enabled: bool = True
     extra: str = ""
+    auth_extra: str = ""  # lines inside `auth:` (two-space indented), e.g. "  leeway_s: 0\n"
+    corp_issuer: bool = False  # trust an external issuer `corp` (HS256, CORP_SECRET, iss CORP_ISS)
     policy: Path = SMSGATE_POLICY
     env: dict[str, str] = field(default_factory=dict)
 
@@ -46,8 +50,15 @@ class GatewayConfig:
                 "T_UPSTREAM_PASSWORD": UPSTREAM_PASSWORD,
                 "T_OPS_HASH": cheap_hash(OPS_PASSWORD),
                 "T_SENDER_HASH": cheap_hash(SENDER_PASSWORD),
+                "T_CORP_SECRET": CORP_SECRET,
             }
         )
+        auth_extra = self.auth_extra
+        if self.corp_issuer:
+            auth_extra += (
+                f'  issuers:\n    - {{name: corp, issuer: "{CORP_ISS}", audience: sms-api, algorithms: [HS256],'
+                ' secret: "${T_CORP_SECRET}"}\n'
+            )
         tokens = (
             "tokens:\n  enabled: true\n  max_ttl_s: 3600\n  default_ttl_s: 600\n  keys:\n"
             '    - {kid: k1, algorithm: HS256, secret: "${T_TOKEN_SECRET}"}\n'
@@ -59,7 +70,7 @@ listen: {{host: 127.0.0.1, port: 0}}
 store: {self.store}
 policies: [{self.policy}]
 auth:
-  basic_users:
+{auth_extra}  basic_users:
     - {{username: ops, password_hash: "${{T_OPS_HASH}}", scopes: [all:any]}}
     - {{username: sender, password_hash: "${{T_SENDER_HASH}}", scopes: [messages:send, messages:read]}}
 {tokens}upstreams:

@@ -155,6 +155,33 @@ async def test_a_shorter_revoke_never_shortens_a_longer_one(env: StoreEnv) -> No
     assert await env.store.is_revoked("fam")
 
 
+async def test_a_revocation_with_a_cutoff_refuses_only_tokens_issued_before_it(env: StoreEnv) -> None:
+    """`before`: tokens issued earlier (or of unknown age) are refused, later ones pass (subject revocation)."""
+    store, now = env.store, env.now()
+    await store.revoke(["sub:basic:ops"], now + 60, before=now)
+    assert await store.is_revoked("sub:basic:ops", issued_at=now - 1)
+    assert await store.is_revoked("sub:basic:ops")  # no issued_at: refused, fail closed
+    assert not await store.is_revoked("sub:basic:ops", issued_at=now)
+    assert not await store.is_revoked("jti", "sub:basic:ops", issued_at=now + 1)
+    await store.revoke(["jti"], now + 60)
+    assert await store.is_revoked("jti", "sub:basic:ops", issued_at=now + 1)  # any one id refuses
+
+
+async def test_cutoffs_merge_later_wins_and_none_beats_any(env: StoreEnv) -> None:
+    """A later cutoff replaces an earlier one, never the reverse; a plain revocation beats any cutoff."""
+    store, now = env.store, env.now()
+    await store.revoke(["s"], now + 60, before=now)
+    await store.revoke(["s"], now + 60, before=now + 10)
+    await store.revoke(["s"], now + 30, before=now + 5)
+    assert await store.is_revoked("s", issued_at=now + 9)
+    assert not await store.is_revoked("s", issued_at=now + 10)
+    await store.revoke(["p"], now + 60)
+    await store.revoke(["p"], now + 90, before=now)
+    assert await store.is_revoked("p", issued_at=now + 20)
+    await store.revoke(["s"], now + 60)
+    assert await store.is_revoked("s", issued_at=now + 20)
+
+
 # ------------------------------------------------------------------------------------- refresh families
 
 
@@ -591,6 +618,33 @@ async def test_mirror_sees_a_family_revoked_by_a_replay(private: PrivateRedis) -
         await asyncio.sleep(0.3)  # past the replayed token's until, not the live one's
         assert await b.is_revoked("fam")
         assert await exists_calls(admin) == before + 1  # only the one inside a's rotation script
+
+
+async def test_mirror_answers_cutoffs_from_memory(private: PrivateRedis) -> None:
+    """A revocation with a cutoff, loaded or published, is answered by b's mirror both ways with no EXISTS."""
+    async with _stores(private) as (a, b, admin):
+        now = time.time()
+        await a.revoke(["sub:corp:x"], now + 60, before=now)
+        late = RedisStore(private.client(), prefix=b.prefix)  # knows the first one from its load
+        try:
+            late.start()
+            await _eventually(lambda: late.revocations_mirrored)
+            await a.revoke(["sub:basic:y"], now + 60, before=now)
+            await _eventually(lambda: b.is_revoked("sub:basic:y", issued_at=now - 1))
+            await _eventually(lambda: late.is_revoked("sub:basic:y", issued_at=now - 1))
+            before = await exists_calls(admin)
+            for store in (b, late):
+                assert await store.is_revoked("sub:corp:x", issued_at=now - 1)
+                assert not await store.is_revoked("sub:corp:x", issued_at=now)
+                assert not await store.is_revoked("sub:basic:y", issued_at=now + 1)
+            assert await exists_calls(admin) == before
+            # without a mirror: EXISTS, then the values only because something is revoked
+            assert not await a.is_revoked("sub:corp:x", issued_at=now + 1)
+            assert await a.is_revoked("sub:corp:x", issued_at=now - 1)
+            assert await a.is_revoked("sub:corp:x")
+            assert await exists_calls(admin) == before + 3
+        finally:
+            await late.aclose()
 
 
 async def test_mirror_entries_expire_at_until(private: PrivateRedis) -> None:

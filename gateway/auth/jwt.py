@@ -92,6 +92,16 @@ class Principal:
     claims: Mapping[str, Any]
     kind: Literal["access", "refresh", "basic"]
 
+    @property
+    def identity(self) -> tuple[str, str]:
+        """(idp, subject), what ownership compares: the issuer name ("basic" for Basic), or for the gateway's
+        own tokens the `idp` claim naming the identity they were minted for (gateway/tokens/lineage.py)."""
+        if self.issuer == "self" and self.kind != "basic":  # "self" is reserved for the gateway's own issuer
+            idp = self.claims.get("idp")
+            if isinstance(idp, str) and idp:
+                return idp, self.subject
+        return self.issuer, self.subject
+
 
 def _reject(why: str, message: str) -> NoReturn:
     raise Unauthorized(message, code=f"invalid_token:{why}", token_presented=True)

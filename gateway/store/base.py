@@ -1,6 +1,7 @@
 """The Store protocol: the little shared state a gateway needs, in memory or in Redis.
 
-It holds revocations (token and family ids, each until its token would have expired anyway), refresh-token
+It holds revocations (token and family ids, each until its token would have expired anyway; a revocation
+may carry a cutoff, `before`, and then refuses only tokens issued before it: subject revocation), refresh-token
 families (which refresh token is the live one), cached opaque values with a TTL (upstream tokens),
 and single-flight locks. Everything expires, so the store never grows forever.
 
@@ -15,7 +16,7 @@ from collections.abc import Iterable
 from contextlib import AbstractAsyncContextManager
 from typing import Literal, Protocol, runtime_checkable
 
-__all__ = ["RotateResult", "Store", "check_ttl"]
+__all__ = ["RotateResult", "Store", "check_ttl", "merge_cutoff", "refuses"]
 
 RotateResult = Literal["rotated", "replayed", "revoked"]
 
@@ -24,12 +25,17 @@ RotateResult = Literal["rotated", "replayed", "revoked"]
 class Store(Protocol):
     """What the gateway needs from shared state; see `MemoryStore` and `RedisStore`."""
 
-    async def revoke(self, ids: Iterable[str], until: float) -> None:
-        """Mark token or family ids revoked until the unix time `until` (their exp); then forget them."""
+    async def revoke(self, ids: Iterable[str], until: float, *, before: float | None = None) -> None:
+        """Mark token or family ids revoked until the unix time `until` (their exp); then forget them.
+
+        With `before` (a unix time) the revocation refuses only tokens issued before it (`is_revoked`'s
+        `issued_at`): a subject revocation. Revocations of one id merge: the later `until`, the later
+        `before`, and one without `before` beats one with it.
+        """
         ...
 
-    async def is_revoked(self, *ids: str) -> bool:
-        """True if any of `ids` is revoked."""
+    async def is_revoked(self, *ids: str, issued_at: float | None = None) -> bool:
+        """True if any of `ids` is revoked (for a revocation with `before`: if `issued_at` is before it, or unknown)."""
         ...
 
     async def start_family(self, family: str, jti: str, until: float) -> None:
@@ -69,3 +75,18 @@ def check_ttl(ttl_s: float) -> None:
     """Reject a TTL that is not a positive number of seconds (every store's `set` and `lock`)."""
     if not ttl_s > 0:  # also rejects NaN
         raise ValueError(f"ttl_s must be a positive number of seconds, not {ttl_s!r}")
+
+
+def merge_cutoff(known: bool, current: float | None, before: float | None) -> float | None:
+    """The cutoff of an id revoked again: none (refuse every token) beats any cutoff, else the later one.
+
+    `known` says whether the id was revoked already (then `current` None means "no cutoff").
+    """
+    if before is None or (known and current is None):
+        return None
+    return before if current is None else max(current, before)
+
+
+def refuses(cutoff: float | None, issued_at: float | None) -> bool:
+    """Whether a live revocation with this cutoff refuses a token issued at `issued_at` (None: unknown)."""
+    return cutoff is None or issued_at is None or issued_at < cutoff

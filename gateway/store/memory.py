@@ -10,7 +10,7 @@ from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from gateway.store.base import check_ttl
+from gateway.store.base import check_ttl, merge_cutoff, refuses
 
 if TYPE_CHECKING:
     from gateway.store.base import RotateResult
@@ -38,6 +38,7 @@ class MemoryStore:
         self._sweep_interval_s = sweep_interval_s
         self._next_sweep = clock() + sweep_interval_s
         self._revoked: dict[str, float] = {}  # id -> until
+        self._cutoffs: dict[str, float] = {}  # id -> before, for revocations that carry one
         self._families: dict[str, tuple[str, float]] = {}  # family -> (live jti, until)
         self._values: dict[str, tuple[bytes, float]] = {}  # key -> (value, expires)
         self._locks: dict[str, _LockSlot] = {}
@@ -59,6 +60,8 @@ class MemoryStore:
             for k in dead:
                 del table[k]
             dropped += len(dead)
+        for id_ in [id_ for id_ in self._cutoffs if id_ not in self._revoked]:
+            del self._cutoffs[id_]
         return dropped
 
     def _now(self) -> float:
@@ -68,24 +71,33 @@ class MemoryStore:
             self.sweep()
         return now
 
-    async def revoke(self, ids: Iterable[str], until: float) -> None:
+    async def revoke(self, ids: Iterable[str], until: float, *, before: float | None = None) -> None:
         now = self._now()
         if until <= now:
             return  # already expired: nothing left to revoke
         for id_ in ids:
-            self._revoked[id_] = max(until, self._revoked.get(id_, 0.0))
+            current = self._revoked.get(id_)
+            known = current is not None and current > now
+            self._revoked[id_] = max(until, current) if known and current is not None else until
+            merged = merge_cutoff(known, self._cutoffs.get(id_), before)
+            if merged is None:
+                self._cutoffs.pop(id_, None)
+            else:
+                self._cutoffs[id_] = merged
 
-    async def is_revoked(self, *ids: str) -> bool:
-        return any(self._is_revoked(id_, self._clock()) for id_ in ids)
+    async def is_revoked(self, *ids: str, issued_at: float | None = None) -> bool:
+        now = self._clock()
+        return any(self._is_revoked(id_, now, issued_at) for id_ in ids)
 
-    def _is_revoked(self, id_: str, now: float) -> bool:
+    def _is_revoked(self, id_: str, now: float, issued_at: float | None) -> bool:
         until = self._revoked.get(id_)
         if until is None:
             return False
         if until <= now:
             del self._revoked[id_]
+            self._cutoffs.pop(id_, None)
             return False
-        return True
+        return refuses(self._cutoffs.get(id_), issued_at)
 
     async def start_family(self, family: str, jti: str, until: float) -> None:
         if until > self._now():
@@ -95,7 +107,7 @@ class MemoryStore:
 
     async def rotate_refresh(self, family: str, presented: str, new: str, until: float) -> RotateResult:
         now = self._now()
-        if self._is_revoked(family, now):
+        if self._is_revoked(family, now, None):
             return "revoked"
         entry = self._families.get(family)
         if entry is None or entry[1] <= now:
@@ -110,6 +122,7 @@ class MemoryStore:
             return "rotated"
         del self._families[family]
         self._revoked[family] = max(until, live_until)  # outlive every token the family handed out
+        self._cutoffs.pop(family, None)
         return "replayed"
 
     async def get(self, key: str) -> bytes | None:

@@ -17,6 +17,8 @@ from redis.asyncio.connection import AbstractConnection
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
+from gateway.store.base import merge_cutoff, refuses
+
 __all__ = ["RevocationMirror"]
 
 _log = logging.getLogger(__name__)
@@ -73,6 +75,7 @@ class RevocationMirror:
         self._sweep_interval_s = sweep_interval_s
         self._clock = clock
         self._entries: dict[str, float] = {}  # id -> until (unix seconds)
+        self._cutoffs: dict[str, float] = {}  # id -> before (unix seconds), for revocations that carry one
         self._fresh_until = -math.inf  # monotonic time until which a "not revoked" may come from memory
         self._task: asyncio.Task[None] | None = None
         self._closed = False
@@ -102,23 +105,36 @@ class RevocationMirror:
             self._task = loop.create_task(self._run(), name=f"revocation mirror {self.channel}")
         return self._task.get_loop() is loop
 
-    def lookup(self, ids: Iterable[str]) -> bool | None:
-        """True if any id is revoked; False only while in sync; None: ask Redis."""
+    def lookup(self, ids: Iterable[str], issued_at: float | None = None) -> bool | None:
+        """True if any id is revoked; False only while in sync; None: ask Redis.
+
+        A revocation with a cutoff that does not refuse `issued_at` is a "not revoked" like a missing
+        one (cutoffs only move later, so it too is only trusted while in sync).
+        """
         now = self._clock()
         for id_ in ids:
             until = self._entries.get(id_)
             if until is not None:
                 if until > now:
-                    return True
-                del self._entries[id_]
+                    if refuses(self._cutoffs.get(id_), issued_at):
+                        return True
+                else:
+                    del self._entries[id_]
+                    self._cutoffs.pop(id_, None)
         return False if self._running_here() and self.in_sync else None
 
-    def note(self, ids: Iterable[str], until: float) -> None:
-        """Record revocations (from a message, the load, or this process's own writes)."""
+    def note(self, ids: Iterable[str], until: float, before: float | None = None) -> None:
+        """Record revocations (from a message, the load, or this process's own writes), merged as Redis does."""
         if until <= self._clock():
             return
         for id_ in ids:
-            if until > self._entries.get(id_, -math.inf):
+            current = self._entries.get(id_)
+            merged = merge_cutoff(current is not None, self._cutoffs.get(id_), before)
+            if merged is None:
+                self._cutoffs.pop(id_, None)
+            else:
+                self._cutoffs[id_] = merged
+            if current is None or until > current:
                 self._entries[id_] = until
 
     def sweep(self) -> int:
@@ -127,6 +143,7 @@ class RevocationMirror:
         dead = [id_ for id_, until in self._entries.items() if until <= now]
         for id_ in dead:
             del self._entries[id_]
+            self._cutoffs.pop(id_, None)
         return len(dead)
 
     async def aclose(self) -> None:
@@ -214,14 +231,13 @@ class RevocationMirror:
 
     async def _load_one(self, key: bytes, value: bytes) -> None:
         id_ = key[len(self._key_prefix) :].decode("utf-8", "surrogateescape")
-        try:
-            until = int(value) / 1000
-        except ValueError:  # not written by a store: keep it as long as Redis does
+        parsed = parse_revocation(value)
+        if parsed is None:  # not written by a store: keep it as long as Redis does, refusing every token
             pttl = await self._client.pttl(key)
             if pttl == -2:
                 return
-            until = math.inf if pttl < 0 else self._clock() + pttl / 1000
-        self.note([id_], until)
+            parsed = (math.inf if pttl < 0 else self._clock() + pttl / 1000, None)
+        self.note([id_], *parsed)
 
     async def _listen(self, conn: AbstractConnection) -> None:
         """Apply messages; PING every heartbeat; end the session when a PONG is overdue."""
@@ -265,13 +281,24 @@ class RevocationMirror:
             data = None
         until_ms = data.get("until") if isinstance(data, dict) else None
         ids = data.get("ids") if isinstance(data, dict) else None
+        before_ms = data.get("before") if isinstance(data, dict) else None
         if not (isinstance(until_ms, int) and isinstance(ids, list) and all(isinstance(i, str) for i in ids)):
             raise _MirrorError("malformed message on the revocation channel")
-        self.note(ids, until_ms / 1000)
+        if before_ms is not None and (not isinstance(before_ms, int) or isinstance(before_ms, bool)):
+            raise _MirrorError("malformed message on the revocation channel")
+        self.note(ids, until_ms / 1000, None if before_ms is None else before_ms / 1000)
 
 
 async def _returned(response: object) -> object:
     return response
+
+
+def parse_revocation(value: bytes) -> tuple[float, float | None] | None:
+    """A revocation key's value, `until` or `until:before` in unix ms, as seconds; None if not a store's."""
+    until, colon, before = value.partition(b":")
+    if not until.isdigit() or (colon and not before.isdigit()):
+        return None
+    return int(until) / 1000, (int(before) / 1000 if colon else None)
 
 
 def _bytes(value: bytes | str) -> bytes:

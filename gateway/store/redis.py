@@ -21,8 +21,8 @@ from typing import TYPE_CHECKING
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from gateway.store.base import check_ttl
-from gateway.store.mirror import RevocationMirror
+from gateway.store.base import check_ttl, refuses
+from gateway.store.mirror import RevocationMirror, parse_revocation
 from gateway.store.scripts import REVOKE, ROTATE, UNLOCK
 
 if TYPE_CHECKING:
@@ -111,25 +111,35 @@ class RedisStore:
     def _key(self, kind: str, name: str) -> str:
         return f"{self._prefix}{kind}:{name}"
 
-    async def revoke(self, ids: Iterable[str], until: float) -> None:
+    async def revoke(self, ids: Iterable[str], until: float, *, before: float | None = None) -> None:
         listed = list(ids)
         if not listed:
             return
         until_ms = _unix_ms(until)
+        before_ms = "" if before is None else _unix_ms(before)
         keys = [self._key("rev", id_) for id_ in listed]
-        await self._revoke(keys=keys, args=[until_ms, self._channel, *listed])
+        await self._revoke(keys=keys, args=[until_ms, self._channel, before_ms, *listed])
         if self._mirror is not None:  # this process refuses them at once, before its own message arrives
-            self._mirror.note(listed, int(until_ms) / 1000)
+            self._mirror.note(listed, int(until_ms) / 1000, None if before is None else int(before_ms) / 1000)
 
-    async def is_revoked(self, *ids: str) -> bool:
+    async def is_revoked(self, *ids: str, issued_at: float | None = None) -> bool:
         if not ids:
             return False
         if self._mirror is not None:
-            known = self._mirror.lookup(ids)
+            known = self._mirror.lookup(ids, issued_at)
             if known is not None:
                 return known
-        found = await self._client.exists(*(self._key("rev", id_) for id_ in ids))
-        return bool(found)
+        keys = [self._key("rev", id_) for id_ in ids]
+        found = await self._client.exists(*keys)
+        if not found or issued_at is None:
+            return bool(found)
+        # something is revoked: a cutoff may still let this token through (values are read only now)
+        for value in await self._client.mget(keys):
+            if value is not None:
+                parsed = parse_revocation(value if isinstance(value, bytes) else value.encode())
+                if parsed is None or refuses(parsed[1], issued_at):
+                    return True
+        return False
 
     async def start_family(self, family: str, jti: str, until: float) -> None:
         key = self._key("fam", family)

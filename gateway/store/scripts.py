@@ -4,22 +4,45 @@ from __future__ import annotations
 
 __all__ = ["REVOKE", "ROTATE", "UNLOCK"]
 
-# Revocations store their `until` (unix ms) as the value so a later, shorter revoke never shortens one.
-# KEYS: revocation keys. ARGV: until (unix ms), the revocations channel, then each key's id. What changed is
-# published in the same script, atomically with the write: no mirror can see one without the other.
+# Revocations store their `until` (unix ms) as the value so a later, shorter revoke never shortens one;
+# one with a cutoff stores `until:before` (both unix ms) and refuses only tokens issued before `before`.
+# Merging follows `_merge_cutoff`: the later until, the later cutoff, no cutoff beats any.
+# KEYS: revocation keys. ARGV: until (unix ms), the revocations channel, before (unix ms, or '' for none),
+# then each key's id. What changed is published in the same script, atomically with the write: no mirror
+# can see one without the other (mirrors merge the message the same way).
 REVOKE = """
 local until_ms = tonumber(ARGV[1])
+local before = tonumber(ARGV[3])
 local changed = {}
 for i, key in ipairs(KEYS) do
-  local current = tonumber(redis.call('GET', key) or '0') or 0
-  if until_ms > current then
-    redis.call('SET', key, ARGV[1])
-    redis.call('PEXPIREAT', key, ARGV[1])
-    changed[#changed + 1] = ARGV[i + 2]
+  local raw = redis.call('GET', key)
+  local cur_until, cur_before, known = 0, nil, false
+  if raw then
+    local u, b = string.match(raw, '^(%d+):?(%d*)$')
+    if u then
+      known = true
+      cur_until = tonumber(u)
+      if b ~= '' then cur_before = tonumber(b) end
+    end
+  end
+  local new_until = math.max(cur_until, until_ms)
+  local new_before = nil
+  if before and not (known and not cur_before) then
+    new_before = before
+    if cur_before and cur_before > before then new_before = cur_before end
+  end
+  if new_until ~= cur_until or not known or new_before ~= cur_before then
+    local value = string.format('%d', new_until)
+    if new_before then value = value .. ':' .. string.format('%d', new_before) end
+    redis.call('SET', key, value)
+    redis.call('PEXPIREAT', key, string.format('%d', new_until))
+    changed[#changed + 1] = ARGV[i + 3]
   end
 end
 if #changed > 0 then
-  redis.call('PUBLISH', ARGV[2], '{"until":' .. ARGV[1] .. ',"ids":' .. cjson.encode(changed) .. '}')
+  local extra = ''
+  if before then extra = ',"before":' .. ARGV[3] end
+  redis.call('PUBLISH', ARGV[2], '{"until":' .. ARGV[1] .. extra .. ',"ids":' .. cjson.encode(changed) .. '}')
 end
 return 0
 """

@@ -3,6 +3,7 @@
     POST   {mount}/auth/token          Basic, or Bearer holding tokens:manage   → 201 token pair
     POST   {mount}/auth/token/refresh  Bearer refresh token                     → 201 new pair
     DELETE {mount}/auth/token/{jti}    Bearer holding tokens:manage             → 204
+    DELETE {mount}/auth/token?sub=S&issuer=NAME   the admin identity, or all:any → 204 (subject revocation)
 
 Both SMSGate servers answer snake_case; the `android-sms-gateway` Python client reads camelCase; the
 answer carries both spellings. With issuing disabled every endpoint answers 501.
@@ -12,12 +13,15 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime
+from urllib.parse import parse_qsl
 
 from gateway.auth.authenticate import Authenticator
 from gateway.auth.jwt import Principal
+from gateway.config.settings import AdminSettings
 from gateway.errors import BadRequest, Forbidden, HTTPError, NotFound, NotImplementedHTTP, Unauthorized
 from gateway.observe.events import RECORD_KEY, RequestRecord, note_principal, note_refusal
-from gateway.policy.scopes import satisfies
+from gateway.policy.scopes import SUPERUSER, satisfies
+from gateway.tokens.lineage import BASIC_IDP
 from gateway.tokens.mint import TokenPair
 from gateway.tokens.service import MANAGE_SCOPE, TokenService
 from gateway.web.asgi import Receive, Scope, Send, read_body
@@ -52,11 +56,19 @@ def token_response(pair: TokenPair) -> dict[str, str]:
 class TokenEndpoints:
     """Answers the token endpoints under `mount`; `handles(method, path)` says whether a request is ours."""
 
-    def __init__(self, mount: str, service: TokenService | None, authenticator: Authenticator) -> None:
+    def __init__(
+        self,
+        mount: str,
+        service: TokenService | None,
+        authenticator: Authenticator,
+        *,
+        admin: AdminSettings | None = None,
+    ) -> None:
         self.base = mount.rstrip("/") + "/auth/token"
         self.refresh_path = self.base + "/refresh"
         self.service = service
         self.authenticator = authenticator
+        self.admin = admin
 
     def handles(self, path: str) -> bool:
         return path == self.base or path.startswith(self.base + "/")
@@ -81,6 +93,8 @@ class TokenEndpoints:
             await self._issue(scope, receive, send, self.service)
         elif path == self.refresh_path and method == "POST":
             await self._refresh(scope, send, self.service)
+        elif path == self.base and method == "DELETE":
+            await self._revoke_subject(scope, send, self.service)
         elif tail.count("/") == 1 and tail != "/refresh" and len(tail) > 1 and method == "DELETE":
             await self._revoke(scope, send, self.service, tail[1:])
         else:
@@ -116,6 +130,45 @@ class TokenEndpoints:
         caller = await self._caller(scope)
         await service.revoke(jti, caller=caller)
         await send_json(send, 204, None)
+
+    async def _revoke_subject(self, scope: Scope, send: Send, service: TokenService) -> None:
+        """`?sub=S&issuer=NAME` (issuer defaults to basic): only the admin identity or an all:any caller."""
+        principal = await self.authenticator.authenticate(scope["headers"])
+        note_principal(scope, principal)
+        if principal is None:
+            raise Unauthorized("authentication required")
+        if SUPERUSER not in principal.scopes and not self._is_admin(principal):
+            raise Forbidden("revoking a subject needs all:any or the configured admin identity", required=SUPERUSER)
+        subject, idp = _parse_subject_query(scope.get("query_string", b""))
+        await service.revoke_subject(idp, subject, caller=principal)
+        await send_json(send, 204, None)
+
+    def _is_admin(self, principal: Principal) -> bool:
+        admin = self.admin
+        return (
+            admin is not None
+            and admin.enabled
+            and principal.issuer == admin.issuer
+            and satisfies(principal.scopes, (admin.scope,), "any", False)
+        )
+
+
+def _parse_subject_query(query: bytes) -> tuple[str, str]:
+    """(sub, issuer) from `sub=S&issuer=NAME`; anything missing, repeated or unknown is a 400."""
+    try:
+        pairs = parse_qsl(query.decode("ascii"), keep_blank_values=True, strict_parsing=bool(query))
+    except (UnicodeDecodeError, ValueError):
+        raise BadRequest("malformed query: use ?sub=SUBJECT&issuer=NAME") from None
+    names = [name for name, _ in pairs]
+    unknown = sorted(set(names) - {"sub", "issuer"})
+    if unknown:
+        raise BadRequest(f"unknown parameter(s): {', '.join(unknown)}")
+    if len(names) != len(set(names)):
+        raise BadRequest("sub and issuer may be given once each")
+    values = dict(pairs)
+    if not values.get("sub"):
+        raise BadRequest("sub is required: DELETE .../auth/token?sub=SUBJECT&issuer=NAME")
+    return values["sub"], values.get("issuer") or BASIC_IDP
 
 
 def _bearer(headers: list[tuple[bytes, bytes]]) -> str:

@@ -2,7 +2,8 @@
 
 Access tokens carry `typ: at+jwt` (RFC 9068) and refresh tokens `typ: refresh+jwt`, so the verifier can
 never take one for the other. Both carry `fam`, the refresh family: rotating a refresh token keeps the
-family, and revoking the family ends every token in it. The first configured key signs; every key stays
+family, and revoking the family ends every token in it. Both also carry the grant claims (`idp`, `anc`,
+`cap`: see lineage.py), and neither outlives `cap`. The first configured key signs; every key stays
 trusted for verification, so keys rotate by adding a new one in front.
 """
 
@@ -10,7 +11,7 @@ from __future__ import annotations
 
 import secrets
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -67,19 +68,37 @@ class TokenIssuer:
         self._signing = settings.keys[0]
         self._signing_key = _signing_material(self._signing)
 
-    def mint_pair(self, subject: str, scopes: Iterable[str], ttl_s: int, *, family: str | None = None) -> TokenPair:
-        """An access token for `scopes` and the refresh token that can renew it."""
+    def mint_pair(
+        self,
+        subject: str,
+        scopes: Iterable[str],
+        ttl_s: int,
+        *,
+        family: str | None = None,
+        grant: Mapping[str, Any] | None = None,
+        cap: int | None = None,
+    ) -> TokenPair:
+        """An access token for `scopes` and the refresh token that can renew it.
+
+        `grant` are claims both tokens carry (lineage.Grant.claims()); `cap` bounds both `exp`s.
+        """
         granted = frozenset(scopes)
         family = family or new_id()
         now = int(self._clock())
-        access = self._mint(subject, ACCESS_TYP, now, ttl_s, family, {"scope": " ".join(sorted(granted))}, granted)
+        extra = dict(grant or {})
+        access_ttl, refresh_ttl = ttl_s, self.settings.refresh_ttl_s
+        if cap is not None:
+            access_ttl, refresh_ttl = min(access_ttl, cap - now), min(refresh_ttl, cap - now)
+        access = self._mint(
+            subject, ACCESS_TYP, now, access_ttl, family, {**extra, "scope": " ".join(sorted(granted))}, granted
+        )
         refresh = self._mint(
             subject,
             REFRESH_TYP,
             now,
-            self.settings.refresh_ttl_s,
+            refresh_ttl,
             family,
-            {"scope": REFRESH_SCOPE, GRANT_CLAIM: " ".join(sorted(granted)), "ttl": ttl_s},
+            {**extra, "scope": REFRESH_SCOPE, GRANT_CLAIM: " ".join(sorted(granted)), "ttl": ttl_s},
             frozenset({REFRESH_SCOPE}),
         )
         return TokenPair(access, refresh, family, subject)

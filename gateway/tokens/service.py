@@ -1,16 +1,20 @@
 """The token service: issue, refresh, revoke — shared by the HTTP endpoints and the CLI.
 
-It fixes SMSGate's weakness: a caller can never mint a scope it does not hold itself. Every issued token
-is recorded in the Store (subject, family, expiry) so `DELETE /auth/token/{jti}` can check ownership and
-revoke the right family; records and revocations expire with the tokens, so the store never grows forever.
+It fixes SMSGate's weakness: a caller can never mint a scope it does not hold itself, nor a token that
+outlives the one it is minted from. Every issued token is recorded in the Store (identity, family, expiry)
+so `DELETE /auth/token/{jti}` can check ownership (by identity: idp and subject) and revoke the right
+family; records and revocations expire with the tokens, so the store never grows forever. Lineage,
+identities and subject revocation are described in lineage.py.
 
 Audit events (on the `smsguard.audit` logger unless another is given): `token.issued`, `token.refreshed`,
-`token.revoked` and `token.replay_detected`; tokens appear only as their `jti`.
+`token.refresh_refused`, `token.revoked`, `token.subject_revoked` and `token.replay_detected`; tokens
+appear only as their `jti`.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -18,10 +22,19 @@ from typing import TYPE_CHECKING
 
 from gateway.auth.jwt import Principal
 from gateway.config.settings import TokenSettings
-from gateway.errors import BadRequest, Forbidden, NotFound, Unauthorized
+from gateway.errors import BadRequest, Forbidden, HTTPError, NotFound, Unauthorized
 from gateway.observe.logs import make_logger
 from gateway.policy.scopes import SUPERUSER, is_valid_scope
 from gateway.store import Store
+from gateway.tokens.lineage import (
+    Grant,
+    Identities,
+    ancestors_of,
+    cap_of,
+    grant_of,
+    revocation_ids,
+    subject_key,
+)
 from gateway.tokens.mint import REFRESH_SCOPE, TokenIssuer, TokenPair
 
 if TYPE_CHECKING:
@@ -38,6 +51,7 @@ class TokenRecord:
     subject: str
     family: str
     expires_at: float
+    idp: str | None = None  # None: recorded before identities existed (only all:any or the CLI may revoke)
 
 
 class TokenService:
@@ -52,10 +66,13 @@ class TokenService:
         clock: Callable[[], float] = time.time,
         log: FilteringBoundLogger | None = None,
         grace_s: float = 0.0,
+        identities: Identities | None = None,
     ) -> None:
         """`grace_s` is the verifiers' leeway: a token stays accepted that long past `exp`, so its
-        revocation (and its record, which revoking needs) must outlive `exp` by as much."""
+        revocation (and its record, which revoking needs) must outlive `exp` by as much. `identities`
+        (the config's Basic users and issuers) lets every check refuse tokens whose identity is gone."""
         self.settings = settings
+        self.identities = identities
         self.grace_s = grace_s
         self.log = log if log is not None else make_logger("smsguard.audit")
         self.store = store
@@ -92,23 +109,42 @@ class TokenService:
     async def issue(
         self, subject: str, scopes: Sequence[str], ttl_s: int | None, *, caller: Principal | None
     ) -> TokenPair:
-        """Mint an access/refresh pair; `caller=None` is the local operator (CLI) who may grant anything."""
+        """Mint an access/refresh pair; `caller=None` is the local operator (CLI) who may grant anything.
+
+        A caller mints for its own identity only (`subject` must be its subject), never beyond its own
+        scopes or `exp`, and records itself as the new tokens' grant (lineage.py).
+        """
+        if caller is not None and subject != caller.subject:
+            raise ValueError("a caller mints tokens for its own subject only")
         ttl = self.check_request(caller, scopes, ttl_s)
-        pair = self._issuer().mint_pair(subject, scopes, ttl)
+        grant = grant_of(caller, subject)
+        self._check_cap(grant.cap)
+        pair = self._issuer().mint_pair(subject, scopes, ttl, grant=grant.claims(), cap=grant.cap)
         await self.store.start_family(pair.family, pair.refresh.jti, pair.refresh.expires_at + self.grace_s)
-        await self._record(pair)
+        await self._record(pair, grant.idp)
         self.log.info(
             "token.issued",
             subject=subject,
+            idp=grant.idp,
             jti=pair.access.jti,
             refresh_jti=pair.refresh.jti,
             family=pair.family,
+            parent=grant.ancestors[-1] if grant.ancestors else None,
+            depth=len(grant.ancestors),
             scopes=list(scopes),
             ttl_s=ttl,
             expires_at=pair.access.expires_at,
+            cap=grant.cap,
             **_by(caller),
         )
         return pair
+
+    def _check_cap(self, cap: int | None) -> None:
+        """A token capped at a time already past (a parent accepted within the leeway) cannot be minted."""
+        if cap is not None and cap - int(self._clock()) < 1:
+            raise Unauthorized(
+                "the token this one descends from has expired", code="invalid_token:expired", token_presented=True
+            )
 
     async def refresh(self, principal: Principal) -> TokenPair:
         """Rotate a verified refresh token: the old one dies; presenting a dead one again ends the family.
@@ -123,8 +159,25 @@ class TokenService:
             raise Unauthorized(
                 "not a refresh token of this gateway", code="invalid_token:malformed", token_presented=True
             )
+        idp, subject = principal.identity
+        try:
+            self.check_identity(principal)  # the identity behind the grant still exists and holds the scopes
+            grant = Grant(idp, subject, ancestors_of(principal), cap_of(principal))
+            self._check_cap(grant.cap)
+        except HTTPError as exc:
+            self.log.warning(
+                "token.refresh_refused",
+                subject=subject,
+                idp=idp,
+                jti=principal.token_id,
+                family=family,
+                reason=exc.message,
+            )
+            raise
         ttl_s = min(ttl, self.settings.max_ttl_s) if isinstance(ttl, int) and ttl > 0 else self.settings.default_ttl_s
-        pair = self._issuer().mint_pair(principal.subject, granted.split(), ttl_s, family=family)
+        pair = self._issuer().mint_pair(
+            principal.subject, granted.split(), ttl_s, family=family, grant=grant.claims(), cap=grant.cap
+        )
         until = pair.refresh.expires_at + self.grace_s
         outcome = await self.store.rotate_refresh(family, principal.token_id, pair.refresh.jti, until)
         if outcome == "replayed":
@@ -142,10 +195,11 @@ class TokenService:
             )
         if outcome != "rotated":
             raise Unauthorized("refresh token has been revoked", code="invalid_token:revoked", token_presented=True)
-        await self._record(pair)
+        await self._record(pair, idp)
         self.log.info(
             "token.refreshed",
             subject=principal.subject,
+            idp=idp,
             jti=pair.access.jti,
             refresh_jti=pair.refresh.jti,
             previous_jti=principal.token_id,
@@ -157,32 +211,76 @@ class TokenService:
         return pair
 
     async def revoke(self, jti: str, *, caller: Principal | None) -> TokenRecord:
-        """Revoke a token and its refresh family; only its subject or an `all:any` caller may (None = CLI)."""
+        """Revoke a token and its refresh family (and so its descendants); only its identity (idp and
+        subject) or an `all:any` caller may (None = CLI). Its parent is untouched."""
         raw = await self.store.get(_RECORD + jti)
         if raw is None:
             raise NotFound("no such token (unknown, or already expired)", code="no_token")
         data = json.loads(raw)
-        record = TokenRecord(data["sub"], data["fam"], data["exp"])
-        if caller is not None and caller.subject != record.subject and SUPERUSER not in caller.scopes:
-            raise Forbidden("only the token's subject or an all:any caller may revoke it", required=SUPERUSER)
+        idp = data.get("idp")
+        record = TokenRecord(data["sub"], data["fam"], data["exp"], idp if isinstance(idp, str) else None)
+        owner = record.idp is not None and caller is not None and caller.identity == (record.idp, record.subject)
+        if caller is not None and not owner and SUPERUSER not in caller.scopes:
+            raise Forbidden("only the token's own identity or an all:any caller may revoke it", required=SUPERUSER)
         family_until = self._clock() + self.settings.refresh_ttl_s + self.grace_s
         await self.store.revoke([jti], record.expires_at + self.grace_s)
         await self.store.revoke([record.family], family_until)
-        self.log.info("token.revoked", subject=record.subject, jti=jti, family=record.family, **_by(caller))
+        self.log.info(
+            "token.revoked", subject=record.subject, idp=record.idp, jti=jti, family=record.family, **_by(caller)
+        )
         return record
 
-    async def is_revoked(self, principal: Principal) -> bool:
-        """The per-request revocation check: the token itself, or its whole family."""
-        ids = [principal.token_id] if principal.token_id else []
-        family = principal.claims.get("fam") if principal.kind != "basic" else None
-        if isinstance(family, str):
-            ids.append(family)
-        return bool(ids) and await self.store.is_revoked(*ids)
+    def subject_idps(self) -> list[str]:
+        """The idps a subject revocation may name (`basic`, `cli` and the configured external issuers)."""
+        return self.identities.names() if self.identities is not None else ["basic", "cli"]
 
-    async def _record(self, pair: TokenPair) -> None:
+    async def revoke_subject(
+        self, idp: str, subject: str, *, caller: Principal | None, reason: str = "request", audit: bool = True
+    ) -> int:
+        """End every token of identity (idp, subject) issued before now, on every instance; returns the cutoff.
+
+        Access and refresh tokens alike, the gateway's own (any depth) and the external issuer's. JWT `iat`
+        is whole seconds, so the cutoff is the next whole second: tokens minted in the same second as the
+        revocation are refused too. The entry lives as long as any token issued before it could.
+        Authorization (admin or all:any) is the caller's business (the endpoint's); this only validates.
+        """
+        if not subject:
+            raise BadRequest("sub must be a non-empty subject")
+        if idp not in self.subject_idps():
+            raise BadRequest(f"unknown issuer {idp!r}: one of {', '.join(self.subject_idps())}")
+        cutoff = math.floor(self._clock()) + 1
+        await self.store.revoke([subject_key(idp, subject)], cutoff + self._longest_lifetime_s(), before=cutoff)
+        if audit:
+            self.log.warning(
+                "token.subject_revoked", subject=subject, idp=idp, before=cutoff, reason=reason, **_by(caller)
+            )
+        return cutoff
+
+    def _longest_lifetime_s(self) -> float:
+        """How long any token accepted now may still live: refresh, access or external, plus the leeway."""
+        external = self.identities.max_external_lifetime_s if self.identities is not None else 0
+        return max(self.settings.refresh_ttl_s, self.settings.max_ttl_s, external) + self.grace_s
+
+    def check_identity(self, principal: Principal) -> None:
+        """Refuse a gateway token whose identity left the config or lost scopes (lineage.Identities.check)."""
+        if self.identities is not None:
+            self.identities.check(principal)
+
+    async def is_revoked(self, principal: Principal) -> bool:
+        """The per-request check of a bearer token: its identity still in the config (raises if not), then
+        one store call for the token, its family, every ancestor and its identity's subject revocation."""
+        if principal.kind == "basic":
+            return False
+        self.check_identity(principal)
+        issued = principal.claims.get("iat")
+        issued_at = float(issued) if isinstance(issued, int | float) and not isinstance(issued, bool) else None
+        return await self.store.is_revoked(*revocation_ids(principal), issued_at=issued_at)
+
+    async def _record(self, pair: TokenPair, idp: str) -> None:
         now = self._clock()
         for token in (pair.access, pair.refresh):
-            value = json.dumps({"sub": pair.subject, "fam": pair.family, "exp": token.expires_at}).encode()
+            record = {"sub": pair.subject, "idp": idp, "fam": pair.family, "exp": token.expires_at}
+            value = json.dumps(record).encode()
             await self.store.set(_RECORD + token.jti, value, max(token.expires_at + self.grace_s - now, 1))
 
 
