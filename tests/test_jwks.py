@@ -13,7 +13,8 @@ import httpx
 import pytest
 from keys import Clock, LoopbackServer, ec_key, ed_key, loopback_server, public_jwk, rsa_key, sign
 
-from gateway.auth.jwt import TokenVerifier, parse_jwks
+from gateway.auth.jwks import parse_jwks
+from gateway.auth.jwt import TokenVerifier
 from gateway.config.settings import IssuerSettings
 from gateway.errors import Unauthorized
 
