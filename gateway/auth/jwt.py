@@ -42,8 +42,10 @@ from gateway.auth.jwks import (
     RSA_MIN_BITS,
     Duplicate,
     JwksCache,
+    JwksMetrics,
     Key,
     KeyObject,
+    KeyRef,
     PublicKey,
     json_object,
     reject,
@@ -258,6 +260,7 @@ class TokenVerifier:
         http: httpx.AsyncClient | None = None,
         clock: Callable[[], float] = time.time,
         max_refresh_lifetime_s: int = DEFAULT_MAX_REFRESH_LIFETIME_S,
+        metrics: JwksMetrics | None = None,
     ) -> None:
         self._leeway = float(leeway_s)
         self._max_lifetime = float(max_token_lifetime_s)
@@ -273,13 +276,21 @@ class TokenVerifier:
                 raise LoadError(f"two issuers share the iss value {settings.issuer!r}")
             jwks = None
             if settings.jwks_url and http is not None:
-                jwks = JwksCache(settings, settings.jwks_url, http, clock)
+                jwks = JwksCache(settings, settings.jwks_url, http, clock, metrics)
             self._issuers[settings.issuer] = _Issuer(settings, jwks)
         algorithms = sorted({alg for issuer in issuers for alg in issuer.algorithms})
         self._jws = jwt.PyJWS(algorithms=algorithms, options={"enforce_minimum_key_length": True})
 
     async def verify(self, token: str, *, refresh: bool = False) -> Principal:
         """The Principal a valid token stands for; any flaw raises Unauthorized(`invalid_token:<why>`)."""
+        principal, _ = await self.verify_with_key(token, refresh=refresh)
+        return principal
+
+    async def verify_with_key(self, token: str, *, refresh: bool = False) -> tuple[Principal, KeyRef | None]:
+        """`verify`, plus the JWKS key that verified the token (None for a configured key, which never leaves).
+
+        A cache of verified tokens keeps the KeyRef and asks `ref.current()` before trusting an entry again.
+        """
         if len(token) > MAX_TOKEN_CHARS:
             reject("too_large", "token is too large")
         if not token.isascii() or _TOKEN_SHAPE.fullmatch(token) is None:
@@ -318,11 +329,18 @@ class TokenVerifier:
         keys = await issuer.candidates(alg, kid)
         if not keys:
             reject("unknown_kid", "no key of this issuer matches the token")
-        self._check_signature(token, alg, keys)
+        key = self._check_signature(token, alg, keys)
         kind = self._check_type(issuer, typ, refresh=refresh)
-        return self._principal(issuer, claims, kind)
+        principal = self._principal(issuer, claims, kind)
+        if key.thumbprint is None or issuer.jwks is None:
+            return principal, None
+        return principal, KeyRef(issuer.jwks, key.thumbprint)
 
-    def _check_signature(self, token: str, alg: str, keys: Sequence[Key]) -> None:
+    def jwks_status(self) -> dict[str, dict[str, object]]:
+        """Each JWKS issuer's key-set state by issuer name (see JwksCache.status), for /readyz."""
+        return {i.settings.name: i.jwks.status() for i in self._issuers.values() if i.jwks is not None}
+
+    def _check_signature(self, token: str, alg: str, keys: Sequence[Key]) -> Key:
         """PyJWT checks the signature with exactly one algorithm and a key object of its family."""
         for key in keys:
             try:
@@ -333,7 +351,7 @@ class TokenVerifier:
                 reject("alg_not_allowed", "token algorithm is not allowed")
             except jwt.PyJWTError:
                 reject("malformed", "token could not be decoded")
-            return
+            return key
         reject("bad_signature", "token signature does not verify")
 
     @staticmethod

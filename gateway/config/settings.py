@@ -99,6 +99,7 @@ class IssuerSettings:
     jwks_cache_ttl_s: float = 300.0
     jwks_refetch_cooldown_s: float = 30.0
     jwks_timeout_s: float = 3.0
+    jwks_max_stale_s: float | None = None  # None: 3 x jwks_cache_ttl_s; past it, unrefreshable keys are dropped
     scope_claim: str | None = None
     own: bool = False  # the gateway's own issuer (tokens minted by `tokens:`)
 
@@ -563,6 +564,7 @@ def _issuer(read: _Reader, node: Node) -> IssuerSettings:
         jwks_cache_ttl_s=_float(f, "jwks_cache_ttl_s", IssuerSettings.jwks_cache_ttl_s),
         jwks_refetch_cooldown_s=_float(f, "jwks_refetch_cooldown_s", IssuerSettings.jwks_refetch_cooldown_s),
         jwks_timeout_s=_float(f, "jwks_timeout_s", IssuerSettings.jwks_timeout_s, minimum=0.1),
+        jwks_max_stale_s=n.number(minimum=0.0) if (n := f.get("jwks_max_stale_s")) else None,  # None: 3 x TTL
         scope_claim=_optional_string(f, "scope_claim"),
     )
     f.close()
