@@ -14,17 +14,22 @@ import logging
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from typing import Any
 
+import httpx
 import psutil
 import pytest
+from fakes import RecordingUpstream, Reply, UvicornServer
 from fakes.jwks import JwksServer, gzip_bomb, jwks_server
+from gatewayconfig import GatewayConfig
 from keys import Clock, ed_key, public_jwk, public_pem, rsa_key, sign
 
+from gateway.app import create_app
 from gateway.auth.authenticate import Authenticator
 from gateway.auth.jwks import MAX_JWKS_BYTES, PARSE_INLINE_BYTES
 from gateway.auth.jwt import TokenVerifier
-from gateway.config.settings import IssuerSettings, KeySettings, Secret, parse_settings
+from gateway.config.settings import IssuerSettings, KeySettings, Secret, load_settings, parse_settings
 from gateway.errors import LoadError, Unauthorized
 
 NOW = 1_700_000_000.0
@@ -367,3 +372,59 @@ async def test_default_max_stale_is_three_cache_lifetimes(server: JwksServer, cl
     clock.now += COOLDOWN + 1
     assert await code_of(v, token(at=clock.now)) == "invalid_token:jwks_stale"
     await v.aclose()
+
+
+# ------------------------------------------------------------------------- the gateway: readyz, metrics
+
+
+async def test_gateway_reports_stale_jwks_in_readyz_and_metrics(tmp_path: Path, server: JwksServer) -> None:
+    """Through `create_app` under uvicorn: a stale issuer is a 401 jwks_stale, /readyz says degraded, metrics count."""
+    issuer = (
+        f"  issuers:\n    - {{name: corp, issuer: '{ISS}', audience: {AUD}, algorithms: [RS256], jwks_url: "
+        f"'{server.url}', jwks_cache_ttl_s: 0.2, jwks_refetch_cooldown_s: 0, jwks_max_stale_s: 0.4}}\n"
+    )
+    async with RecordingUpstream(Reply(200, body=b"{}")) as upstream:
+        config = GatewayConfig(tmp_path, upstream.url + "/3rdparty/v1")
+        path = config.write()
+        path.write_text(path.read_text().replace("auth:\n", "auth:\n" + issuer, 1))
+        gateway = create_app(load_settings(path, env=config.env))
+        async with UvicornServer(gateway, lifespan="on") as running, httpx.AsyncClient(base_url=running.url) as client:
+
+            async def send() -> httpx.Response:
+                bearer = {"authorization": f"Bearer {token(at=time.time())}"}
+                return await client.post("/3rdparty/v1/messages", content=b"{}", headers=bearer)
+
+            async def metric(line: str) -> float | None:
+                for row in (await client.get("/metrics")).text.splitlines():
+                    if row.startswith(line + " "):
+                        return float(row.rsplit(" ", 1)[1])
+                return None
+
+            assert (await send()).status_code == 200
+            ready = (await client.get("/readyz")).json()
+            assert (ready["status"], ready["jwks"]["corp"]["state"], ready["jwks"]["corp"]["keys"]) == (
+                "ready",
+                "ok",
+                1,
+            )
+            assert await metric('smsguard_jwks_fetches_total{issuer="corp",outcome="ok"}') == 1
+            assert await metric('smsguard_jwks_keys{issuer="corp"}') == 1
+            assert (await metric('smsguard_jwks_fetched_timestamp_seconds{issuer="corp"}') or 0) > NOW
+
+            server.mode = "error"
+            await asyncio.sleep(0.6)  # past jwks_max_stale_s
+            refused = await send()
+            assert refused.status_code == 401
+            assert 'error="invalid_token"' in refused.headers["www-authenticate"]
+            assert "too old" in refused.json()["message"]
+            ready_response = await client.get("/readyz")
+            ready = ready_response.json()
+            assert ready_response.status_code == 200
+            assert (ready["status"], ready["jwks"]["corp"]["state"]) == ("degraded", "expired")
+            assert await metric('smsguard_jwks_fetches_total{issuer="corp",outcome="http_error"}') == 1
+            assert await metric('smsguard_jwks_keys{issuer="corp"}') == 0
+            assert await metric('smsguard_token_verification_failures_total{reason="invalid_token:jwks_stale"}') == 1
+
+            server.mode = "ok"
+            assert (await send()).status_code == 200
+            assert (await client.get("/readyz")).json()["status"] == "ready"
