@@ -341,9 +341,11 @@ class JwksCache:
         except Exception as exc:  # any failure keeps the old keys (within the bound): never crash the task
             self._failing = True
             outcome = _outcome(exc)
+            known = isinstance(exc, FetchFailed | DuplicateKid)
             log.warning(
                 "jwks fetch failed",
-                extra={"issuer": name, "outcome": outcome, "error": str(exc)[:200] or type(exc).__name__},
+                # our own messages only: a transport error's text may carry the URL (and whatever is in it)
+                extra={"issuer": name, "outcome": outcome, "error": str(exc) if known else type(exc).__name__},
             )
             if self._metrics is not None:
                 self._metrics.jwks_fetch(name, outcome)
