@@ -132,7 +132,7 @@ def build_runtime(
         grace_s=settings.auth.leeway_s,
         identities=Identities.from_settings(settings),
     )
-    authorizer = Authorizer.from_settings(settings, policies=policies, is_revoked=tokens.is_revoked)
+    authorizer = Authorizer.from_settings(settings, policies=policies, is_revoked=tokens.is_revoked, metrics=metrics)
     # Token exchanges cache provider tokens in the shared store (one login across instances on Redis,
     # and across reloads); their login clients close with the proxy (ProxyApp.aclose closes every injector).
     upstream_log = loggers.upstream if loggers else None
@@ -418,7 +418,12 @@ class Gateway:
             "store": await self.store.ping(),
         }
         ready = all(checks.values())
-        body = {"status": "ready" if ready else "not ready", "checks": checks, "policy": self.policy_status(runtime)}
+        # An issuer failing closed (JWKS past jwks_max_stale_s, or never fetched) degrades, but does not
+        # unready, the gateway: its other issuers, Basic users and public routes still work.
+        jwks = runtime.authorizer.authenticator.verifier.jwks_status()
+        degraded = any(issuer["state"] in ("expired", "unavailable") for issuer in jwks.values())
+        status = ("degraded" if degraded else "ready") if ready else "not ready"
+        body = {"status": status, "checks": checks, "policy": self.policy_status(runtime), "jwks": jwks}
         await send_json(send, 200 if ready else 503, body)
 
     async def _admin_policy(self, runtime: Runtime, scope: Scope, send: Send) -> None:

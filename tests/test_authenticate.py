@@ -13,6 +13,7 @@ from keys import Clock, sign
 
 from gateway.auth.authenticate import Authenticator
 from gateway.auth.basic import BasicAuthenticator
+from gateway.auth.jwks import KeyRef
 from gateway.auth.jwt import Principal, TokenVerifier
 from gateway.config.settings import BasicUser, IssuerSettings, KeySettings, Secret
 from gateway.errors import BadRequest, Unauthorized
@@ -36,13 +37,13 @@ class Spy:
         self.verify_calls = 0
         self.revoked: set[str] = set()
         self.revocation_checks = 0
-        real = verifier.verify
+        real = verifier.verify_with_key
 
-        async def verify(token: str, *, refresh: bool = False) -> Principal:
+        async def verify_with_key(token: str, *, refresh: bool = False) -> tuple[Principal, KeyRef | None]:
             self.verify_calls += 1
             return await real(token, refresh=refresh)
 
-        verifier.verify = verify  # type: ignore[method-assign]
+        verifier.verify_with_key = verify_with_key  # type: ignore[method-assign]
 
     async def is_revoked(self, principal: Principal) -> bool:
         self.revocation_checks += 1

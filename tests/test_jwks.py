@@ -13,7 +13,8 @@ import httpx
 import pytest
 from keys import Clock, LoopbackServer, ec_key, ed_key, loopback_server, public_jwk, rsa_key, sign
 
-from gateway.auth.jwt import TokenVerifier, parse_jwks
+from gateway.auth.jwks import parse_jwks
+from gateway.auth.jwt import TokenVerifier
 from gateway.config.settings import IssuerSettings
 from gateway.errors import Unauthorized
 
@@ -135,14 +136,18 @@ async def test_cold_cache_concurrent_requests_share_one_fetch(verifier: TokenVer
     assert server.hits == 1
 
 
-@pytest.mark.parametrize("mode", ["error", "garbage", "redirect", "no-usable-keys"])
+@pytest.mark.parametrize("mode", ["error", "garbage", "redirect"])
 async def test_bad_jwks_fails_closed(verifier: TokenVerifier, server: LoopbackServer, mode: str) -> None:
-    """A 500, a non-JSON body, a redirect (never followed) or a set without usable keys → 401 jwks_unavailable."""
-    if mode == "no-usable-keys":
-        server.document = {"keys": [{"kty": "oct", "k": "c2VjcmV0", "kid": "k1"}]}
-    else:
-        server.mode = mode
+    """A 500, a non-JSON body or a redirect (never followed) → 401 jwks_unavailable."""
+    server.mode = mode
     assert await code_of(verifier, token()) == "invalid_token:jwks_unavailable"
+    assert server.paths == ["/jwks.json"]
+
+
+async def test_jwks_without_usable_keys_is_an_empty_set(verifier: TokenVerifier, server: LoopbackServer) -> None:
+    """A valid JWKS holding only unusable keys (here `oct`) is honoured as an empty set: 401 unknown_kid."""
+    server.document = {"keys": [{"kty": "oct", "k": "c2VjcmV0", "kid": "k1"}]}
+    assert await code_of(verifier, token()) == "invalid_token:unknown_kid"
     assert server.paths == ["/jwks.json"]
 
 
@@ -269,6 +274,6 @@ async def test_jwks_key_alg_pins_the_algorithm(server: LoopbackServer, clock: Cl
     [b"[]", b"{}", b'{"keys": {}}', b"not json", b'{"keys": [1, "x"]}', b'{"keys": [], "keys": []}'],
 )
 def test_parse_jwks_rejects_non_documents(document: bytes) -> None:
-    """Something that is not a JWKS with at least one usable key raises ValueError (old keys are kept)."""
+    """Something that is not a JWKS raises ValueError (old keys are kept, within jwks_max_stale_s)."""
     with pytest.raises(ValueError):
         parse_jwks(document, ["RS256"])

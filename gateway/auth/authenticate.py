@@ -7,7 +7,10 @@ two could be read differently by the gateway and the upstream.
 
 Verified access tokens are cached by their exact string until their `exp` (bounded, least recently
 used evicted first), so a busy client costs one dict lookup instead of a signature check. The
-revocation hook is still awaited on every request, cache hit or not.
+revocation hook is still awaited on every request, cache hit or not. An entry verified with a JWKS
+key remembers that key (a `KeyRef`): once the key leaves the issuer's set, its keys are past
+`jwks_max_stale_s`, or a refresh is due, the entry is dropped and the token verified again, so a
+cached verification never outlives its key nor skips a refresh a fresh token would trigger.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
 
 from gateway.auth.basic import BasicAuthenticator
+from gateway.auth.jwks import KeyRef
 from gateway.auth.jwt import Principal, TokenVerifier
 from gateway.errors import BadRequest, Unauthorized
 
@@ -49,7 +53,7 @@ class Authenticator:
         self._max_header_bytes = max_header_bytes
         self._is_revoked = is_revoked
         self._cache_size = cache_size
-        self._cache: OrderedDict[str, Principal] = OrderedDict()
+        self._cache: OrderedDict[str, tuple[Principal, KeyRef | None]] = OrderedDict()
         self._clock = clock
 
     async def authenticate(self, headers: Sequence[tuple[bytes, bytes]]) -> Principal | None:
@@ -88,14 +92,16 @@ class Authenticator:
         return principal
 
     async def _bearer(self, token: str) -> Principal:
-        principal = self._cache.get(token)
-        if principal is not None and (principal.expires_at or 0.0) > self._clock():
-            self._cache.move_to_end(token)
-        else:
-            if principal is not None:
-                del self._cache[token]
-            principal = await self.verifier.verify(token)
-            self._remember(token, principal)
+        entry = self._cache.get(token)
+        if entry is not None:
+            principal, key = entry
+            if (principal.expires_at or 0.0) > self._clock() and (key is None or key.current()):
+                self._cache.move_to_end(token)
+                await self._check_revoked(principal, token)
+                return principal
+            del self._cache[token]
+        principal, key = await self.verifier.verify_with_key(token)
+        self._remember(token, principal, key)
         await self._check_revoked(principal, token)
         return principal
 
@@ -122,9 +128,9 @@ class Authenticator:
                 self._cache.pop(token, None)
             raise Unauthorized("token has been revoked", code="invalid_token:revoked", token_presented=True)
 
-    def _remember(self, token: str, principal: Principal) -> None:
+    def _remember(self, token: str, principal: Principal, key: KeyRef | None) -> None:
         if self._cache_size <= 0 or principal.expires_at is None:
             return
-        self._cache[token] = principal
+        self._cache[token] = (principal, key)
         while len(self._cache) > self._cache_size:
             self._cache.popitem(last=False)

@@ -79,6 +79,7 @@ class IssuerSettings:
     jwks_cache_ttl_s: float = 300.0
     jwks_refetch_cooldown_s: float = 30.0
     jwks_timeout_s: float = 3.0
+    jwks_max_stale_s: float | None = None  # None: 3 x jwks_cache_ttl_s; past it, unrefreshable keys are dropped
     scope_claim: str | None = None
     own: bool = False  # the gateway's own issuer (tokens minted by `tokens:`)
 
@@ -141,6 +142,7 @@ class IssuerEntry:
     jwks_cache_ttl_s: Annotated[float, Finite(0.0)] = 300.0
     jwks_refetch_cooldown_s: Annotated[float, Finite(0.0)] = 30.0
     jwks_timeout_s: Annotated[float, Finite(0.1)] = 3.0
+    jwks_max_stale_s: Annotated[float, Finite(0.0)] | None = None  # None: 3 x jwks_cache_ttl_s
     scope_claim: Str | None = None
 
     @model_validator(mode="after")
@@ -179,6 +181,7 @@ class IssuerEntry:
             jwks_cache_ttl_s=self.jwks_cache_ttl_s,
             jwks_refetch_cooldown_s=self.jwks_refetch_cooldown_s,
             jwks_timeout_s=self.jwks_timeout_s,
+            jwks_max_stale_s=self.jwks_max_stale_s,
             scope_claim=self.scope_claim,
         )
 

@@ -17,6 +17,7 @@ import httpx
 
 from gateway.auth.authenticate import Authenticator
 from gateway.auth.basic import BasicAuthenticator
+from gateway.auth.jwks import JwksMetrics
 from gateway.auth.jwt import Principal, TokenVerifier
 from gateway.config.settings import Settings
 from gateway.errors import BadRequest, Forbidden, NotFound, Unauthorized
@@ -58,8 +59,9 @@ class Authorizer:
         policies: Sequence[Policy] | None = None,
         http: httpx.AsyncClient | None = None,
         is_revoked: Callable[[Principal], Awaitable[bool]] | None = None,
+        metrics: JwksMetrics | None = None,
     ) -> Authorizer:
-        """Compile the policies and build the verifiers that `settings` describe."""
+        """Compile the policies and build the verifiers that `settings` describe (JWKS fetches go to `metrics`)."""
         auth = settings.auth
         verifier = TokenVerifier(
             settings.all_issuers(),
@@ -67,6 +69,7 @@ class Authorizer:
             max_token_lifetime_s=auth.max_token_lifetime_s,
             max_refresh_lifetime_s=settings.tokens.refresh_ttl_s,
             http=http,
+            metrics=metrics,
         )
         basic = BasicAuthenticator(auth.basic_users, enabled=auth.basic_enabled)
         authenticator = Authenticator(verifier, basic, max_header_bytes=auth.max_header_bytes, is_revoked=is_revoked)

@@ -10,6 +10,12 @@
     smsguard_policy_reloads_total{outcome}                ok | rejected | unchanged
     smsguard_policy_version_info{version}                 1 for the version being served
     smsguard_in_flight_requests                           gauge
+    smsguard_jwks_fetches_total{issuer,outcome}           ok | http_error | compressed | too_large | invalid |
+                                                          duplicate_kid | timeout | unreachable | error
+    smsguard_jwks_keys{issuer}                            usable keys in the issuer's JWKS (0 once past max stale)
+    smsguard_jwks_fetched_timestamp_seconds{issuer}       when the set in use was fetched: its age is
+                                                          time() - this (a timestamp stays true between scrapes
+                                                          and across workers; the oldest live worker's wins)
 
 Several worker processes (`gateway serve --workers N`) use prometheus_client's multiprocess mode: the CLI
 sets `PROMETHEUS_MULTIPROC_DIR` before any worker starts, every process writes its values there, and a
@@ -146,6 +152,26 @@ class Metrics:
             registry=registry,
             multiprocess_mode="livesum",
         )
+        self.jwks_fetches = Counter(
+            "smsguard_jwks_fetches",
+            "JWKS fetches by issuer and outcome (ok, or why the answer was not used).",
+            ("issuer", "outcome"),
+            registry=registry,
+        )
+        self.jwks_keys_in_use = Gauge(
+            "smsguard_jwks_keys",
+            "Usable signing keys in each issuer's current JWKS (0 once its keys are past jwks_max_stale_s).",
+            ("issuer",),
+            registry=registry,
+            multiprocess_mode="livemin",
+        )
+        self.jwks_fetched_at = Gauge(
+            "smsguard_jwks_fetched_timestamp_seconds",
+            "Unix time each issuer's JWKS in use was fetched; the key set's age is time() minus this.",
+            ("issuer",),
+            registry=registry,
+            multiprocess_mode="livemin",
+        )
         self._aggregate: CollectorRegistry | None = None
         self._version: str | None = None
         self._request_series: dict[tuple[str, str, int], _Timings] = {}
@@ -190,6 +216,14 @@ class Metrics:
 
     def upstream_login(self, upstream: str, kind: str, outcome: str) -> None:
         self.upstream_logins.labels(upstream, kind, outcome).inc()
+
+    def jwks_fetch(self, issuer: str, outcome: str) -> None:
+        self.jwks_fetches.labels(issuer, outcome).inc()
+
+    def jwks_keys(self, issuer: str, keys: int, fetched_at: float) -> None:
+        """The issuer's usable key count and when its set was fetched (gateway.auth.jwks.JwksMetrics)."""
+        self.jwks_keys_in_use.labels(issuer).set(keys)
+        self.jwks_fetched_at.labels(issuer).set(fetched_at)
 
     def policy_reload(self, outcome: str) -> None:
         self.policy_reloads.labels(outcome).inc()
