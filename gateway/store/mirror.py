@@ -230,7 +230,6 @@ class RevocationMirror:
         conns: list[AbstractConnection] = []
         try:
             async with asyncio.timeout(self._handshake_s):
-                primaries = self._primaries()
                 conns.extend(self._connection(*endpoint) for endpoint in await self._endpoints())
                 for conn in conns:
                     await conn.connect()  # type: ignore[no-untyped-call]
