@@ -802,14 +802,51 @@ async def test_open_store_redis_uses_prefix(redis_prefix: str, admin: aioredis.R
 
 
 @pytest.mark.parametrize(
-    "url", ["redis://localhost", "redis://localhost:6379/2", "rediss://u:p@redis.example:6380/0", "unix:///tmp/r.sock"]
+    "url",
+    [
+        "redis://localhost",
+        "redis://localhost:6379/2",
+        "rediss://u:p@redis.example:6380/0",
+        "unix:///tmp/r.sock",
+        "redis+cluster://10.0.0.1:7000,10.0.0.2:7001,[::1]:7002",
+        "rediss+cluster://u:p@redis.example/0?socket_timeout=1",
+        "redis+sentinel://10.0.0.1,10.0.0.2:26380/mymaster",
+        "rediss+sentinel://:p@10.0.0.1/mymaster/3?sentinel_password=s&socket_timeout=2",
+    ],
 )
 async def test_open_store_redis_schemes(url: str) -> None:
-    """redis://, rediss:// and unix:// open a RedisStore without connecting yet."""
+    """redis://, rediss://, unix://, redis+cluster:// and redis+sentinel:// open a RedisStore without connecting yet."""
     store = open_store(url)
     assert isinstance(store, RedisStore)
     assert store.prefix == "smsguard:"
     await store.aclose()
+
+
+async def test_open_store_cluster_and_sentinel_urls_name_their_nodes() -> None:
+    """Every listed host is a seed node or a Sentinel (default ports 6379 and 26379); the Sentinel's own
+    password comes from `sentinel_password`, the master's from the URL's userinfo, the database from the path."""
+    cluster = open_store("redis+cluster://u:pw@10.0.0.1:7000,10.0.0.2")
+    sentinel = open_store("redis+sentinel://:pw@10.0.0.3,10.0.0.4:26380/mymaster/3?sentinel_password=sp")
+    assert isinstance(cluster, RedisStore)
+    assert isinstance(sentinel, RedisStore)
+    try:
+        nodes = cluster._client.nodes_manager.startup_nodes  # type: ignore[union-attr]
+        assert sorted(nodes) == ["10.0.0.1:7000", "10.0.0.2:6379"]
+        assert cluster._client.get_connection_kwargs()["password"] == "pw"  # type: ignore[union-attr]
+        pool = sentinel._client.connection_pool  # type: ignore[union-attr]
+        assert (pool.service_name, pool.connection_kwargs["db"], pool.connection_kwargs["password"]) == (
+            "mymaster",
+            3,
+            "pw",
+        )
+        sentinels = [s.connection_pool.connection_kwargs for s in pool.sentinel_manager.sentinels]
+        assert [(s["host"], s["port"], s["password"]) for s in sentinels] == [
+            ("10.0.0.3", 26379, "sp"),
+            ("10.0.0.4", 26380, "sp"),
+        ]
+    finally:
+        await cluster.aclose()
+        await sentinel.aclose()
 
 
 CANARY = "hunter2canary"
@@ -830,6 +867,15 @@ CANARY = "hunter2canary"
         (f"redis://localhost/0?password={CANARY}&nope=1", "unknown option 'nope'"),
         (f"redis://localhost/0?db=x&password={CANARY}", "Invalid value for 'db'"),
         (f"redis://u:{CANARY}@[::1", "Invalid IPv6 URL"),
+        (f"redis+cluster://u:{CANARY}@h1:7000,,h2", "every host in the list needs a name"),
+        (f"redis+cluster://u:{CANARY}@h1:7000,h2:x", "the port is not a number"),
+        (f"redis+cluster://u:{CANARY}@h1:7000/1", "a cluster has one database"),
+        (f"redis+cluster://h1?password={CANARY}&db=2", "a cluster has one database"),
+        (f"redis+cluster://h1?password={CANARY}&nope=1", "unknown option 'nope'"),
+        (f"redis+sentinel://:{CANARY}@h1:26379", "name the monitored service"),
+        (f"redis+sentinel://:{CANARY}@h1:26379/mymaster/zero", "the path must be /service or /service/db"),
+        (f"redis+sentinel://h1/m?sentinel_password={CANARY}&nope=1", "unknown option 'nope'"),
+        (f"redis+sentinel://h1/m?nope=1&SENTINEL_PASSWORD={CANARY}", "unknown option 'nope'"),
     ],
 )
 def test_open_store_rejects_bad_urls_without_echoing_passwords(url: str, reason: str) -> None:

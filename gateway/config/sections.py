@@ -245,10 +245,19 @@ class MetricsSettings:
         return self.path if self.enabled and self.port is None else None
 
 
+_STORE_SCHEMES = frozenset(
+    {"memory", "redis", "rediss", "unix", "redis+cluster", "rediss+cluster", "redis+sentinel", "rediss+sentinel"}
+)
+
+
 def _store(url: str) -> str:
     scheme = urlsplit(url).scheme
-    if scheme not in {"memory", "redis", "rediss", "unix"}:
-        raise fail(f"unsupported store {scheme or url!r}", hint="use memory:// or redis://host:6379/0")
+    if scheme.lower() not in _STORE_SCHEMES:
+        raise fail(
+            f"unsupported store {scheme or url!r}",
+            hint="use memory://, redis://host:6379/0, redis+cluster://host:port,host:port "
+            "or redis+sentinel://host:26379/service",
+        )
     return url
 
 
@@ -263,7 +272,10 @@ class Settings:
     file: SkipJsonSchema[str] = "<defaults>"
     listen: ListenSettings = field(default_factory=ListenSettings)
     store: Annotated[Text, AfterValidator(_store)] = Field(
-        default="memory://", description="memory:// (one process) or redis://host:6379/0 (shared between instances)."
+        default="memory://",
+        description="memory:// (one process), or shared between instances: redis://host:6379/0, "
+        "redis+cluster://host:port,host:port (Redis Cluster) or redis+sentinel://host:26379,host:26379/service "
+        "(the master Redis Sentinel names).",
     )
     policies: tuple[Annotated[Text, AfterValidator(_policy_path)], ...] = Field(
         default=(), description="Policy files, relative to this file."

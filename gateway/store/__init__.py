@@ -5,6 +5,8 @@
     redis    `RedisStore`, shared across processes and hosts (Lua scripts in `scripts`, the pub/sub
              revocation mirror in `mirror`)
     url      `open_store(url)`, the store a config's `store:` URL names
+    clients  the redis-py client a URL names: one server, a Redis Cluster (`redis+cluster://`) or the
+             master a Sentinel watches (`redis+sentinel://`)
 
 `RedisStore` is loaded on first use (PEP 562), so a memory-only gateway never imports redis-py.
 """

@@ -10,9 +10,11 @@ import random
 import re
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
+from typing import Any
 
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.connection import AbstractConnection
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
@@ -48,15 +50,25 @@ class RevocationMirror:
     overdue PONG ends the session; until the next one (jittered backoff) has resubscribed and reloaded,
     lookups say "don't know" and the caller asks Redis, exactly as without a mirror.
 
+    On a Redis Cluster the revocation scripts publish on the primary that owns the key's slot, and a
+    message reaches other nodes over the cluster bus with no ordering against a PING answered there. So a
+    session subscribes on every primary (each delivers its own publications before answering a PING sent
+    after them; the copies relayed from the other nodes are harmless duplicates), SCANs every primary,
+    and is complete as of the oldest of the primaries' last acknowledged PINGs. A change in the set of
+    primaries the client knows (failover, a new shard) ends the session, like any lost connection. With
+    Sentinel the connection goes to the current master; a failover closes it and the next session finds
+    the new master.
+
     Entries expire at their until: a lookup drops the expired ones it meets and the session sweeps all of
     them every `sweep_interval_s`, so memory stays bounded by what Redis itself holds.
     """
 
     def __init__(
         self,
-        client: aioredis.Redis,
+        client: aioredis.Redis | RedisCluster,
         prefix: str,
         *,
+        hash_tags: bool = False,
         heartbeat_s: float = 1.0,
         backoff_s: tuple[float, float] = (0.05, 5.0),
         sweep_interval_s: float = 60.0,
@@ -68,6 +80,7 @@ class RevocationMirror:
         self.channel = f"{prefix}revocations"
         self._key_prefix = f"{prefix}rev:".encode()
         self._match = _glob_escape(f"{prefix}rev:") + "*"
+        self._hash_tags = hash_tags  # keys name ids as `{id}` (cluster mode, see RedisStore)
         self._heartbeat_s = heartbeat_s
         self._max_lag_s = 3 * heartbeat_s
         self._handshake_s = max(5.0, self._max_lag_s)  # connect + SUBSCRIBE confirmed
@@ -179,14 +192,26 @@ class RevocationMirror:
             await asyncio.sleep(delay * random.uniform(0.5, 1.0))
             delay = min(delay * 2, high)
 
-    def _connection(self) -> AbstractConnection:
+    async def _endpoints(self) -> list[tuple[type[AbstractConnection], dict[str, Any]]]:
+        """Where to subscribe, as (connection class, its kwargs): the server, or every cluster primary."""
+        if isinstance(self._client, RedisCluster):
+            await self._client.initialize()
+            return [(node.connection_class, dict(node.connection_kwargs)) for node in self._client.get_primaries()]
+        pool = self._client.connection_pool
+        return [(pool.connection_class, dict(pool.connection_kwargs))]
+
+    def _primaries(self) -> set[str] | None:
+        """The cluster primaries the client knows now (None: not a cluster)."""
+        if isinstance(self._client, RedisCluster):
+            return {node.name for node in self._client.get_primaries()}
+        return None
+
+    def _connection(self, connection_class: type[AbstractConnection], kwargs: dict[str, Any]) -> AbstractConnection:
         """A connection outside the pool that never retries by itself (a retry would hide a gap).
 
         No socket_timeout either: redis-py then wraps writes in `asyncio.wait_for`, which on Python 3.11
         can swallow a cancellation (`aclose` would hang); the session sets its own deadlines instead.
         """
-        pool = self._client.connection_pool
-        kwargs = dict(pool.connection_kwargs)
         kwargs.update(
             retry=Retry(NoBackoff(), 0),
             retry_on_error=[],
@@ -194,43 +219,77 @@ class RevocationMirror:
             socket_timeout=None,
             socket_connect_timeout=kwargs.get("socket_connect_timeout") or self._handshake_s,
         )
-        conn: AbstractConnection = pool.connection_class(**kwargs)
+        conn: AbstractConnection = connection_class(**kwargs)
         set_handler = getattr(getattr(conn, "_parser", None), "set_pubsub_push_handler", None)
         if set_handler is not None:  # RESP3: the default handler logs every message at DEBUG
             set_handler(_returned)
         return conn
 
     async def _session(self) -> None:
-        conn = self._connection()
         self._session_synced = False
+        conns: list[AbstractConnection] = []
         try:
             async with asyncio.timeout(self._handshake_s):
-                await conn.connect()  # type: ignore[no-untyped-call]
-                await conn.send_command("SUBSCRIBE", self.channel, check_health=False)
-                reply = await conn.read_response(push_request=True)
-            if not (isinstance(reply, list) and reply[:1] == [b"subscribe"]):
-                raise _MirrorError("SUBSCRIBE was not confirmed")
+                conns.extend(self._connection(*endpoint) for endpoint in await self._endpoints())
+                for conn in conns:
+                    await conn.connect()  # type: ignore[no-untyped-call]
+                    await conn.send_command("SUBSCRIBE", self.channel, check_health=False)
+                    reply = await conn.read_response(push_request=True)
+                    if not (isinstance(reply, list) and reply[:1] == [b"subscribe"]):
+                        raise _MirrorError("SUBSCRIBE was not confirmed")
+                primaries = self._primaries()  # as of the subscriptions (initialize may have changed it)
             await self._load()
-            await self._listen(conn)
+            await self._listen_all(conns, primaries)
         finally:
             self._fresh_until = -math.inf
-            await conn.disconnect(nowait=True)
+            for conn in conns:
+                await conn.disconnect(nowait=True)
+
+    async def _listen_all(self, conns: list[AbstractConnection], primaries: set[str] | None) -> None:
+        """`_listen` on each connection; the first to end (by error) ends them all."""
+        fresh = [-math.inf] * len(conns)
+        tasks = [asyncio.ensure_future(self._listen(conn, fresh, i, primaries)) for i, conn in enumerate(conns)]
+        try:
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                task.result()  # raises the error that ended it
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _load(self) -> None:
-        """Every revocation key with its until; ones that expire meanwhile are skipped."""
-        cursor = 0
-        while True:
-            cursor, keys = await self._client.scan(cursor, match=self._match, count=1000)
-            if keys:
-                values = await self._client.mget(keys)
-                for key, value in zip(keys, values, strict=True):
-                    if value is not None:
-                        await self._load_one(_bytes(key), _bytes(value))
-            if cursor == 0:
-                return
+        """Every revocation key with its until (every primary's, on a cluster); ones that expire meanwhile
+        are skipped."""
+        batch: list[bytes | str] = []
+        async for key in self._scan():
+            batch.append(key)
+            if len(batch) >= 1000:
+                await self._load_batch(batch)
+                batch = []
+        await self._load_batch(batch)
+
+    def _scan(self) -> AsyncIterator[bytes | str]:
+        if isinstance(self._client, RedisCluster):
+            return self._client.scan_iter(match=self._match, count=1000, target_nodes=RedisCluster.PRIMARIES)
+        return self._client.scan_iter(match=self._match, count=1000)
+
+    async def _load_batch(self, keys: list[bytes | str]) -> None:
+        if not keys:
+            return
+        if isinstance(self._client, RedisCluster):
+            values = await self._client.mget_nonatomic(keys)
+        else:
+            values = await self._client.mget(keys)
+        for key, value in zip(keys, values, strict=True):
+            if value is not None:
+                await self._load_one(_bytes(key), _bytes(value))
 
     async def _load_one(self, key: bytes, value: bytes) -> None:
-        id_ = key[len(self._key_prefix) :].decode("utf-8", "surrogateescape")
+        name = key[len(self._key_prefix) :]
+        if self._hash_tags and name.startswith(b"{") and name.endswith(b"}"):
+            name = name[1:-1]
+        id_ = name.decode("utf-8", "surrogateescape")
         parsed = parse_revocation(value)
         if parsed is None:  # not written by a store: keep it as long as Redis does, refusing every token
             pttl = await self._client.pttl(key)
@@ -239,8 +298,11 @@ class RevocationMirror:
             parsed = (math.inf if pttl < 0 else self._clock() + pttl / 1000, None)
         self.note([id_], *parsed)
 
-    async def _listen(self, conn: AbstractConnection) -> None:
-        """Apply messages; PING every heartbeat; end the session when a PONG is overdue."""
+    async def _listen(
+        self, conn: AbstractConnection, fresh: list[float], index: int, primaries: set[str] | None
+    ) -> None:
+        """Apply messages; PING every heartbeat; end the session when a PONG is overdue (or, on a cluster,
+        when the primaries changed). `fresh[index]` is how long this connection vouches for the mirror."""
         pings: deque[float] = deque()  # monotonic send times of unanswered PINGs
         next_ping = next_sweep = time.monotonic()
         while not self._closed:
@@ -248,25 +310,28 @@ class RevocationMirror:
             if now >= next_ping:
                 if pings and now - pings[0] > self._max_lag_s:
                     raise _MirrorError(f"no PONG for {now - pings[0]:.1f} s")
+                if primaries is not None and self._primaries() != primaries:
+                    raise _MirrorError("the cluster's primaries changed")
                 async with asyncio.timeout(self._max_lag_s):
                     await conn.send_command("PING", check_health=False)
                 pings.append(now)
                 next_ping = now + self._heartbeat_s
-            if now >= next_sweep:
+            if now >= next_sweep and index == 0:
                 self.sweep()
                 next_sweep = now + self._sweep_interval_s
             reply = await conn.read_response(timeout=max(next_ping - time.monotonic(), 0.001), push_request=True)
             if reply is not None:
-                self._handle(reply, pings)
+                self._handle(reply, pings, fresh, index)
 
-    def _handle(self, reply: object, pings: deque[float]) -> None:
+    def _handle(self, reply: object, pings: deque[float], fresh: list[float], index: int) -> None:
         if isinstance(reply, list) and len(reply) == 3 and reply[0] == b"message":
             self._apply(reply[2])
         elif (isinstance(reply, list) and reply[:1] == [b"pong"]) or reply == b"PONG":  # RESP2, RESP3
             if not pings:
                 raise _MirrorError("PONG without PING")
-            self._fresh_until = pings.popleft() + self._max_lag_s
-            if not self._session_synced:
+            fresh[index] = pings.popleft() + self._max_lag_s
+            self._fresh_until = min(fresh)
+            if not self._session_synced and self._fresh_until > -math.inf:
                 self._session_synced = True
                 self.syncs += 1
                 _log.info("revocation mirror in sync (%d revocations)", len(self._entries))

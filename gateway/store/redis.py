@@ -19,9 +19,13 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING
 
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.sentinel import SentinelConnectionPool
+from redis.crc import key_slot
 from redis.exceptions import RedisError
 
 from gateway.store.base import check_ttl, refuses
+from gateway.store.clients import redis_client
 from gateway.store.mirror import RevocationMirror, parse_revocation
 from gateway.store.scripts import REVOKE, ROTATE, UNLOCK
 
@@ -48,7 +52,11 @@ class RedisStore:
     """The shared store on Redis: every key under `prefix`, every key with a TTL.
 
     Keys: `{prefix}rev:{id}`, `{prefix}fam:{family}`, `{prefix}kv:{key}`,
-    `{prefix}lock:{name}`. Locks are `SET NX PX` with a random token, released by a compare-and-delete
+    `{prefix}lock:{name}`; on a Redis Cluster the name is a hash tag, `{prefix}rev:{{id}}`, so a family's
+    live key and its revocation key share a slot (the rotation script needs both) while different ids
+    spread over the cluster. A revoke of several ids runs one script per slot there: each id's revocation
+    is atomic, the set of them is not (a failure part-way leaves some revoked; retrying is safe).
+    Locks are `SET NX PX` with a random token, released by a compare-and-delete
     script, so a holder that outlived `ttl_s` cannot release its successor's lock; waiters poll with
     jittered backoff. The store owns `client` and closes it in `aclose`.
 
@@ -60,7 +68,7 @@ class RedisStore:
 
     def __init__(
         self,
-        client: aioredis.Redis,
+        client: aioredis.Redis | RedisCluster,
         *,
         prefix: str = "smsguard:",
         ping_timeout_s: float = 2.0,
@@ -70,9 +78,10 @@ class RedisStore:
     ) -> None:
         if not prefix:
             raise ValueError("prefix must not be empty: every key lives under it")
-        if client.connection_pool.connection_kwargs.get("decode_responses"):
+        if _connection_kwargs(client).get("decode_responses"):
             raise ValueError("the Redis client must use decode_responses=False: values are bytes")
         self._client = client
+        self._cluster = isinstance(client, RedisCluster)
         self._prefix = prefix
         self._ping_timeout_s = ping_timeout_s
         self._revoke = client.register_script(REVOKE)
@@ -80,16 +89,18 @@ class RedisStore:
         self._unlock = client.register_script(UNLOCK)
         self._channel = f"{prefix}revocations"
         self._mirror = (
-            RevocationMirror(client, prefix, heartbeat_s=mirror_heartbeat_s, backoff_s=mirror_backoff_s)
+            RevocationMirror(
+                client, prefix, heartbeat_s=mirror_heartbeat_s, backoff_s=mirror_backoff_s, hash_tags=self._cluster
+            )
             if mirror_revocations
             else None
         )
 
     @classmethod
     def from_url(cls, url: str, *, prefix: str = "smsguard:", mirror_revocations: bool = True) -> RedisStore:
-        """A store on a new client for `redis://`, `rediss://` or `unix://` (connects lazily)."""
-        client = aioredis.Redis.from_url(url, decode_responses=False)
-        return cls(client, prefix=prefix, mirror_revocations=mirror_revocations)
+        """A store on a new client (connects lazily) for one server (`redis://`, `rediss://`, `unix://`), a
+        cluster (`redis+cluster://`) or a Sentinel-watched master (`redis+sentinel://`): see `clients`."""
+        return cls(redis_client(url), prefix=prefix, mirror_revocations=mirror_revocations)
 
     @property
     def prefix(self) -> str:
@@ -109,7 +120,23 @@ class RedisStore:
             self._mirror.start()
 
     def _key(self, kind: str, name: str) -> str:
+        if self._cluster:
+            return f"{self._prefix}{kind}:{{{name}}}"
         return f"{self._prefix}{kind}:{name}"
+
+    def _by_slot(self, keys: list[str]) -> list[list[int]]:
+        """Indexes of `keys` grouped so each group's keys share a cluster slot (one group on one server)."""
+        if not self._cluster:
+            return [list(range(len(keys)))]
+        groups: dict[int, list[int]] = {}
+        for index, key in enumerate(keys):
+            groups.setdefault(key_slot(key.encode()), []).append(index)
+        return list(groups.values())
+
+    async def _mget(self, keys: list[str]) -> list[bytes | str | None]:
+        if isinstance(self._client, RedisCluster):
+            return await self._client.mget_nonatomic(keys)
+        return await self._client.mget(keys)
 
     async def revoke(self, ids: Iterable[str], until: float, *, before: float | None = None) -> None:
         listed = list(ids)
@@ -118,7 +145,15 @@ class RedisStore:
         until_ms = _unix_ms(until)
         before_ms = "" if before is None else _unix_ms(before)
         keys = [self._key("rev", id_) for id_ in listed]
-        await self._revoke(keys=keys, args=[until_ms, self._channel, before_ms, *listed])
+        await asyncio.gather(
+            *(
+                self._revoke(
+                    keys=[keys[i] for i in group],
+                    args=[until_ms, self._channel, before_ms, *(listed[i] for i in group)],
+                )
+                for group in self._by_slot(keys)
+            )
+        )
         if self._mirror is not None:  # this process refuses them at once, before its own message arrives
             self._mirror.note(listed, int(until_ms) / 1000, None if before is None else int(before_ms) / 1000)
 
@@ -134,7 +169,7 @@ class RedisStore:
         if not found or issued_at is None:
             return bool(found)
         # something is revoked: a cutoff may still let this token through (values are read only now)
-        for value in await self._client.mget(keys):
+        for value in await self._mget(keys):
             if value is not None:
                 parsed = parse_revocation(value if isinstance(value, bytes) else value.encode())
                 if parsed is None or refuses(parsed[1], issued_at):
@@ -142,11 +177,8 @@ class RedisStore:
         return False
 
     async def start_family(self, family: str, jti: str, until: float) -> None:
-        key = self._key("fam", family)
-        async with self._client.pipeline(transaction=True) as pipe:
-            pipe.set(key, jti)
-            pipe.pexpireat(key, int(until * 1000))
-            await pipe.execute()
+        # one command (an until in the past deletes the key), so no MULTI: cluster pipelines lack it
+        await self._client.set(self._key("fam", family), jti, pxat=int(until * 1000))
 
     async def rotate_refresh(self, family: str, presented: str, new: str, until: float) -> RotateResult:
         keys = [self._key("fam", family), self._key("rev", family)]
@@ -216,3 +248,13 @@ class RedisStore:
         if self._mirror is not None:
             await self._mirror.aclose()
         await self._client.aclose()
+        pool = getattr(self._client, "connection_pool", None)
+        if isinstance(pool, SentinelConnectionPool):  # the Sentinels' own clients came with the master's
+            for sentinel in pool.sentinel_manager.sentinels:
+                await sentinel.aclose()
+
+
+def _connection_kwargs(client: aioredis.Redis | RedisCluster) -> Mapping[str, object]:
+    if isinstance(client, RedisCluster):
+        return client.get_connection_kwargs()
+    return client.connection_pool.connection_kwargs

@@ -15,10 +15,14 @@ if TYPE_CHECKING:
 __all__ = ["open_store"]
 
 _REDIS_SCHEMES = frozenset({"redis", "rediss", "unix"})
+_CLUSTER_SCHEMES = frozenset({"redis+cluster", "rediss+cluster"})  # as in gateway.store.clients (not imported:
+_SENTINEL_SCHEMES = frozenset({"redis+sentinel", "rediss+sentinel"})  # it loads redis-py)
 
 
 def open_store(url: str, *, prefix: str = "smsguard:") -> Store:
-    """The store a URL names: `memory://`, or `redis://`, `rediss://`, `unix://` (a RedisStore).
+    """The store a URL names: `memory://`, or a RedisStore on one server (`redis://`, `rediss://`, `unix://`),
+    a Redis Cluster (`redis+cluster://host:port,host:port`) or a Sentinel-watched master
+    (`redis+sentinel://host:26379,host:26379/service`); see `gateway.store.clients` for the forms.
 
     Checked eagerly (no connection is made) so a typo fails at startup: a ValueError whose message
     shows the URL with any password masked.
@@ -32,25 +36,28 @@ def open_store(url: str, *, prefix: str = "smsguard:") -> Store:
         if parts.netloc or parts.path or parts.query or parts.fragment:
             raise ValueError(f"invalid store URL {_redact(url)!r}: memory:// takes no host, path or options")
         return MemoryStore()
-    if scheme not in _REDIS_SCHEMES:
+    if scheme not in _REDIS_SCHEMES | _CLUSTER_SCHEMES | _SENTINEL_SCHEMES:
         raise ValueError(
-            f"unsupported store URL {_redact(url)!r}: use memory://, redis://host:6379/0, rediss://... or unix:///path"
+            f"unsupported store URL {_redact(url)!r}: use memory://, redis://host:6379/0, rediss://..., "
+            "unix:///path, redis+cluster://host:port,host:port or redis+sentinel://host:26379/service"
         )
     try:
         from gateway.store.redis import RedisStore  # only now: redis-py is a heavy import
 
         store = RedisStore.from_url(url, prefix=prefix)
-        # builds a connection object without connecting: rejects unknown ?options now, not at first use
-        store._client.connection_pool.make_connection()  # type: ignore[no-untyped-call]
+        pool = getattr(store._client, "connection_pool", None)  # a cluster checked its options on creation
+        if pool is not None:
+            # builds a connection object without connecting: rejects unknown ?options now, not at first use
+            pool.make_connection()
     except (ValueError, TypeError) as exc:
         raise ValueError(f"invalid store URL {_redact(url)!r}: {_reason(exc)}") from None
-    if scheme != "unix" and parts.path not in ("", "/") and not _DB_PATH.fullmatch(parts.path):
+    if scheme in _REDIS_SCHEMES - {"unix"} and parts.path not in ("", "/") and not _DB_PATH.fullmatch(parts.path):
         raise ValueError(f"invalid store URL {_redact(url)!r}: the path must be a database number such as /0")
     return store
 
 
 _DB_PATH = re.compile(r"/[0-9]+")
-_PASSWORD_PARAM = re.compile(r"(?i)((?:^|[?&;])password=)[^&;#]*")
+_PASSWORD_PARAM = re.compile(r"(?i)((?:^|[?&;])(?:sentinel_)?password=)[^&;#]*")
 
 
 def _redact(url: str) -> str:
@@ -65,6 +72,9 @@ def _redact(url: str) -> str:
     return f"{scheme}:{userinfo[: len(userinfo) - len(bare)]}{user}{':***' if colon else ''}@{hostinfo}"
 
 
+_OUR_MESSAGES = ("a cluster has", "name the monitored", "the path must be", "every host in")  # gateway.store.clients
+
+
 def _reason(exc: Exception) -> str:
     """The parser's complaint, unless it might quote part of the URL (a password, say)."""
     message = str(exc)
@@ -73,7 +83,7 @@ def _reason(exc: Exception) -> str:
         return f"unknown option {option}"
     if message.startswith("Port could not be cast"):
         return "the port is not a number"
-    if message.startswith(("Port out of range", "Invalid IPv6 URL", "Invalid value for '")):
+    if message.startswith(("Port out of range", "Invalid IPv6 URL", "Invalid value for '", *_OUR_MESSAGES)):
         return message
     return "malformed URL"
 
