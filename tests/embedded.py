@@ -5,13 +5,18 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from typing import Any
 
 import uvicorn
 from processes import free_port
 
 __all__ = ["served"]
+
+
+def _run(server: uvicorn.Server) -> None:
+    with suppress(SystemExit):  # uvicorn exits when the app's lifespan start-up fails
+        server.run()
 
 
 @contextmanager
@@ -31,7 +36,7 @@ def served(app: Any, *, lifespan: str = "on") -> Iterator[str]:
         timeout_graceful_shutdown=2,
     )
     server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, name=f"uvicorn:{port}", daemon=True)
+    thread = threading.Thread(target=_run, args=(server,), name=f"uvicorn:{port}", daemon=True)
     thread.start()
     deadline = time.monotonic() + 10
     while not server.started:
