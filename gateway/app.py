@@ -63,8 +63,22 @@ __all__ = ["Gateway", "Runtime", "build_runtime", "check_policies_against_upstre
 
 
 def check_policies_against_upstreams(settings: Settings, policies: Sequence[Policy]) -> None:
-    """In proxy mode every policy must name a configured upstream, else it would have nowhere to forward."""
+    """In proxy mode every policy must name a configured upstream, else it would have nowhere to forward.
+
+    Websocket rules are refused too: the proxy does not forward websockets (every handshake is refused),
+    so a rule allowing one would promise what `gateway serve` does not do. They are for the embedded guard.
+    """
     for policy in policies:
+        for rule in policy.rules:
+            if rule.websocket:
+                raise LoadError(
+                    "gateway serve does not proxy websockets: `websocket: true` rules are for the embedded "
+                    "GuardMiddleware",
+                    file=policy.file,
+                    line=rule.line,
+                    key="websocket",
+                    hint="remove `websocket: true` (every websocket handshake to the gateway is refused)",
+                )
         if policy.upstream is None:
             raise LoadError(
                 "a policy served by the proxy must name its upstream", file=policy.file, line=1, key="upstream"
@@ -153,11 +167,18 @@ def build_runtime(
         tokens=tokens,
         authorizer=authorizer,
         proxy=proxy,
-        guarded=GuardMiddleware(proxy, authorizer=authorizer),
+        guarded=_guarded(proxy, authorizer),
         token_endpoints=TokenEndpoints(settings.tokens.mount, tokens, authorizer.authenticator, admin=settings.admin),
         jwks=issuer.jwks() if isinstance(issuer, TokenIssuer) else {"keys": []},
         observe=_observe_plan(settings, policies),
     )
+
+
+def _guarded(proxy: ProxyApp, authorizer: Authorizer) -> GuardMiddleware:
+    """The guard in front of the proxy: the Observer logs and counts (not the guard), no embedding hint."""
+    guarded = GuardMiddleware(proxy, authorizer=authorizer, access_log="off")
+    guarded.outside_hint = ""
+    return guarded
 
 
 def _observe_plan(settings: Settings, policies: Sequence[Policy]) -> ObservePlan | None:
@@ -354,7 +375,7 @@ class Gateway:
                 runtime.in_flight -= 1
         elif kind == "lifespan":
             await self._lifespan(receive, send)
-        elif kind == "websocket":  # nothing here speaks websockets: refuse the handshake (403), never a 500
+        elif kind == "websocket":  # the proxy forwards no websockets (policies cannot allow one): 403, never a 500
             await send({"type": "websocket.close", "code": 1008})
 
     async def _http(self, runtime: Runtime, scope: Scope, receive: Receive, send: Send) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import time
 from collections.abc import AsyncIterator
@@ -17,6 +18,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from gateway.config.settings import parse_settings
+from gateway.errors import NotFound
 from gateway.guard.authorize import Authorizer
 from gateway.guard.middleware import GuardMiddleware
 from gateway.policy.loader import parse_policy
@@ -161,17 +163,155 @@ async def test_basic_auth_is_refused_when_user_unknown(client: httpx.AsyncClient
     assert response.status_code == 401
 
 
-async def test_websocket_and_lifespan_scopes_pass_through_untouched() -> None:
-    """Non-HTTP scopes reach the app unchanged, without authorization."""
-    seen: list[dict[str, Any]] = []
+async def test_lifespan_passes_and_unknown_scope_types_are_refused() -> None:
+    """Lifespan reaches the app (the guard closes itself at its end); a scope type it does not know never does."""
+    seen: list[str] = []
 
     async def inner(scope: Any, receive: Any, send: Any) -> None:
-        seen.append(dict(scope))
+        seen.append(scope["type"])
+        assert (await receive())["type"] == "lifespan.shutdown"
+        await send({"type": "lifespan.shutdown.complete"})
+
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "lifespan.shutdown"}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
 
     guard = GuardMiddleware(inner, authorizer=build_app().authorizer)
-    for scope in ({"type": "websocket", "path": "/ws", "headers": []}, {"type": "lifespan"}):
-        await guard(scope, None, None)  # type: ignore[arg-type]
-    assert seen == [{"type": "websocket", "path": "/ws", "headers": []}, {"type": "lifespan"}]
+    await guard({"type": "lifespan"}, receive, send)
+    assert seen == ["lifespan"]
+    assert sent == [{"type": "lifespan.shutdown.complete"}]
+    with pytest.raises(RuntimeError, match="unknown ASGI scope type 'webtransport'"):
+        await guard({"type": "webtransport", "path": "/api/health", "headers": []}, receive, send)
+    assert seen == ["lifespan"]
+
+
+@pytest.mark.parametrize(
+    ("extensions", "expected"),
+    [
+        ({}, [{"type": "websocket.close", "code": 1008}]),
+        ({"websocket.http.response": {}}, ["websocket.http.response.start", "websocket.http.response.body"]),
+    ],
+)
+async def test_a_websocket_is_refused_before_the_app_sees_it(extensions: dict[str, Any], expected: list[Any]) -> None:
+    """No websocket rule: closed before accept, or, with the denial extension, the HTTP refusal itself."""
+    called: list[Any] = []
+
+    async def inner(scope: Any, receive: Any, send: Any) -> None:
+        called.append(scope)
+
+    sent: list[dict[str, Any]] = []
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    guard = GuardMiddleware(inner, authorizer=build_app().authorizer, access_log="off")
+    scope = {"type": "websocket", "path": "/api/health", "raw_path": b"/api/health", "headers": []}
+    await guard({**scope, "extensions": extensions}, None, send)  # type: ignore[arg-type]
+    assert called == []
+    if expected and isinstance(expected[0], dict):
+        assert sent == expected
+        return
+    assert [message["type"] for message in sent] == expected
+    assert sent[0]["status"] == 404
+    assert b"does not allow websockets" in sent[1]["body"]
+
+
+async def test_head_on_a_get_route_says_how_to_allow_it(client: httpx.AsyncClient) -> None:
+    """A refused HEAD where a GET rule matches names the fix (add HEAD to the rule)."""
+    guard = build_app()
+    with pytest.raises(NotFound) as refused:
+        await guard.authorizer.authorize("HEAD", b"/api/health", [])
+    assert "add HEAD to its methods" in str(refused.value)
+    assert (await client.head("/api/health")).status_code == 404
+
+
+async def test_outside_the_mounts_is_denied_with_the_mounts_and_the_option(client: httpx.AsyncClient) -> None:
+    """outside="deny" (default): a path under no mount is a 404 naming the mounts and outside="pass"."""
+    response = await client.get("/docs")
+    assert response.status_code == 404
+    message = response.json()["message"]
+    assert "outside the policies' mounts: /api" in message
+    assert 'outside="pass"' in message
+
+
+async def test_outside_pass_lets_the_app_answer_outside_the_mounts_only() -> None:
+    """outside="pass": the app answers outside the mounts, anonymously; inside, and non-canonical, still guarded."""
+    guard = build_app()
+    inner = guard.app
+    assert isinstance(inner, Starlette)
+    inner.router.routes.append(Route("/docs", anything))
+    passing = GuardMiddleware(inner, authorizer=guard.authorizer, outside="pass")
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=passing), base_url="http://app") as http:
+        docs = await http.get("/docs", headers=bearer(token("all:any")))
+        assert (docs.status_code, docs.json()) == (200, {"authenticated": False})
+        assert (await http.post("/api/messages")).status_code == 401
+        assert (await http.get("/api/unlisted")).status_code == 404
+        assert (await http.get("/docs/..%2Fapi/admin")).status_code == 400
+        assert (await http.get("/%61pi/admin")).status_code == 401  # %61 is "a": inside the mount
+
+
+async def test_a_public_route_identifies_a_valid_caller_and_ignores_an_invalid_token(
+    client: httpx.AsyncClient,
+) -> None:
+    """On a public route a valid token sets request.user; an invalid one leaves the request anonymous."""
+    valid = await client.get("/api/health", headers=bearer(token("messages:read")))
+    assert valid.json() == {"authenticated": True}
+    invalid = await client.get("/api/health", headers=bearer("not-a-jwt"))
+    assert (invalid.status_code, invalid.json()) == (200, {"authenticated": False})
+
+
+async def test_request_state_carries_principal_and_decision() -> None:
+    """request.state.principal and request.state.decision are set for the app."""
+
+    async def state(request: Request) -> JSONResponse:
+        decision = request.state.decision
+        return JSONResponse({"sub": request.state.principal.subject, "rule": decision.rule.path})
+
+    guard = build_app()
+    inner = guard.app
+    assert isinstance(inner, Starlette)
+    inner.router.routes.insert(0, Route("/api/messages", state, methods=["POST"]))
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=guard), base_url="http://app") as http:
+        response = await http.post("/api/messages", headers=bearer(token("messages:send")))
+    assert response.json() == {"sub": "alice", "rule": "/messages"}
+
+
+@pytest.mark.parametrize("access_log", ["refusals", "all", "off"])
+async def test_access_events_go_through_the_apps_logging(access_log: str, caplog: pytest.LogCaptureFixture) -> None:
+    """The gateway's `request` event reaches stdlib logging `smsguard.access`: refusals by default, or all, or none."""
+    guard = build_app()
+    logged = GuardMiddleware(guard.app, authorizer=guard.authorizer, access_log=access_log)  # type: ignore[arg-type]
+    caplog.set_level("INFO", logger="smsguard.access")
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=logged), base_url="http://app") as http:
+        await http.post("/api/messages", headers=bearer(token("messages:read")))
+        await http.post("/api/messages", headers=bearer(token("messages:send")))
+    await asyncio.sleep(0)  # events are written at the end of the loop iteration
+    events = [record.msg for record in caplog.records if record.name == "smsguard.access"]
+    decisions = [(event["decision"], event["status"]) for event in events]  # type: ignore[index]
+    expected = {"refusals": [("deny", 403)], "all": [("deny", 403), ("allow", 200)], "off": []}
+    assert decisions == expected[access_log]
+    if events:
+        assert events[0]["subject"] == "alice"  # type: ignore[index]
+        assert events[0]["reason"] == "insufficient_scope"  # type: ignore[index]
+
+
+async def test_metrics_land_on_the_apps_registry() -> None:
+    """metrics_registry=: the gateway's request counter, by rule route and decision, on the app's registry."""
+    from prometheus_client import CollectorRegistry
+
+    registry = CollectorRegistry()
+    guard = build_app()
+    counted = GuardMiddleware(guard.app, authorizer=guard.authorizer, access_log="off", metrics_registry=registry)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=counted), base_url="http://app") as http:
+        await http.post("/api/messages")
+    await asyncio.sleep(0)
+    counted.observer.metrics.flush()  # type: ignore[union-attr]
+    labels = {"route": "POST /api/messages", "decision": "deny", "status": "401"}
+    assert registry.get_sample_value("smsguard_requests_total", labels) == 1.0
 
 
 def test_constructor_needs_settings_or_authorizer() -> None:

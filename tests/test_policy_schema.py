@@ -70,6 +70,11 @@ VALID = {
     "public, null scope": policy({"method": "GET", "path": "/x", "public": True, "scope": None, "any_of": None}),
     "public false with scope": policy(rule(public=False)),
     "description": policy(rule(description="why")),
+    "websocket": policy(rule(websocket=True)),
+    "websocket false on POST": policy(rule(method="POST", websocket=False)),
+    "null websocket": policy(rule(websocket=None)),
+    "public websocket": policy({"method": "GET", "path": "/ws", "public": True, "websocket": True}),
+    "websocket with methods [GET]": policy(rule(method=DROP, methods=["GET"], websocket=True)),
     "null description": policy(rule(description=None)),
     "parameters": policy(rule(path="/messages/{id}/state")),
     "trailing slash": policy(rule(path="/x/")),
@@ -133,6 +138,9 @@ INVALID = {
     "public not a boolean": policy({"method": "GET", "path": "/x", "public": "yes"}),
     "exact not a boolean": policy(rule(exact="yes")),
     "description not a string": policy(rule(description=1)),
+    "websocket not a boolean": policy(rule(websocket="yes")),
+    "websocket on POST": policy(rule(method="POST", websocket=True)),
+    "websocket on GET and HEAD": policy(rule(method=DROP, methods=["GET", "HEAD"], websocket=True)),
 }
 
 # Checks a JSON Schema cannot make: the schema accepts these, the loader refuses them.

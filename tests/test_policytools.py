@@ -616,6 +616,18 @@ class TestDiff:
         new = parse_policy(head + "  - {method: GET, path: '/x/{xid}', any_of: [b:read, a:read]}\n", "new.yaml")
         assert tools.diff_policies([old], [new]) == []
 
+    def test_a_new_websocket_rule_is_a_change(self) -> None:
+        """Allowing (or no longer allowing) websocket handshakes on a rule shows in the diff, with a note."""
+        head = "scopes: {a:read: A}\nrules:\n"
+        old = parse_policy(head + "  - {method: GET, path: /events, scope: a:read}\n", "old.yaml")
+        new = parse_policy(head + "  - {method: GET, path: /events, scope: a:read, websocket: true}\n", "new.yaml")
+        (change,) = tools.diff_policies([old], [new])
+        assert change.notes == ("now allows websocket handshakes",)
+        assert change.new is not None
+        assert change.new.text() == "a:read (+websocket)"
+        (back,) = tools.diff_policies([new], [old])
+        assert back.notes == ("no longer allows websocket handshakes",)
+
     def test_invalid_version_exits_2(self, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
         """A version that does not load (here: ambiguous) cannot be compared: exit 2 naming the problem."""
         bad = policy_file(

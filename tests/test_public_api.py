@@ -15,7 +15,7 @@ import pytest
 import gateway
 
 # Modules (and their submodules) the light entry points must not load.
-HEAVY = ("uvicorn", "redis", "httptools", "aiohttp", "gateway.proxy")
+HEAVY = ("uvicorn", "redis", "httptools", "aiohttp", "gateway.proxy", "fastapi", "gateway.guard.fastapi")
 
 
 def _loaded_after(statement: str) -> list[str]:
@@ -42,7 +42,7 @@ def _loaded_after(statement: str) -> list[str]:
     ],
 )
 def test_light_imports_load_no_server_proxy_or_redis(statement: str) -> None:
-    """`import gateway` and the embedding names load none of uvicorn, redis, httptools, aiohttp, gateway.proxy."""
+    """`import gateway` and the embedding names load none of uvicorn, redis, httptools, aiohttp, the proxy, FastAPI."""
     assert _loaded_after(statement) == [], f"{statement!r} imported heavy modules"
 
 

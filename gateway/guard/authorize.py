@@ -2,8 +2,12 @@
 
 The middleware, the reverse proxy and `gateway policy check` all call `Authorizer.authorize`, so a policy
 test or a CLI check decides exactly as the running gateway does. Order matters and is fixed:
-canonicalize the path (400) → match a rule (404, default deny) → authenticate unless public (401) →
-check scopes (403).
+canonicalize the path (400) → match a rule (404, default deny; a websocket handshake needs a rule with
+`websocket: true`) → authenticate unless public (401) → check scopes (403).
+
+A public rule still identifies its caller: a valid credential sets the Decision's principal, so the app
+knows who asked. An invalid one on a public route is ignored (the request goes on anonymously): public
+means anyone may call, and a stale token must not turn a health check or the docs into a 401.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from gateway.auth.basic import BasicAuthenticator
 from gateway.auth.jwks import JwksMetrics
 from gateway.auth.jwt import Principal, TokenVerifier
 from gateway.config.settings import Settings
-from gateway.errors import BadRequest, Forbidden, NotFound, Unauthorized
+from gateway.errors import BadRequest, Forbidden, HTTPError, NotFound, Unauthorized
 from gateway.policy.loader import load_policies
 from gateway.policy.matcher import Match, Matcher
 from gateway.policy.model import Policy, Rule
@@ -47,9 +51,12 @@ class Decision:
 class Authorizer:
     """Decides allow or deny for (method, raw path, headers) against the compiled policy."""
 
-    def __init__(self, matcher: Matcher, authenticator: Authenticator) -> None:
+    def __init__(self, matcher: Matcher, authenticator: Authenticator, mounts: Sequence[str] | None = None) -> None:
+        """`mounts`: the policies' mount points (default: those of the compiled rules)."""
         self.matcher = matcher
         self.authenticator = authenticator
+        found = {rule.mount for rule in matcher.rules()} if mounts is None else set(mounts)
+        self.mounts: tuple[str, ...] = tuple(sorted(found))
 
     @classmethod
     def from_settings(
@@ -74,7 +81,7 @@ class Authorizer:
         basic = BasicAuthenticator(auth.basic_users, enabled=auth.basic_enabled)
         authenticator = Authenticator(verifier, basic, max_header_bytes=auth.max_header_bytes, is_revoked=is_revoked)
         loaded = load_policies(settings.policies) if policies is None else policies
-        return cls(Matcher(loaded), authenticator)
+        return cls(Matcher(loaded), authenticator, [policy.mount for policy in loaded])
 
     async def aclose(self) -> None:
         await self.authenticator.verifier.aclose()
@@ -87,27 +94,48 @@ class Authorizer:
         query: bytes = b"",
         *,
         record: RequestRecord | None = None,
+        websocket: bool = False,
     ) -> Decision:
         """Return the Decision for an allowed request; raise an HTTPError for any refusal.
 
-        `record` (the access log's) learns the canonical path, the rule and the principal as soon as
-        each is known, so a refusal is logged with what was known: who lacked which scope for which rule.
+        `websocket`: the request is a websocket handshake (`method` is then GET), allowed only by a rule
+        with `websocket: true`. `record` (the access log's) learns the canonical path, the rule and the
+        principal as soon as each is known, so a refusal is logged with what was known: who lacked which
+        scope for which rule.
         """
-        path, match = self.route(method, raw_path, query)
+        path, match = self.route(method, raw_path, query, websocket=websocket)
         if record is not None:
             record.path = path
             record.rule = match.rule
-        principal = None if match.rule.public else await self.authenticator.authenticate(headers)
+        if match.rule.public:
+            principal = await self.identify(headers)
+        else:
+            principal = await self.authenticator.authenticate(headers)
         if record is not None:
             record.principal = principal
         return self.decide(path, match, principal)
 
-    def route(self, method: str, raw_path: bytes | str, query: bytes = b"") -> tuple[str, Match]:
+    async def identify(self, headers: Sequence[tuple[bytes, bytes]]) -> Principal | None:
+        """Who is calling a public route: the principal of valid credentials, None for none or invalid ones."""
+        try:
+            return await self.authenticator.authenticate(headers)
+        except HTTPError:  # invalid, expired, revoked, malformed or unverifiable now: public all the same
+            return None
+
+    def route(
+        self, method: str, raw_path: bytes | str, query: bytes = b"", *, websocket: bool = False
+    ) -> tuple[str, Match]:
         """Canonicalize and match: 400 for a non-canonical path, 404 when no rule matches (default deny)."""
         path = canonical_path(raw_path)
         match = self.matcher.match(method, path)
         if match is None:
-            raise NotFound(f"no route for {method} {path}", code="no_route")
+            raise NotFound(f"no route for {_request_name(method, websocket)} {path}{self._hint(method, path)}")
+        if websocket and not match.rule.websocket:
+            raise NotFound(
+                f"no websocket route for {path}: the rule {match.rule.label()} does not allow websockets "
+                "(add `websocket: true` to it)",
+                code="no_route:websocket",
+            )
         if _token_in_query(query):
             raise BadRequest(
                 "tokens are not accepted in the query string; use the Authorization header",
@@ -126,6 +154,23 @@ class Authorizer:
             required = rule.required_text
             raise Forbidden(f"insufficient scope: {required} required", required=required)
         return Decision(path, rule, match.params, principal)
+
+    def _hint(self, method: str, path: str) -> str:
+        """Why nothing matched, when it is a common mistake: HEAD on a GET rule, or a path outside every mount."""
+        if method == "HEAD" and self.matcher.match("GET", path) is not None:
+            return " (a GET rule matches, but HEAD is not GET unless the rule says so: add HEAD to its methods)"
+        if self.mounts and not any(inside(path, mount) for mount in self.mounts):
+            return f" (outside the policies' mounts: {', '.join(mount or '/' for mount in self.mounts)})"
+        return ""
+
+
+def inside(path: str, mount: str) -> bool:
+    """Whether `path` lies under `mount` (`""` is the root mount: everything does)."""
+    return not mount or path == mount or path.startswith(mount + "/")
+
+
+def _request_name(method: str, websocket: bool) -> str:
+    return "websocket" if websocket else method
 
 
 def _token_in_query(query: bytes) -> bool:

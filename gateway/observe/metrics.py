@@ -88,13 +88,16 @@ class Metrics:
     switches rendering to the aggregate of every process writing to that directory.
     """
 
-    def __init__(self, *, multiprocess_dir: str | None = None) -> None:
+    def __init__(self, *, multiprocess_dir: str | None = None, registry: CollectorRegistry | None = None) -> None:
+        """`registry`: register on this one (an app's, for the embedded guard) instead of a registry of its own."""
         from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
         if multiprocess_dir is None:
             multiprocess_dir = os.environ.get(MULTIPROC_ENV) or None
         self.multiprocess_dir = multiprocess_dir
-        self.registry = registry = CollectorRegistry(auto_describe=True)
+        if registry is None:
+            registry = CollectorRegistry(auto_describe=True)
+        self.registry = registry
         self.requests = Counter(
             "smsguard_requests",
             "Requests answered, by route (policy rule or gateway endpoint), decision and status.",

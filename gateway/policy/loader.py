@@ -2,8 +2,10 @@
 
 A policy is reviewed by people, so every mistake names file:line:column and the key
 (`rules[3].any_of[1]`): unknown keys, scopes outside the file's vocabulary (with a spelling hint),
-malformed methods or templates, a public rule that also names scopes. Whether two rules can claim
-the same request is decided when the rules are compiled (see `matcher.Matcher`), across all files.
+malformed methods or templates, a public rule that also names scopes, a websocket rule that is not a
+plain GET (the handshake is a GET: `{method: GET, path: /ws, scope: events:read, websocket: true}`).
+Whether two rules can claim the same request is decided when the rules are compiled (see
+`matcher.Matcher`), across all files.
 
 ```yaml
 upstream: smsgate
@@ -51,7 +53,18 @@ _PARAM = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _SCOPE_KEYS = ("scope", "any_of", "all_of")
 _SCOPE_HINT = "scopes look like resource:action, lowercase, e.g. messages:send"
 TOP_LEVEL_KEYS = ("upstream", "mount", "scopes", "rules", "version", "$schema")
-RULE_KEYS = ("method", "methods", "path", "public", "scope", "any_of", "all_of", "exact", "description")
+RULE_KEYS = (
+    "method",
+    "methods",
+    "path",
+    "public",
+    "scope",
+    "any_of",
+    "all_of",
+    "exact",
+    "websocket",
+    "description",
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,6 +197,7 @@ def _rule(node: Node, vocabulary: Mapping[str, str], upstream: str | None, mount
     given = [(key, child) for key in _SCOPE_KEYS if (child := fields.get(key)) is not None]
     description_node = fields.get("description")
     description = "" if description_node is None else description_node.string()
+    websocket = _websocket(fields.get("websocket"), methods)
     fields.close(hint=f"rule keys: {', '.join(RULE_KEYS)}")
 
     scopes: tuple[str, ...] = ()
@@ -217,7 +231,19 @@ def _rule(node: Node, vocabulary: Mapping[str, str], upstream: str | None, mount
         description=description,
         upstream=upstream,
         mount=mount,
+        websocket=websocket,
     )
+
+
+def _websocket(node: Node | None, methods: frozenset[str]) -> bool:
+    websocket = node is not None and node.boolean()
+    if websocket and methods != {"GET"}:
+        assert node is not None
+        node.fail(
+            "a websocket rule covers GET only (the handshake is a GET request)",
+            hint="write `method: GET`, and give other methods a rule of their own",
+        )
+    return websocket
 
 
 def _methods(rule: Node, one: Node | None, many: Node | None) -> frozenset[str]:

@@ -1,6 +1,7 @@
 """The policy model: frozen rules and policies, as `gateway.policy.loader` reads them from YAML.
 
-A `Rule` says which methods and path template it covers and which scopes it requires; a `Policy` is one
+A `Rule` says which methods and path template it covers (and, with `websocket`, that a websocket
+handshake may open there) and which scopes it requires; a `Policy` is one
 file's upstream, mount, scope vocabulary and rules. Whether two rules can claim the same request is
 decided when the rules are compiled (see `gateway.policy.matcher.Matcher`), across all files.
 
@@ -36,6 +37,7 @@ class Rule:
     description: str = ""
     upstream: str | None = None
     mount: str = ""
+    websocket: bool = False  # a GET rule that also allows the websocket handshake on its path
 
     def allows(self, granted: frozenset[str]) -> bool:
         """Whether a caller holding `granted` may pass; public rules let anyone through."""

@@ -105,6 +105,8 @@ def _compare(old: Requirement, new: Requirement) -> tuple[tuple[str, ...], tuple
         notes.append(f"{SUPERUSER} {'no longer satisfies it' if new.exact else 'now satisfies it'}")
     if old.upstream != new.upstream:
         notes.append(f"upstream {old.upstream or '-'} → {new.upstream or '-'}")
+    if old.websocket != new.websocket:
+        notes.append("now allows websocket handshakes" if new.websocket else "no longer allows websocket handshakes")
     return gained, lost, tuple(notes)
 
 

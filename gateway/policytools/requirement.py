@@ -20,20 +20,23 @@ class Requirement:
     mode: Literal["any", "all"] = "any"
     exact: bool = False
     upstream: str | None = None
+    websocket: bool = False  # a websocket handshake may open (embedded guard only)
 
     @classmethod
     def of(cls, rule: Rule) -> Requirement:
         if rule.public:
-            return cls(public=True, upstream=rule.upstream)
+            return cls(public=True, upstream=rule.upstream, websocket=rule.websocket)
         mode = "any" if len(rule.scopes) == 1 else rule.mode
-        return cls(False, tuple(sorted(rule.scopes)), mode, rule.exact, rule.upstream)
+        return cls(False, tuple(sorted(rule.scopes)), mode, rule.exact, rule.upstream, rule.websocket)
 
     def text(self) -> str:
-        """`public`, `messages:send`, `any_of[a, b]`, `all_of[a, b]`, with ` (exact)` for exact rules."""
+        """`public`, `messages:send`, `any_of[a, b]`, `all_of[a, b]`, with ` (exact)` and ` (+websocket)`."""
         if self.public:
-            return "public"
-        text = self.scopes[0] if len(self.scopes) == 1 else f"{self.mode}_of[{', '.join(self.scopes)}]"
-        return f"{text} (exact)" if self.exact else text
+            text = "public"
+        else:
+            text = self.scopes[0] if len(self.scopes) == 1 else f"{self.mode}_of[{', '.join(self.scopes)}]"
+            text = f"{text} (exact)" if self.exact else text
+        return f"{text} (+websocket)" if self.websocket else text
 
     def sentence(self) -> str:
         """The requirement as explain prints it."""
@@ -48,10 +51,13 @@ class Requirement:
         return f"{text} (or {SUPERUSER})"
 
     def as_json(self) -> dict[str, object]:
-        return {
+        found: dict[str, object] = {
             "public": self.public,
             "scopes": list(self.scopes),
             "mode": self.mode,
             "exact": self.exact,
             "upstream": self.upstream,
         }
+        if self.websocket:  # only when set: documents of policies without websocket rules are unchanged
+            found["websocket"] = True
+        return found

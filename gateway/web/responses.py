@@ -6,9 +6,9 @@ import json
 from collections.abc import Mapping
 
 from gateway.errors import HTTPError
-from gateway.web.asgi import Send
+from gateway.web.asgi import Scope, Send
 
-__all__ = ["error_body", "send_error", "send_json"]
+__all__ = ["error_body", "send_error", "send_json", "send_websocket_error"]
 
 _JSON = (b"content-type", b"application/json")
 
@@ -31,3 +31,24 @@ def error_body(exc: HTTPError) -> dict[str, str]:
 async def send_error(send: Send, exc: HTTPError) -> None:
     """SMSGate's error shape `{"message": ...}` with the error's status and headers (RFC 6750 challenges)."""
     await send_json(send, exc.status, error_body(exc), exc.headers)
+
+
+DENIAL_EXTENSION = "websocket.http.response"
+
+
+async def send_websocket_error(scope: Scope, send: Send, exc: HTTPError) -> int:
+    """Refuse a websocket handshake before accepting it; returns the HTTP status the client sees.
+
+    With the server's denial-response extension (uvicorn has it) the client gets the same answer as an
+    HTTP request would: the status, the RFC 6750 challenge and `{"message": ...}`. Without it the
+    socket is closed before it is accepted, which servers answer with a bare 403.
+    """
+    if DENIAL_EXTENSION not in (scope.get("extensions") or {}):
+        await send({"type": "websocket.close", "code": 1008})
+        return 403
+    payload = json.dumps(error_body(exc), separators=(",", ":")).encode()
+    headers = [(name.lower().encode("latin-1"), value.encode("latin-1")) for name, value in exc.headers.items()]
+    headers += [_JSON, (b"content-length", str(len(payload)).encode())]
+    await send({"type": "websocket.http.response.start", "status": exc.status, "headers": headers})
+    await send({"type": "websocket.http.response.body", "body": payload})
+    return exc.status
