@@ -5,6 +5,7 @@
     redis    `RedisStore`, shared across processes and hosts (Lua scripts in `scripts`, the pub/sub
              revocation mirror in `mirror`)
     url      `open_store(url)`, the store a config's `store:` URL names
+    guard    `StoreGuard`: deadlines, a circuit breaker and the store's epoch around any store
 
 `RedisStore` is loaded on first use (PEP 562), so a memory-only gateway never imports redis-py.
 """
@@ -13,14 +14,15 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from gateway.store.base import RotateResult, Store
+from gateway.store.base import Epoch, EpochSource, RotateResult, Store
+from gateway.store.guard import StoreGuard
 from gateway.store.memory import MemoryStore
 from gateway.store.url import open_store
 
 if TYPE_CHECKING:
     from gateway.store.redis import RedisStore
 
-__all__ = ["MemoryStore", "RedisStore", "RotateResult", "Store", "open_store"]
+__all__ = ["Epoch", "EpochSource", "MemoryStore", "RedisStore", "RotateResult", "Store", "StoreGuard", "open_store"]
 
 
 def __getattr__(name: str) -> object:

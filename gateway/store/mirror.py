@@ -10,7 +10,7 @@ import random
 import re
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 
 import redis.asyncio as aioredis
 from redis.asyncio.connection import AbstractConnection
@@ -82,6 +82,7 @@ class RevocationMirror:
         self._warned = False
         self._session_synced = False
         self.syncs = 0  # sessions that reached sync: 1 after start, +1 per resync
+        self.on_session: Callable[[], Awaitable[None]] | None = None  # awaited after SUBSCRIBE, before the load
 
     @property
     def in_sync(self) -> bool:
@@ -210,6 +211,8 @@ class RevocationMirror:
                 reply = await conn.read_response(push_request=True)
             if not (isinstance(reply, list) and reply[:1] == [b"subscribe"]):
                 raise _MirrorError("SUBSCRIBE was not confirmed")
+            if self.on_session is not None:  # e.g. the epoch check: a Redis restarted empty is noticed here
+                await self.on_session()
             await self._load()
             await self._listen(conn)
         finally:
