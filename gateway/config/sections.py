@@ -265,6 +265,16 @@ class Settings:
     store: Annotated[Text, AfterValidator(_store)] = Field(
         default="memory://", description="memory:// (one process) or redis://host:6379/0 (shared between instances)."
     )
+    store_timeout_s: Annotated[float, Finite(0.01)] = Field(
+        default=0.5,
+        description="Deadline of every store call; a request that needs a store that is down or frozen gets "
+        "503 with Retry-After within it.",
+    )
+    store_max_records: Annotated[int, Min(1)] = Field(
+        default=100_000,
+        description="memory:// only: at most this many refresh families and token records; at the cap the "
+        "soonest-expiring go first (revocations are never evicted).",
+    )
     policies: tuple[Annotated[Text, AfterValidator(_policy_path)], ...] = Field(
         default=(), description="Policy files, relative to this file."
     )
