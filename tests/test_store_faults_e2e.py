@@ -15,6 +15,7 @@ import asyncio
 import json
 import threading
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -177,6 +178,20 @@ async def under_load(cluster: Cluster, fault: Callable[[], Awaitable[None]]) -> 
     return outcomes
 
 
+def summary(name: str, outcomes: list[Outcome], window: LogWindow) -> str:
+    """One line of figures for `pytest -s` (the report's numbers): requests, 503s and their latency, log lines."""
+    unavailable = sorted(o.elapsed for o in outcomes if o.status == 503)
+    statuses = Counter(o.status for o in outcomes)
+    lines = {url.rsplit(":", 1)[1]: len(found) for url, found in window.lines().items()}
+    p50 = unavailable[len(unavailable) // 2] if unavailable else 0.0
+    return (
+        f"{name}: {len(outcomes)} requests {dict(statuses)}; 503 p50 {p50 * 1000:.0f} ms, max "
+        f"{(unavailable[-1] if unavailable else 0) * 1000:.0f} ms; slowest of all "
+        f"{max(o.elapsed for o in outcomes) * 1000:.0f} ms; log lines per instance {lines}\n  "
+        + "\n  ".join(next(iter(window.lines().values())))
+    )
+
+
 def check(outcomes: list[Outcome], *, valid: set[int]) -> None:
     assert len(outcomes) >= 100, "the load did not run"
     assert not [o for o in outcomes if o.status in (0, 500)], "a 500 or a broken connection"
@@ -235,6 +250,7 @@ def test_killed_then_restarted_with_data(cluster: Cluster) -> None:
     check(outcomes, valid={200, 503})
     assert [o for o in outcomes if o.status == 503], "the outage was not noticed"
     recovered(cluster, cluster.tokens["valid"])
+    print(summary("killed, restarted with data", outcomes, window))
     assert cluster.get(cluster.a.url, cluster.mint(cluster.b.url)["access_token"]).status_code == 200
     window.check()
     for instance in cluster.instances:
@@ -261,6 +277,7 @@ def test_frozen_for_five_seconds(cluster: Cluster) -> None:
     check(outcomes, valid={200, 503})
     assert [o for o in outcomes if o.status == 503], "the freeze was not noticed"
     recovered(cluster, cluster.tokens["valid"])
+    print(summary("frozen 5 s", outcomes, window))
     window.check()
     metrics = cluster.client.get(cluster.a.url + "/metrics").text
     assert "smsguard_store_up 1.0" in metrics
@@ -282,6 +299,7 @@ def test_restarted_empty_refuses_every_older_token(cluster: Cluster) -> None:
 
     outcomes = asyncio.run(under_load(cluster, fault))
     check(outcomes, valid={200, 401, 503})
+    print(summary("restarted empty", outcomes, window))
     for instance in cluster.instances:
         wait_for(lambda i=instance: cluster.get(i.url, cluster.tokens["valid"]).status_code == 401, 15, "reset seen")  # type: ignore[misc]
         refused = cluster.get(instance.url, cluster.tokens["valid"])

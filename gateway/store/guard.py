@@ -212,8 +212,10 @@ class StoreGuard:
             )
 
     async def _resubscribed(self) -> None:
-        """The mirror subscribed again: check the epoch before it loads (errors end its session)."""
+        """The mirror subscribed again: check the epoch before it loads (errors end its session); the
+        store answered, so the breaker closes too."""
         await self._check_epoch("resubscribe")
+        self._recovered()
 
     # ------------------------------------------------------------------------------ the breaker
 
