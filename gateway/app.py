@@ -51,7 +51,7 @@ from gateway.policy.paths import canonical_path
 from gateway.policy.scopes import SUPERUSER, satisfies
 from gateway.proxy.credentials import build_credentials
 from gateway.proxy.forward import ProxyApp
-from gateway.store import RedisStore, Store, open_store
+from gateway.store import MemoryStore, Store, StoreGuard, open_store
 from gateway.tokens.endpoints import TokenEndpoints
 from gateway.tokens.lineage import BASIC_IDP, Identities
 from gateway.tokens.mint import TokenIssuer
@@ -204,7 +204,9 @@ class Gateway:
         self.loggers = Loggers.build(Redactor(), level=settings.log.level, sink=log_sink)
         self.metrics = Metrics()
         self.observer = Observer(self.loggers.access, self.metrics, self._http)
-        self.store = store if store is not None else open_store(settings.store)
+        self.store = guard_store(
+            store if store is not None else open_store(settings.store), settings, self.loggers, self.metrics
+        )
         self.runtime = build_runtime(settings, self.store, loggers=self.loggers, metrics=self.metrics)
         self.metrics.serving(self.runtime.version)
         self._policy_loaded(self.runtime, None)
@@ -232,8 +234,9 @@ class Gateway:
 
     async def startup(self) -> None:
         await self.runtime.proxy.start()
-        if isinstance(self.store, RedisStore):
-            self.store.start()  # sync the revocation mirror before requests need it (aclose stops it)
+        # reads the epoch and starts the revocation mirror and the store heartbeat (aclose stops them);
+        # a store that is down now does not stop the start: requests that need it get 503 until it answers
+        await self.store.start()
         self.started = True
         if self.settings.reload.watch:
             self._watcher = asyncio.create_task(self._watch())
@@ -444,7 +447,13 @@ class Gateway:
         jwks = runtime.authorizer.authenticator.verifier.jwks_status()
         degraded = any(issuer["state"] in ("expired", "unavailable") for issuer in jwks.values())
         status = ("degraded" if degraded else "ready") if ready else "not ready"
-        body = {"status": status, "checks": checks, "policy": self.policy_status(runtime), "jwks": jwks}
+        body = {
+            "status": status,
+            "checks": checks,
+            "policy": self.policy_status(runtime),
+            "jwks": jwks,
+            "store": self.store.health(),
+        }
         await send_json(send, 200 if ready else 503, body)
 
     async def _admin_policy(self, runtime: Runtime, scope: Scope, send: Send) -> None:
@@ -463,6 +472,16 @@ class Gateway:
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         await run_lifespan(receive, send, self.startup, self.shutdown)
+
+
+def guard_store(store: Store, settings: Settings, loggers: Loggers, metrics: Metrics) -> StoreGuard:
+    """The store behind deadlines, a circuit breaker and its epoch (gateway.store.guard), counted and logged
+    by this gateway; a MemoryStore also gets the configured record cap."""
+    if isinstance(store, StoreGuard):
+        return store
+    if isinstance(store, MemoryStore):
+        store.max_records = settings.store_max_records
+    return StoreGuard(store, timeout_s=settings.store_timeout_s, log=loggers.audit, events=metrics)
 
 
 def _mark(record: RequestRecord | None, scope: Scope, path: str, *, probe: bool = False) -> None:

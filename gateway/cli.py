@@ -126,6 +126,10 @@ def _serve(args: argparse.Namespace) -> int:
     from gateway.observe.logs import resolve_format
 
     settings = load_settings(args.config)
+    unshared = unshared_state(settings, args.workers)
+    if unshared is not None:
+        print(f"gateway: {unshared}", file=sys.stderr)
+        return 2
     log_format = resolve_format(args.log_format)
     with _metrics_directory(settings, args.workers) as directory:  # before prometheus_client is imported
         from gateway.app import create_app
@@ -147,6 +151,22 @@ def _serve(args: argparse.Namespace) -> int:
             workers=args.workers,
         )
     return 0
+
+
+def unshared_state(settings: Settings, workers: int) -> str | None:
+    """Why these processes would not share revocations and refresh families (None: they would).
+
+    Each worker of `--workers N` is its own process: with `store: memory://` a token revoked in one is
+    still accepted by the others, and a refresh token rotated in one is a replay in the next.
+    """
+    if workers < 1:
+        return f"--workers must be at least 1, not {workers}"
+    if workers > 1 and settings.store.startswith("memory:"):
+        return (
+            f"--workers {workers} needs a shared store: with store: memory:// every worker keeps its own revocations; "
+            "set store: redis://host:6379/0 in the config (or run one worker)"
+        )
+    return None
 
 
 @contextlib.contextmanager
@@ -211,6 +231,14 @@ async def _token(args: argparse.Namespace) -> int:
             print("gateway: token issuing is disabled (tokens.enabled: false)", file=sys.stderr)
             return 1
         if args.token_command == "issue":
+            if settings.store.startswith("memory:"):
+                print(
+                    "gateway: token issue needs a shared store: with store: memory:// every process is its own "
+                    "store epoch and no running gateway would accept the token; set store: redis://host:6379/0, "
+                    f"or mint through POST {settings.tokens.mount}/auth/token",
+                    file=sys.stderr,
+                )
+                return 1
             pair = await gateway.tokens.issue(args.sub, args.scope, args.ttl, caller=None)
             print(json.dumps(token_response(pair), indent=2) if args.json else pair.access.token)
         elif args.sub is not None:

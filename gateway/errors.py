@@ -11,6 +11,7 @@
         ├── NotImplementedHTTP 501  (a disabled feature)
         ├── BadGateway         502  (upstream refused, reset or sent garbage)
         ├── ServiceUnavailable 503  (upstream pool exhausted; Retry-After)
+        │   └── StoreUnavailable    (the shared store is down, frozen or unreachable)
         └── GatewayTimeout     504
 
 Messages of HTTPError are shown to clients as `{"message": ...}`: they never carry a secret.
@@ -32,6 +33,7 @@ __all__ = [
     "PayloadTooLarge",
     "ServiceUnavailable",
     "SmsguardError",
+    "StoreUnavailable",
     "Unauthorized",
 ]
 
@@ -152,6 +154,20 @@ class ServiceUnavailable(HTTPError):
 
     def __init__(self, message: str, *, retry_after_s: int = 1, code: str | None = None) -> None:
         super().__init__(message, code=code, headers={"retry-after": str(retry_after_s)})
+
+
+class StoreUnavailable(ServiceUnavailable):
+    """503: a request needed the token store (revocations, refresh families) and it did not answer in time."""
+
+    code = "store_unavailable"
+
+    def __init__(
+        self,
+        message: str = "the token store is unavailable; retry shortly",
+        *,
+        retry_after_s: int = 1,
+    ) -> None:
+        super().__init__(message, retry_after_s=retry_after_s, code="store_unavailable")
 
 
 class GatewayTimeout(HTTPError):

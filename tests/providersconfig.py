@@ -2,7 +2,7 @@
 
     config = ProvidersConfig(tmp_path).add("bsg_v2", bsg.url + "/api", "{type: bsg_v2, api_key: '${T_BSG_KEY}'}")
     gateway = create_app(config.settings())
-    token = config.token("messages:send")
+    token = config.token("messages:send", gateway=gateway)  # in that gateway's store epoch
 
 Secrets live in `ENV` and reach the config only as `${VAR}`; every one is a canary (`PROVIDER_CANARIES`) that
 must never show up in a response, a log record or an exception. An upstream named differently from the
@@ -13,10 +13,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Self
+from typing import TYPE_CHECKING, Self
 
 from gateway.config.settings import Settings, load_settings
 from gateway.tokens.mint import TokenIssuer
+
+if TYPE_CHECKING:
+    from gateway.app import Gateway
 
 ROOT = Path(__file__).resolve().parent.parent
 POLICIES = ROOT / "policies"
@@ -64,6 +67,7 @@ class ProvidersConfig:
     store: str = "memory://"
     proxy: str = ""  # the body of a `proxy:` block, e.g. "{retry_buffer_bytes: 16}"
     upstreams: list[tuple[str, str, str, Path]] = field(default_factory=list)
+    gateway: Gateway | None = None  # set by the tests' `serve`: whose store epoch `token` mints in
 
     @property
     def env(self) -> dict[str, str]:
@@ -102,7 +106,32 @@ class ProvidersConfig:
         """Write the file and load it (the gateway watches it: write before starting, never after)."""
         return load_settings(self.write(), env=self.env)
 
-    def token(self, *scopes: str) -> str:
-        """A client access token of the gateway's own issuer (nothing is written to the store or the disk)."""
+    def token(self, *scopes: str, gateway: Gateway | None = None) -> str:
+        """A client access token of the gateway's own issuer, in the store epoch of `gateway` (default: the
+        one `serve` last started for this config); nothing is written to the store or the disk."""
+        gateway = gateway or self.gateway
+        if gateway is not None:
+            epoch = gateway.store.current_epoch()
+            assert epoch is not None
+            ident = epoch.id
+        else:  # processes on a shared Redis: its epoch record (created as a gateway would)
+            assert self.store.startswith("redis"), "name the gateway whose store epoch the token belongs to"
+            ident = redis_epoch(self.store)
         issuer = TokenIssuer(load_settings(self.directory / "config.yaml", env=self.env).tokens)
-        return issuer.mint_pair("app-1", scopes, 300).access.token
+        return issuer.mint_pair("app-1", scopes, 300, grant={"ep": ident}).access.token
+
+
+def redis_epoch(url: str, prefix: str = "smsguard:") -> str:
+    """The store epoch id in the Redis at `url` (SET NX first, as a gateway's first start does)."""
+    import redis
+
+    from gateway.store import Epoch
+
+    client = redis.Redis.from_url(url)
+    try:
+        client.set(prefix + "epoch", Epoch.new().dump(), nx=True)
+        epoch = Epoch.load(client.get(prefix + "epoch") or b"")
+    finally:
+        client.close()
+    assert epoch is not None
+    return epoch.id

@@ -5,6 +5,7 @@ Sentinel, all on free ports. Needs `redis-server` and `redis-cli` on PATH, as `m
 from __future__ import annotations
 
 import shutil
+import signal
 import socket
 import subprocess
 import time
@@ -18,17 +19,23 @@ from processes import free_port
 
 
 class PrivateRedis:
-    """One redis-server process (no persistence: a restart starts empty, like a crashed cache)."""
+    """One redis-server process: without `data_dir` no persistence (a restart starts empty, like a crashed
+    cache); with it an append-only file fsynced on every write (a restart keeps everything, `wipe` loses it)."""
 
-    def __init__(self) -> None:
+    def __init__(self, data_dir: Path | None = None) -> None:
         self.port = free_port()
         self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.data_dir = data_dir
         self._process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
         binary = shutil.which("redis-server")
         assert binary, "redis-server must be on PATH (the Redis tests are never skipped)"
         args = [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+        if self.data_dir is not None:
+            self.data_dir.mkdir(parents=True, exist_ok=True)
+            args[-1] = "yes"
+            args += ["--appendfsync", "always", "--dir", str(self.data_dir)]
         self._process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 10
         while True:
@@ -47,6 +54,21 @@ class PrivateRedis:
             self._process.wait()
             self._process = None
 
+    def freeze(self) -> None:
+        """SIGSTOP: connections stay open, nothing answers."""
+        assert self._process is not None
+        self._process.send_signal(signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        assert self._process is not None
+        self._process.send_signal(signal.SIGCONT)
+
+    def wipe(self) -> None:
+        """Delete the data files (while stopped): the next start is empty."""
+        assert self._process is None
+        assert self.data_dir is not None
+        shutil.rmtree(self.data_dir, ignore_errors=True)
+
     def client(self) -> aioredis.Redis:
         return aioredis.Redis.from_url(self.url)
 
@@ -55,6 +77,12 @@ async def exists_calls(admin: aioredis.Redis) -> int:
     """How many EXISTS the server has run (commandstats), scripts' included."""
     stats = await admin.info("commandstats")
     return int(stats.get("cmdstat_exists", {}).get("calls", 0))
+
+
+async def mget_calls(admin: aioredis.Redis) -> int:
+    """How many MGET the server has run (the store's fallback revocation lookup is one)."""
+    stats = await admin.info("commandstats")
+    return int(stats.get("cmdstat_mget", {}).get("calls", 0))
 
 
 @contextmanager

@@ -41,8 +41,8 @@ async def test_sigterm_finishes_in_flight_requests(tmp_path: Path) -> None:
 
 
 def test_serve_with_two_workers_answers(tmp_path: Path) -> None:
-    """--workers 2 starts two processes that both load the config (SMSGUARD_CONFIG factory)."""
-    cfg = GatewayConfig(tmp_path, "http://127.0.0.1:9/3rdparty/v1")
+    """--workers 2 starts two processes that both load the config (SMSGUARD_CONFIG factory); they share a store."""
+    cfg = GatewayConfig(tmp_path, "http://127.0.0.1:9/3rdparty/v1", store="redis://127.0.0.1:6379/0")
     port = free_port()
     process = subprocess.Popen(
         [sys.executable, "-m", "gateway", "serve", "--config", str(cfg.write()), "--port", str(port), "--workers", "2"],

@@ -152,8 +152,15 @@ def test_subject_keys_cannot_collide_through_a_colon() -> None:
 
 
 async def test_tokens_minted_before_lineage_still_work(service: TokenService, verifier: TokenVerifier) -> None:
-    """A token without idp/anc/cap (older gateway) verifies, is checked and refreshes; its identity is (self, sub)."""
-    legacy = TokenIssuer(SETTINGS.tokens, clock=lambda: NOW).mint_pair("svc", ["messages:send"], 600)
+    """A token without idp/anc/cap (older gateway) verifies, is checked and refreshes; its identity is (self, sub).
+
+    (It carries the store epoch: a token minted before epochs existed is refused, see test_store_guard.py.)
+    """
+    epoch = service.epochs.current_epoch() if service.epochs else None
+    assert epoch is not None
+    legacy = TokenIssuer(SETTINGS.tokens, clock=lambda: NOW).mint_pair(
+        "svc", ["messages:send"], 600, grant={"ep": epoch.id}
+    )
     await service.store.start_family(legacy.family, legacy.refresh.jti, NOW + 3600)
     principal = await verifier.verify(legacy.access.token)
     assert principal.identity == ("self", "svc")

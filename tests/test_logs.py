@@ -494,7 +494,7 @@ async def test_upstream_login_events(tmp_path: Path) -> None:
         )
         capture = LogCapture()
         gateway = create_app(config.settings(), log_sink=capture)
-        token = config.token("messages:send")
+        token = config.token("messages:send", gateway=gateway)
         async with UvicornServer(gateway, lifespan="on") as server, httpx.AsyncClient(base_url=server.url) as client:
             for _ in range(2):
                 response = await client.post(
@@ -518,7 +518,7 @@ async def test_upstream_login_events(tmp_path: Path) -> None:
             response = await client.post(
                 "/smsportal/v1/bulkmessages",
                 json={},
-                headers={"authorization": f"Bearer {config.token('messages:send')}"},
+                headers={"authorization": f"Bearer {config.token('messages:send', gateway=gateway)}"},
             )
             assert response.status_code == 502
     (failed,) = capture.events("upstream.login_failed")
@@ -542,7 +542,8 @@ async def test_upstream_credential_failure_event(tmp_path: Path) -> None:
         gateway = create_app(config.settings(), log_sink=capture)
         async with UvicornServer(gateway, lifespan="on") as server, httpx.AsyncClient(base_url=server.url) as client:
             response = await client.get(
-                "/bsg/v1/common/balance", headers={"authorization": f"Bearer {config.token('balance:read')}"}
+                "/bsg/v1/common/balance",
+                headers={"authorization": f"Bearer {config.token('balance:read', gateway=gateway)}"},
             )
             assert response.status_code == 502
             await asyncio.sleep(0.05)

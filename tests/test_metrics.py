@@ -111,7 +111,7 @@ async def test_token_exchange_logins_and_cache_hits(tmp_path: Path) -> None:
     async with FakeSMSPortal(SMSPORTAL_ID, SMSPORTAL_SECRET) as portal:
         config = ProvidersConfig(tmp_path).add("smsportal", portal.url + "/v1", SMSPORTAL)
         gateway = create_app(config.settings(), log_sink=NullSink())
-        bearer = {"authorization": f"Bearer {config.token('messages:send')}"}
+        bearer = {"authorization": f"Bearer {config.token('messages:send', gateway=gateway)}"}
         async with UvicornServer(gateway, lifespan="on") as server, httpx.AsyncClient(base_url=server.url) as client:
             for _ in range(3):
                 assert (await client.post("/smsportal/v1/bulkmessages", json={}, headers=bearer)).status_code == 200
@@ -124,6 +124,7 @@ async def test_token_exchange_logins_and_cache_hits(tmp_path: Path) -> None:
     async with FakeSMSPortal(SMSPORTAL_ID, "not-the-secret") as portal:
         config = ProvidersConfig(tmp_path).add("smsportal", portal.url + "/v1", SMSPORTAL)
         gateway = create_app(config.settings(), log_sink=NullSink())
+        bearer = {"authorization": f"Bearer {config.token('messages:send', gateway=gateway)}"}  # its own epoch
         async with UvicornServer(gateway, lifespan="on") as server, httpx.AsyncClient(base_url=server.url) as client:
             assert (await client.post("/smsportal/v1/bulkmessages", json={}, headers=bearer)).status_code == 502
             samples = await scrape(client)
@@ -227,7 +228,12 @@ def wait_for_workers(port: int, count: int) -> None:
 def test_several_workers_are_aggregated(tmp_path: Path) -> None:
     """--workers 2: every scrape, whichever worker answers it, counts the requests of both; JSON lines on stderr."""
     upstream_port = free_port()
-    config = GatewayConfig(tmp_path, f"http://127.0.0.1:{upstream_port}/3rdparty/v1", extra="reload: {watch: false}\n")
+    config = GatewayConfig(
+        tmp_path,
+        f"http://127.0.0.1:{upstream_port}/3rdparty/v1",
+        store="redis://127.0.0.1:6379/0",  # workers must share a store (memory:// refuses to start)
+        extra="reload: {watch: false}\n",
+    )
     path = config.write()
     port = free_port()
     log = tmp_path / "gateway.log"

@@ -51,6 +51,7 @@ def basic(user: str, password: str) -> str:
 @contextlib.asynccontextmanager
 async def serve(config: ProvidersConfig) -> AsyncIterator[tuple[httpx.AsyncClient, Gateway]]:
     gateway = create_app(config.settings())
+    config.gateway = gateway
     async with (
         UvicornServer(gateway, lifespan="on") as server,
         httpx.AsyncClient(base_url=server.url, timeout=10) as client,

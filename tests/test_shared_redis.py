@@ -10,7 +10,7 @@ import httpx
 from fakes import RecordingUpstream, Reply, UvicornServer
 from gatewayconfig import OPS_PASSWORD, GatewayConfig
 from processes import gateway_process
-from redisserver import exists_calls, private_redis
+from redisserver import exists_calls, mget_calls, private_redis
 
 from gateway.app import create_app
 from gateway.store import RedisStore
@@ -60,7 +60,7 @@ async def test_the_other_instance_checks_revocation_from_its_mirror(tmp_path: Pa
                     UvicornServer(second, lifespan="on") as b,
                     httpx.AsyncClient() as client,
                 ):
-                    stores = [first.store, second.store]
+                    stores = [first.store.inner, second.store.inner]
                     assert all(isinstance(store, RedisStore) for store in stores)
                     deadline = time.monotonic() + 3
                     while not all(store.revocations_mirrored for store in stores if isinstance(store, RedisStore)):
@@ -72,7 +72,7 @@ async def test_the_other_instance_checks_revocation_from_its_mirror(tmp_path: Pa
                     assert issued.status_code == 201
                     pair = issued.json()
                     bearer = {"authorization": f"Bearer {pair['access_token']}"}
-                    before = await exists_calls(admin)
+                    before, mgets = await exists_calls(admin), await mget_calls(admin)
                     assert (await client.get(b.url + "/3rdparty/v1/messages", headers=bearer)).status_code == 200
                     revoked = await client.delete(f"{a.url}{TOKEN}/{pair['id']}", auth=("ops", OPS_PASSWORD))
                     assert revoked.status_code == 204
@@ -80,6 +80,7 @@ async def test_the_other_instance_checks_revocation_from_its_mirror(tmp_path: Pa
                     assert after.status_code == 401
                     assert "revoked" in after.json()["message"]
                     assert await exists_calls(admin) == before, "B asked Redis instead of its mirror"
+                    assert await mget_calls(admin) == mgets, "B asked Redis instead of its mirror"
             finally:
                 await admin.aclose()
     assert len(upstream.requests) == 1

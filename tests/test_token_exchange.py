@@ -30,6 +30,7 @@ REDIS_URL = "redis://127.0.0.1:6379/0"
 @contextlib.asynccontextmanager
 async def serve(config: ProvidersConfig, connections: int = 100) -> AsyncIterator[tuple[httpx.AsyncClient, Gateway]]:
     gateway = create_app(config.settings())
+    config.gateway = gateway
     limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
     async with (
         UvicornServer(gateway, lifespan="on") as server,

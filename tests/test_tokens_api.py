@@ -270,13 +270,16 @@ tokens:
 """
     settings = parse_settings(text, env=env)
     old_only = parse_settings(text.replace('    - {kid: new, algorithm: EdDSA, private_key: "${NEW}"}\n', ""), env=env)
-    old_token = TokenIssuer(old_only.tokens).mint_pair("legacy", ["messages:send"], 60).access.token
     async with RecordingUpstream() as up:
         cfg = GatewayConfig(tmp_path, up.url + "/3rdparty/v1")
         base = cfg.settings()
         import dataclasses
 
         gateway = create_app(dataclasses.replace(base, tokens=dataclasses.replace(settings.tokens, max_ttl_s=3600)))
+        epoch = gateway.store.current_epoch()  # a token of this store's epoch, signed with the old key only
+        assert epoch is not None
+        old_token = TokenIssuer(old_only.tokens).mint_pair("legacy", ["messages:send"], 60, grant={"ep": epoch.id})
+        old_token = old_token.access.token
         async with UvicornServer(gateway, lifespan="on") as server, httpx.AsyncClient(base_url=server.url) as client:
             minted = (await client.post(TOKEN, json={"scopes": ["messages:send"]}, auth=OPS)).json()
             jwks = (await client.get("/.well-known/jwks.json")).json()
@@ -347,7 +350,7 @@ async def test_a_revocation_outlives_exp_by_the_verifiers_leeway(grace_s: float)
         "self",
         pair.access.jti,
         pair.access.expires_at,
-        {"fam": pair.family},
+        {"fam": pair.family, "ep": store.epoch.id},
         "access",
     )
     now[0] = pair.access.expires_at + 15  # past exp, inside a 30 s leeway: still accepted by the verifier

@@ -277,6 +277,16 @@ class Settings:
         "redis+cluster://host:port,host:port (Redis Cluster) or redis+sentinel://host:26379,host:26379/service "
         "(the master Redis Sentinel names).",
     )
+    store_timeout_s: Annotated[float, Finite(0.01)] = Field(
+        default=0.5,
+        description="Deadline of every store call; a request that needs a store that is down or frozen gets "
+        "503 with Retry-After within it.",
+    )
+    store_max_records: Annotated[int, Min(1)] = Field(
+        default=100_000,
+        description="memory:// only: at most this many refresh families and token records; at the cap the "
+        "soonest-expiring go first (revocations are never evicted).",
+    )
     policies: tuple[Annotated[Text, AfterValidator(_policy_path)], ...] = Field(
         default=(), description="Policy files, relative to this file."
     )

@@ -16,6 +16,10 @@
     smsguard_jwks_fetched_timestamp_seconds{issuer}       when the set in use was fetched: its age is
                                                           time() - this (a timestamp stays true between scrapes
                                                           and across workers; the oldest live worker's wins)
+    smsguard_store_errors_total{reason}                   store calls that failed: timeout | error, or were
+                                                          refused at once while the store is down: unavailable
+    smsguard_store_up                                     gauge: 1 while the store answers (the breaker is closed)
+    smsguard_store_resets_total                           the store's epoch changed: it lost its data
 
 Several worker processes (`gateway serve --workers N`) use prometheus_client's multiprocess mode: the CLI
 sets `PROMETHEUS_MULTIPROC_DIR` before any worker starts, every process writes its values there, and a
@@ -175,6 +179,24 @@ class Metrics:
             registry=registry,
             multiprocess_mode="livemin",
         )
+        self.store_errors = Counter(
+            "smsguard_store_errors",
+            "Store calls that failed (timeout, error) or were refused at once while the store is down (unavailable).",
+            ("reason",),
+            registry=registry,
+        )
+        self.store_up = Gauge(
+            "smsguard_store_up",
+            "1 while the store answers within its deadline, 0 while requests that need it get 503.",
+            registry=registry,
+            multiprocess_mode="livemin",
+        )
+        self.store_up.set(1)
+        self.store_resets = Counter(
+            "smsguard_store_resets",
+            "Times the store's epoch changed (it lost its data): tokens minted before are refused.",
+            registry=registry,
+        )
         self._aggregate: CollectorRegistry | None = None
         self._version: str | None = None
         self._request_series: dict[tuple[str, str, int], _Timings] = {}
@@ -227,6 +249,15 @@ class Metrics:
         """The issuer's usable key count and when its set was fetched (gateway.auth.jwks.JwksMetrics)."""
         self.jwks_keys_in_use.labels(issuer).set(keys)
         self.jwks_fetched_at.labels(issuer).set(fetched_at)
+
+    def store_error(self, reason: str) -> None:
+        self.store_errors.labels(reason).inc()
+
+    def store_state(self, up: bool) -> None:
+        self.store_up.set(1 if up else 0)
+
+    def store_reset(self) -> None:
+        self.store_resets.inc()
 
     def policy_reload(self, outcome: str) -> None:
         self.policy_reloads.labels(outcome).inc()

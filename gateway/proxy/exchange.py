@@ -18,7 +18,8 @@ upstream's name only (`uptoken:{name}`, `login:{name}`).
 
 Logged on the `smsguard.upstream` logger: `upstream.login` (kind login|refresh, expires_in_s),
 `upstream.login_failed`, `upstream.credential_failure` (the upstream refused the gateway's token) and
-`upstream.store_unavailable`; counted in `smsguard_upstream_token_logins_total` and
+`upstream.store_unavailable` (the store is down: this process logs in and caches on its own meanwhile,
+never a 500); counted in `smsguard_upstream_token_logins_total` and
 `smsguard_upstream_token_cache_hits_total` when the gateway's `Metrics` are given.
 """
 
@@ -42,7 +43,7 @@ from redis.exceptions import RedisError
 
 from gateway.config.credentials import BasicPair, LoginRequest, RefreshRequest, TokenExchangeSettings, field_value
 from gateway.config.fields import Secret, secrets_in
-from gateway.errors import BadGateway, GatewayTimeout, HTTPError
+from gateway.errors import BadGateway, GatewayTimeout, HTTPError, StoreUnavailable
 from gateway.observe.logs import Redactor, make_logger
 from gateway.proxy.injector import Credentials, OutgoingRequest
 from gateway.store import MemoryStore, Store
@@ -222,11 +223,11 @@ class TokenExchange(Credentials):
                 )
             except TimeoutError:
                 return  # the holder is renewing it anyway
-            except (RedisError, OSError) as exc:
+            except (RedisError, OSError, StoreUnavailable) as exc:
                 self._store_unavailable("lock", exc)
             cached = await self._load()
             if cached is not None and cached.value == token.value:
-                with contextlib.suppress(RedisError, OSError):
+                with contextlib.suppress(RedisError, OSError, StoreUnavailable):
                     await self._store.delete(self._key)
 
     async def _renew(self, stale: str | None) -> ProviderToken:
@@ -246,7 +247,7 @@ class TokenExchange(Credentials):
                 raise GatewayTimeout(
                     "timed out waiting for the gateway's login to the upstream", code="upstream_login_timeout"
                 ) from None
-            except (RedisError, OSError) as exc:
+            except (RedisError, OSError, StoreUnavailable) as exc:
                 self._store_unavailable("lock", exc)
             cached = await self._load()  # another process may have renewed it while we waited
             now = self._clock()
@@ -262,7 +263,7 @@ class TokenExchange(Credentials):
     async def _load(self) -> ProviderToken | None:
         try:
             raw = await self._store.get(self._key)
-        except (RedisError, OSError) as exc:
+        except (RedisError, OSError, StoreUnavailable) as exc:
             self._store_unavailable("read", exc)
             return None
         return None if raw is None else ProviderToken.load(raw)
@@ -273,7 +274,7 @@ class TokenExchange(Credentials):
             return
         try:
             await self._store.set(self._key, token.dump(), ttl_s)
-        except (RedisError, OSError) as exc:
+        except (RedisError, OSError, StoreUnavailable) as exc:
             self._store_unavailable("write", exc)
 
     # ----------------------------------------------------------------------------------- login, refresh

@@ -7,6 +7,7 @@
     url      `open_store(url)`, the store a config's `store:` URL names
     clients  the redis-py client a URL names: one server, a Redis Cluster (`redis+cluster://`) or the
              master a Sentinel watches (`redis+sentinel://`)
+    guard    `StoreGuard`: deadlines, a circuit breaker and the store's epoch around any store
 
 `RedisStore` is loaded on first use (PEP 562), so a memory-only gateway never imports redis-py.
 """
@@ -15,14 +16,15 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from gateway.store.base import RotateResult, Store
+from gateway.store.base import Epoch, EpochSource, RotateResult, Store
+from gateway.store.guard import StoreGuard
 from gateway.store.memory import MemoryStore
 from gateway.store.url import open_store
 
 if TYPE_CHECKING:
     from gateway.store.redis import RedisStore
 
-__all__ = ["MemoryStore", "RedisStore", "RotateResult", "Store", "open_store"]
+__all__ = ["Epoch", "EpochSource", "MemoryStore", "RedisStore", "RotateResult", "Store", "StoreGuard", "open_store"]
 
 
 def __getattr__(name: str) -> object:

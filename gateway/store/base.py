@@ -12,11 +12,14 @@ picks one from a URL. Callers pass ids and hashes as key names, never secrets; v
 
 from __future__ import annotations
 
+import secrets
+import time
 from collections.abc import Iterable
 from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
 from typing import Literal, Protocol, runtime_checkable
 
-__all__ = ["RotateResult", "Store", "check_ttl", "merge_cutoff", "refuses"]
+__all__ = ["Epoch", "EpochSource", "RotateResult", "Store", "check_ttl", "merge_cutoff", "refuses"]
 
 RotateResult = Literal["rotated", "replayed", "revoked"]
 
@@ -68,6 +71,48 @@ class Store(Protocol):
 
     async def aclose(self) -> None:
         """Release connections."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class Epoch:
+    """The store's epoch: a random id written once (no TTL) when the store is first used, with its start.
+
+    Every token the gateway mints carries the id (claim `ep`). A store that lost its data loses its epoch
+    too, gets a new one, and so refuses every token minted before: a lost revocation can never turn a
+    revoked token valid again. `MemoryStore` starts a new epoch with every process.
+    """
+
+    id: str
+    started_at: float  # unix seconds
+
+    @classmethod
+    def new(cls, clock: float | None = None) -> Epoch:
+        return cls(secrets.token_hex(8), time.time() if clock is None else clock)
+
+    def dump(self) -> bytes:
+        return f"{self.id}:{int(self.started_at * 1000)}".encode()
+
+    @classmethod
+    def load(cls, raw: bytes | str) -> Epoch | None:
+        """An epoch record as `dump` writes it; None for anything else."""
+        text = raw.decode("ascii", "replace") if isinstance(raw, bytes) else raw
+        ident, colon, started = text.partition(":")
+        if not (colon and ident.isalnum() and started.isdigit()):
+            return None
+        return cls(ident, int(started) / 1000)
+
+
+@runtime_checkable
+class EpochSource(Protocol):
+    """A store that knows its epoch (`MemoryStore`, and `StoreGuard` around any store)."""
+
+    def current_epoch(self) -> Epoch | None:
+        """The epoch as last confirmed (None: never reached the store yet)."""
+        ...
+
+    async def confirm_epoch(self) -> Epoch:
+        """The epoch read from the store now (created if missing), for minting."""
         ...
 
 

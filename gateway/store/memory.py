@@ -4,18 +4,24 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import heapq
+import logging
 import time
 from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from gateway.store.base import check_ttl, merge_cutoff, refuses
+from gateway.store.base import Epoch, check_ttl, merge_cutoff, refuses
 
 if TYPE_CHECKING:
     from gateway.store.base import RotateResult
 
-__all__ = ["MemoryStore"]
+__all__ = ["DEFAULT_MAX_RECORDS", "MemoryStore"]
+
+_log = logging.getLogger(__name__)
+
+DEFAULT_MAX_RECORDS = 100_000  # refresh families + cached values (token records): ~50 MiB of minted pairs
 
 
 @dataclass(slots=True)
@@ -31,10 +37,30 @@ class MemoryStore:
     `sweep_interval_s` of clock time has passed since the last sweep, so entries nobody reads again are
     still dropped. Operations never await, so each one (notably `rotate_refresh`) is atomic on the loop.
     Locks are per-process asyncio locks; `ttl_s` is ignored (a holder cannot vanish without releasing).
+
+    At most `max_records` refresh families and cached values (token records, provider tokens) are held:
+    at the cap, expired entries are swept, then the soonest-expiring families go first (their refresh
+    tokens stop working: fail closed), then the soonest-expiring values (a token whose record went can
+    still be revoked by subject). One warning per episode. Revocations are never evicted (that would
+    un-revoke a token); they leave only when they expire.
+
+    Every instance is its own epoch (`epoch`): a new process is a new store, and refuses older tokens.
     """
 
-    def __init__(self, *, clock: Callable[[], float] = time.time, sweep_interval_s: float = 60.0) -> None:
+    def __init__(
+        self,
+        *,
+        clock: Callable[[], float] = time.time,
+        sweep_interval_s: float = 60.0,
+        max_records: int = DEFAULT_MAX_RECORDS,
+    ) -> None:
+        if max_records < 1:
+            raise ValueError("max_records must be at least 1")
         self._clock = clock
+        self.epoch = Epoch.new(clock())
+        self.max_records = max_records
+        self.evicted = 0  # records dropped at the cap, for tests and readiness
+        self._capped = False  # inside an eviction episode (logged once)
         self._sweep_interval_s = sweep_interval_s
         self._next_sweep = clock() + sweep_interval_s
         self._revoked: dict[str, float] = {}  # id -> until
@@ -49,6 +75,39 @@ class MemoryStore:
         Not `__len__`: an empty store must stay truthy (`store or open_store(...)`).
         """
         return len(self._revoked) + len(self._families) + len(self._values)
+
+    def current_epoch(self) -> Epoch:
+        return self.epoch
+
+    async def confirm_epoch(self) -> Epoch:
+        return self.epoch
+
+    def _make_room(self, now: float) -> None:
+        """Called before adding a family or value: keep evictable records under `max_records`."""
+        if len(self._families) + len(self._values) < self.max_records:
+            if self._capped and len(self._families) + len(self._values) < self.max_records * 0.8:
+                self._capped = False  # the episode is over: the next one is logged again
+            return
+        self.sweep()
+        held = len(self._families) + len(self._values)
+        if held < self.max_records:
+            return
+        excess = held - int(self.max_records * 0.95) + 1  # room for a batch, so eviction is not per insert
+        if not self._capped:
+            self._capped = True
+            _log.warning(
+                "memory store at its cap of %d records: evicting the soonest-expiring refresh families and "
+                "token records (raise store_max_records, or use store: redis://...)",
+                self.max_records,
+            )
+        families = heapq.nsmallest(excess, self._families.items(), key=lambda item: item[1][1])
+        for family, _ in families:
+            del self._families[family]
+        excess -= len(families)
+        if excess > 0:
+            for key, _ in heapq.nsmallest(excess, self._values.items(), key=lambda item: item[1][1]):
+                del self._values[key]
+        self.evicted += held - (len(self._families) + len(self._values))
 
     def sweep(self) -> int:
         """Drop every expired entry now; returns how many went."""
@@ -100,7 +159,10 @@ class MemoryStore:
         return refuses(self._cutoffs.get(id_), issued_at)
 
     async def start_family(self, family: str, jti: str, until: float) -> None:
-        if until > self._now():
+        now = self._now()
+        if until > now:
+            if family not in self._families:
+                self._make_room(now)
             self._families[family] = (jti, until)
         else:
             self._families.pop(family, None)
@@ -136,7 +198,10 @@ class MemoryStore:
 
     async def set(self, key: str, value: bytes, ttl_s: float) -> None:
         check_ttl(ttl_s)
-        self._values[key] = (value, self._now() + ttl_s)
+        now = self._now()
+        if key not in self._values:
+            self._make_room(now)
+        self._values[key] = (value, now + ttl_s)
 
     async def delete(self, key: str) -> None:
         self._values.pop(key, None)

@@ -10,7 +10,7 @@ import random
 import re
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -95,6 +95,7 @@ class RevocationMirror:
         self._warned = False
         self._session_synced = False
         self.syncs = 0  # sessions that reached sync: 1 after start, +1 per resync
+        self.on_session: Callable[[], Awaitable[None]] | None = None  # awaited after SUBSCRIBE, before the load
 
     @property
     def in_sync(self) -> bool:
@@ -238,6 +239,8 @@ class RevocationMirror:
                     if not (isinstance(reply, list) and reply[:1] == [b"subscribe"]):
                         raise _MirrorError("SUBSCRIBE was not confirmed")
                 primaries = self._primaries()  # as of the subscriptions (initialize may have changed it)
+            if self.on_session is not None:  # e.g. the epoch check: a Redis restarted empty is noticed here
+                await self.on_session()
             await self._load()
             await self._listen_all(conns, primaries)
         finally:

@@ -13,7 +13,7 @@ import logging
 import math
 import random
 import secrets
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from contextlib import AbstractAsyncContextManager
 from types import MappingProxyType
 from typing import TYPE_CHECKING
@@ -21,10 +21,11 @@ from typing import TYPE_CHECKING
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.sentinel import SentinelConnectionPool
+from redis.backoff import NoBackoff
 from redis.crc import key_slot
 from redis.exceptions import RedisError
 
-from gateway.store.base import check_ttl, refuses
+from gateway.store.base import Epoch, check_ttl, refuses
 from gateway.store.clients import redis_client
 from gateway.store.mirror import RevocationMirror, parse_revocation
 from gateway.store.scripts import REVOKE, ROTATE, UNLOCK
@@ -252,6 +253,86 @@ class RedisStore:
         if isinstance(pool, SentinelConnectionPool):  # the Sentinels' own clients came with the master's
             for sentinel in pool.sentinel_manager.sentinels:
                 await sentinel.aclose()
+
+    # -- epochs and faults (issue 14): used by gateway.store.guard.StoreGuard -------------------------
+
+    def bound_calls(self, timeout_s: float) -> None:
+        """Give every pooled command a socket deadline and at most one immediate retry, on a fresh
+        connection and only after a connection error (a pooled connection Redis closed when it restarted).
+
+        Call before the first command. The mirror's connection keeps its own deadlines.
+        """
+        from redis.asyncio.retry import Retry as AsyncRetry
+        from redis.exceptions import ConnectionError as RedisConnectionError
+
+        self._client.set_retry(AsyncRetry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)))
+        kwargs = _connection_kwargs(self._client)
+        assert isinstance(kwargs, dict)
+        kwargs.update(socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
+
+    @property
+    def epoch_key(self) -> str:
+        """`{prefix}epoch`: the store's epoch record (no TTL)."""
+        return f"{self._prefix}epoch"
+
+    async def ensure_epoch(self) -> Epoch:
+        """The epoch record, written now with SET NX when missing (another instance's, if it won)."""
+        raw = await self._client.get(self.epoch_key)
+        if raw is None:
+            await self._client.set(self.epoch_key, Epoch.new().dump(), nx=True)
+            raw = await self._client.get(self.epoch_key)
+        epoch = None if raw is None else Epoch.load(raw)
+        if epoch is None:
+            raise RedisError(f"the epoch record {self.epoch_key} is missing or malformed")
+        return epoch
+
+    async def is_revoked_with_epoch(self, ids: Iterable[str], issued_at: float | None) -> tuple[bool, bytes | None]:
+        """`is_revoked` for the fallback path: the revocation keys and the epoch record in one round trip
+        (a pipeline), so a Redis restarted empty is seen as such before it answers "not revoked"."""
+        keys = [self._key("rev", id_) for id_ in ids]
+        if self._cluster:  # keys on several shards: no single round trip; the epoch is read after them
+            values = await self._mget(keys)
+            epoch = await self._client.get(self.epoch_key)
+        else:
+            async with self._client.pipeline(transaction=False) as pipe:
+                pipe.mget(keys)
+                pipe.get(self.epoch_key)
+                values, epoch = await pipe.execute()
+        revoked = False
+        for value in values:
+            if value is not None:
+                parsed = parse_revocation(value if isinstance(value, bytes) else value.encode())
+                if parsed is None or refuses(parsed[1], issued_at):
+                    revoked = True
+                    break
+        return revoked, (epoch.encode() if isinstance(epoch, str) else epoch)
+
+    def mirror_lookup(self, ids: Iterable[str], issued_at: float | None) -> bool | None:
+        """The mirror's answer without a round trip: True (revoked), False (in sync, not revoked), None."""
+        if self._mirror is None:
+            return None
+        return self._mirror.lookup(ids, issued_at)
+
+    def on_resubscribe(self, callback: Callable[[], Awaitable[None]]) -> None:
+        """Await `callback` each time the mirror has subscribed again, before it loads and trusts anything."""
+        if self._mirror is not None:
+            self._mirror.on_session = callback
+
+    async def persistence(self) -> str:
+        """How the connected Redis persists: `aof`, `rdb`, `aof+rdb`, `none`, or `unknown` (not permitted)."""
+        try:
+            info = await self._client.info("persistence")
+        except RedisError:
+            return "unknown"
+        aof = str(info.get("aof_enabled", "")) == "1"
+        try:
+            save = await self._client.config_get("save")
+        except RedisError:
+            return "aof" if aof else "unknown"
+        values = {(k.decode() if isinstance(k, bytes) else str(k)): v for k, v in dict(save).items()}
+        value = values.get("save") or b""
+        rdb = bool(value.decode() if isinstance(value, bytes) else str(value))
+        return "aof+rdb" if aof and rdb else "aof" if aof else "rdb" if rdb else "none"
 
 
 def _connection_kwargs(client: aioredis.Redis | RedisCluster) -> Mapping[str, object]:

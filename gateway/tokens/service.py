@@ -22,11 +22,12 @@ from typing import TYPE_CHECKING
 
 from gateway.auth.jwt import Principal
 from gateway.config.settings import TokenSettings
-from gateway.errors import BadRequest, Forbidden, HTTPError, NotFound, Unauthorized
+from gateway.errors import BadRequest, Forbidden, HTTPError, NotFound, StoreUnavailable, Unauthorized
 from gateway.observe.logs import make_logger
 from gateway.policy.scopes import SUPERUSER, is_valid_scope
-from gateway.store import Store
+from gateway.store import EpochSource, Store
 from gateway.tokens.lineage import (
+    OWN_ISSUER,
     Grant,
     Identities,
     ancestors_of,
@@ -43,6 +44,7 @@ if TYPE_CHECKING:
 __all__ = ["MANAGE_SCOPE", "TokenRecord", "TokenService"]
 
 MANAGE_SCOPE = "tokens:manage"
+EPOCH_CLAIM = "ep"  # the store epoch a gateway token was minted in (gateway.store.base.Epoch)
 _RECORD = "tok:"
 
 
@@ -79,6 +81,8 @@ class TokenService:
         self.vocabulary = frozenset(vocabulary) | {SUPERUSER}
         self._clock = clock
         self.issuer = TokenIssuer(settings, clock=clock) if settings.enabled else None
+        # A store that knows its epoch (MemoryStore, StoreGuard): minted tokens carry it, others are refused.
+        self.epochs: EpochSource | None = store if isinstance(store, EpochSource) else None
 
     def _issuer(self) -> TokenIssuer:
         if self.issuer is None:
@@ -119,7 +123,8 @@ class TokenService:
         ttl = self.check_request(caller, scopes, ttl_s)
         grant = grant_of(caller, subject)
         self._check_cap(grant.cap)
-        pair = self._issuer().mint_pair(subject, scopes, ttl, grant=grant.claims(), cap=grant.cap)
+        claims = await self._grant_claims(grant)
+        pair = self._issuer().mint_pair(subject, scopes, ttl, grant=claims, cap=grant.cap)
         await self.store.start_family(pair.family, pair.refresh.jti, pair.refresh.expires_at + self.grace_s)
         await self._record(pair, grant.idp)
         self.log.info(
@@ -138,6 +143,29 @@ class TokenService:
             **_by(caller),
         )
         return pair
+
+    async def _grant_claims(self, grant: Grant) -> dict[str, object]:
+        """The grant's claims plus the store epoch, read now (503 when the store cannot say)."""
+        claims = grant.claims()
+        if self.epochs is not None:
+            claims[EPOCH_CLAIM] = (await self.epochs.confirm_epoch()).id
+        return claims
+
+    def check_epoch(self, principal: Principal) -> None:
+        """Refuse a gateway token minted in another store epoch, or before epochs existed (no `ep`): its
+        revocations may be lost with the store's data. 503 while the store's epoch is not known yet."""
+        if self.epochs is None or principal.issuer != OWN_ISSUER or principal.kind == "basic":
+            return
+        epoch = self.epochs.current_epoch()
+        if epoch is None:
+            raise StoreUnavailable()
+        if principal.claims.get(EPOCH_CLAIM) != epoch.id:
+            raise Unauthorized(
+                "the token store was reset since this token was minted (its revocations may be lost): "
+                "log in again for a new token",
+                code="invalid_token:store_reset",
+                token_presented=True,
+            )
 
     def _check_cap(self, cap: int | None) -> None:
         """A token capped at a time already past (a parent accepted within the leeway) cannot be minted."""
@@ -175,8 +203,9 @@ class TokenService:
             )
             raise
         ttl_s = min(ttl, self.settings.max_ttl_s) if isinstance(ttl, int) and ttl > 0 else self.settings.default_ttl_s
+        claims = await self._grant_claims(grant)
         pair = self._issuer().mint_pair(
-            principal.subject, granted.split(), ttl_s, family=family, grant=grant.claims(), cap=grant.cap
+            principal.subject, granted.split(), ttl_s, family=family, grant=claims, cap=grant.cap
         )
         until = pair.refresh.expires_at + self.grace_s
         outcome = await self.store.rotate_refresh(family, principal.token_id, pair.refresh.jti, until)
@@ -268,13 +297,18 @@ class TokenService:
 
     async def is_revoked(self, principal: Principal) -> bool:
         """The per-request check of a bearer token: its identity still in the config (raises if not), then
-        one store call for the token, its family, every ancestor and its identity's subject revocation."""
+        its store epoch (check_epoch), then one store call for the token, its family, every ancestor and its
+        identity's subject revocation."""
         if principal.kind == "basic":
             return False
         self.check_identity(principal)
+        self.check_epoch(principal)
         issued = principal.claims.get("iat")
         issued_at = float(issued) if isinstance(issued, int | float) and not isinstance(issued, bool) else None
-        return await self.store.is_revoked(*revocation_ids(principal), issued_at=issued_at)
+        revoked = await self.store.is_revoked(*revocation_ids(principal), issued_at=issued_at)
+        if not revoked:
+            self.check_epoch(principal)  # the store may just have found that it was reset
+        return revoked
 
     async def _record(self, pair: TokenPair, idp: str) -> None:
         now = self._clock()

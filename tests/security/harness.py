@@ -365,8 +365,10 @@ class Served:
         return self.output.read_text(errors="replace")
 
     def token(self, config: SecurityConfig, *scopes: str) -> str:
-        """A token of the gateway's own issuer, minted here with its signing key (not recorded in its store)."""
-        token = TokenIssuer(config.settings().tokens).mint_pair("app-1", scopes, 300).access.token
+        """A token of the gateway's own issuer, minted here with its signing key in the store epoch /readyz
+        shows (not recorded in its store)."""
+        epoch = httpx.get(self.url + "/readyz", timeout=5).json()["store"]["epoch"]  # the process's store epoch
+        token = TokenIssuer(config.settings().tokens).mint_pair("app-1", scopes, 300, grant={"ep": epoch}).access.token
         WATCH.token(token)
         return token
 
