@@ -46,7 +46,8 @@ from pathlib import Path
 from time import perf_counter
 from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
-from gateway.observe.logs import fingerprint, json_output, json_string
+from gateway.observe.logs import json_output
+from gateway.observe.redact import fingerprint, json_string
 from gateway.web.asgi import Message, Receive, Scope, Send
 
 if TYPE_CHECKING:
