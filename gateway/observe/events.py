@@ -11,10 +11,12 @@ The metrics and the access event of the requests that finish during one event-lo
 written together at the end of that iteration (`call_soon`): the same work, but in one hot loop, which
 measurably costs less CPU than interleaving it with the next requests' (bench/LOGGING_COST.md). The
 metrics are added once per iteration (`Metrics.flush`). When the access logger's sink takes JSON lines
-(`--log-format json`, `LogCapture`), the access line is built here as text and handed to
-`logs.JSONOutput`, which redaction-checks and writes it: the very line structlog's chain would write, at
-a fraction of the cost of an event dict through its processors and the encoder; the chain still renders
-it when the redactor finds something to redact, and for the other sinks (console, stdlib logging).
+(`--log-format json`, `LogCapture`), the access line is rendered here as text from its one definition,
+`AccessEvent` (by an f-string compiled from its fields), and handed to `logs.JSONOutput`, which
+redaction-checks and writes it: the very line structlog's chain would write, at a fraction of the cost of
+an event dict through its processors and the encoder; the chain still renders the same event
+(`AccessEvent.kwargs`) when the redactor finds something to redact, and for the other sinks (console,
+stdlib logging).
 
 `send` is wrapped (one closure call per ASGI message): it counts response body bytes, records the
 status and appends `x-request-id` to the response headers (the gateway's handlers hand over fresh
@@ -36,14 +38,16 @@ import contextlib
 import logging
 import os
 import re
+import string
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from time import perf_counter
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
-from gateway.observe.logs import fingerprint, json_output, json_string
+from gateway.observe.logs import json_output
+from gateway.observe.redact import fingerprint, json_string
 from gateway.web.asgi import Message, Receive, Scope, Send
 
 if TYPE_CHECKING:
@@ -69,6 +73,7 @@ __all__ = [
     "rule_label",
 ]
 
+Verdict = Literal["allow", "deny"]  # the access event's `decision`
 RECORD_KEY = "smsguard.log"
 REQUEST_ID_HEADER = b"x-request-id"
 MAX_LOGGED_PATH = 256
@@ -77,28 +82,6 @@ _REQUEST_ID = re.compile(rb"[A-Za-z0-9._~:@+/=-]{1,128}")
 _GONE = frozenset({"client_disconnected", "cancelled"})
 _CLIENT_CLOSED = 499  # nginx's status for "the client went away before the answer": nothing was sent
 _INFO, _ERROR = logging.INFO, logging.ERROR  # the access event's levels
-_ACCESS_KEYS = (  # the access event's fields, in the order both renderings write them
-    "request_id",
-    "method",
-    "path",
-    "route",
-    "rule",
-    "upstream",
-    "decision",
-    "reason",
-    "client",
-    "subject",
-    "jti",
-    "issuer",
-    "token_hash",
-    "required",
-    "granted",
-    "status",
-    "bytes_in",
-    "bytes_out",
-    "upstream_ms",
-    "duration_ms",
-)
 
 
 @dataclass(slots=True, eq=False)
@@ -118,6 +101,11 @@ class RequestRecord:
     bytes_in: int = 0  # request body bytes the gateway read
     bytes_out: int = 0
     probe: bool = False  # a health check or metrics scrape (not logged unless log.health_checks)
+
+    @property
+    def decision(self) -> Verdict:
+        """`deny` when the gateway refused the request itself, else `allow`."""
+        return "deny" if self.denied else "allow"
 
     def refuse(self, exc: HTTPError) -> None:
         self.reason = exc.code
@@ -213,6 +201,153 @@ class ObservePlan:
     labels: Mapping[int, str]  # id(rule) -> "POST /3rdparty/v1/messages (policies/smsgate.yaml:34)"
 
 
+Scopes = tuple[str, ...] | frozenset[str]  # a rule's scopes (logged in order) or a caller's (logged sorted)
+Label = str  # one of few values (a method, route, rule, upstream, error code, caller): its JSON is remembered
+_new_tuple = tuple.__new__
+
+
+class AccessEvent(NamedTuple):
+    """The access event, defined once: its fields, their types and the order every rendering writes them.
+
+    `AccessEvent.of` says what each field holds. The event is written two ways, both derived from this
+    class: `_render_head(event)` (the JSON line up to its last field, for `logs.JSONOutput`: one f-string
+    compiled from the fields and their types, see `_compile_head`) and `kwargs()` (the structlog call's
+    keyword arguments, for every other sink and whenever the redactor would change the line). Both write
+    the same bytes (tests/test_logs.py checks it).
+    """
+
+    request_id: str
+    method: Label
+    path: str
+    route: Label
+    rule: Label | None
+    upstream: Label | None
+    decision: Verdict
+    reason: Label | None
+    client: str | None
+    subject: Label | None
+    jti: Label | None
+    issuer: Label | None
+    token_hash: str | None
+    required: Scopes | None
+    granted: Scopes | None
+    status: int
+    bytes_in: int
+    bytes_out: int
+    upstream_ms: float | None
+    duration_ms: float
+
+    @classmethod
+    def of(
+        cls, scope: Scope, record: RequestRecord, plan: ObservePlan, *, route: str, status: int, duration_s: float
+    ) -> AccessEvent:
+        """The event of a finished request (`route` and `status` as the metrics counted it)."""
+        rule, principal, reason, upstream_s = record.rule, record.principal, record.reason, record.upstream_s
+        client = scope.get("client")
+        if principal is None:
+            subject = jti = issuer = granted = None
+        else:
+            subject, jti, issuer, granted = principal.subject, principal.token_id, principal.issuer, principal.scopes
+        token_hash = None
+        if reason is not None and reason.startswith("invalid_token"):
+            token_hash = _bearer_fingerprint(scope["headers"])
+        # The fields' values in the order above (a keyword per field would cost 1 µs per request).
+        return _new_tuple(
+            cls,
+            (
+                record.request_id,
+                scope["method"],
+                record.path if record.path is not None else logged_path(scope),
+                route,
+                None if rule is None else plan.labels.get(id(rule)) or rule_label(rule),
+                record.upstream,
+                record.decision,
+                reason,
+                client[0] if client else None,
+                subject,
+                jti,
+                issuer,
+                token_hash,
+                None if rule is None else rule.scopes,  # required
+                granted,
+                status,
+                record.bytes_in,
+                record.bytes_out,
+                None if upstream_s is None else round(upstream_s * 1000, 3),
+                round(duration_s * 1000, 3),
+            ),
+        )
+
+    def kwargs(self) -> dict[str, object]:
+        """The fields as the structlog call's keyword arguments (scopes as lists: a caller's sorted)."""
+        fields: dict[str, object] = self._asdict()
+        for name in _SCOPE_FIELDS:
+            scopes = getattr(self, name)
+            if scopes is not None:
+                fields[name] = _scope_list(scopes)
+        return fields
+
+
+def _scope_list(scopes: Scopes) -> list[str]:
+    return sorted(scopes) if isinstance(scopes, frozenset) else list(scopes)
+
+
+_remembered: dict[Label | Scopes, str] = {}  # the JSON of labels and scope sets, each rendered once
+
+
+def _remember(value: Label | Scopes, text: str) -> str:
+    if len(_remembered) >= 4096:
+        _remembered.clear()
+    _remembered[value] = text
+    return text
+
+
+def _label_json(label: Label) -> str:
+    return _remember(label, json_string(label))
+
+
+def _scope_json(scopes: Scopes) -> str:
+    return _remember(scopes, "[" + ", ".join(map(json_string, _scope_list(scopes))) + "]")
+
+
+# How `_compile_head` writes a field of each declared type: the f-string replacement field for the value
+# `$x` (null, a JSON string, an integer, the float's repr, a list of strings), exactly as the JSON chain's
+# encoder writes the same value (`logs.Redactor.json_line`). Labels and scopes are rendered once (`R`).
+_JSON_FIELDS = {
+    "str": "{q($x)}",
+    "str | None": '{"null" if $x is None else q($x)}',
+    "Label": "{R.get($x) or Q($x)}",
+    "Label | None": '{"null" if $x is None else (R.get($x) or Q($x))}',
+    "Verdict": '"{$x}"',  # allow or deny: nothing to escape
+    "int": "{$x:d}",
+    "float": "{$x!r}",
+    "float | None": '{"null" if $x is None else repr($x)}',
+    "Scopes | None": '{"null" if $x is None else (R.get($x) or S($x))}',
+}
+# Field name -> declared type as written (NamedTuple turns these postponed annotations into ForwardRefs).
+_ACCESS_FIELDS: dict[str, str] = {
+    name: str(getattr(kind, "__forward_arg__", kind)) for name, kind in AccessEvent.__annotations__.items()
+}
+_SCOPE_FIELDS = tuple(name for name, kind in _ACCESS_FIELDS.items() if kind == "Scopes | None")
+
+
+def _compile_head(event: str, fields: dict[str, str]) -> tuple[str, Callable[[tuple[Any, ...]], str]]:
+    """The source and the function rendering the JSON head of `event` from a tuple of `fields` (name ->
+    declared type, in order): the tuple unpacked into locals, then one f-string, as fast as a hand-written
+    one (this is the request's hot path)."""
+    names = [f"x{index}" for index in range(len(fields))]
+    parts = [f'"event": {json_string(event)}']
+    for (field, kind), name in zip(fields.items(), names, strict=True):
+        parts.append(f'"{field}": ' + string.Template(_JSON_FIELDS[kind]).substitute(x=name))
+    source = f"def render(v, q=q, R=R, Q=Q, S=S):\n    {', '.join(names)} = v\n    return f'{{{{{', '.join(parts)}'\n"
+    namespace: dict[str, Any] = {"q": json_string, "R": _remembered, "Q": _label_json, "S": _scope_json}
+    exec(compile(source, f"<{event} event>", "exec"), namespace)  # noqa: S102 (built from the class above only)
+    return source, namespace["render"]
+
+
+_HEAD_SOURCE, _render_head = _compile_head("request", _ACCESS_FIELDS)
+
+
 class Observer:
     """Wraps each request: times it, tracks it in its record, then writes the access event and the metrics.
 
@@ -232,9 +367,12 @@ class Observer:
         self.active = 0  # requests in flight (the gauge reads it; in multiprocess mode it is kept in step)
         self._pending: list[tuple[Scope, RequestRecord, float, ObservePlan]] = []
         self._gauge = metrics.in_flight if metrics.multiprocess_dir is not None else None
-        self._output = json_output(log)  # the access line's fast path, when the sink takes JSON lines
-        self._lists: dict[tuple[str, ...] | frozenset[str], str] = {}
-        self._callers: dict[int, tuple[Principal, str, str]] = {}
+        self._output = output = json_output(log)  # the access line's fast path, when the sink takes JSON lines
+        # The lowest status whose access event the JSON sink's level lets through (5xx are logged at error):
+        # the others are not even built. Other sinks get every event (their logger filters by level).
+        self._least_logged = 0
+        if output is not None and output.level > _INFO:
+            self._least_logged = 500 if output.level <= _ERROR else 1000
         if self._gauge is None:
             metrics.in_flight.set_function(lambda: self.active)
 
@@ -297,101 +435,28 @@ class Observer:
         """Count the request (in the metrics at the batch's flush) and write its access event."""
         status = record.status or (_CLIENT_CLOSED if record.reason in _GONE else 500)
         rule = record.rule
-        method: str = scope["method"]
-        route = f"{method} {rule.full_path}" if rule is not None else (record.route or "none")
-        decision = "deny" if record.denied else "allow"
-        reason = record.reason
+        route = f"{scope['method']} {rule.full_path}" if rule is not None else (record.route or "none")
         if plan.count:
-            self.metrics.observe_request(route, decision, status, duration_s, record.upstream, record.upstream_s)
-            if status == 401 and reason is not None and reason != "missing_token":
-                self.metrics.token_failure(reason)
-        if not plan.access or (record.probe and not plan.probes):
-            return
-        error = status >= 500
+            self._count(record, route, status, duration_s)
+        if plan.access and (plan.probes or not record.probe) and status >= self._least_logged:
+            self._write(AccessEvent.of(scope, record, plan, route=route, status=status, duration_s=duration_s))
+
+    def _write(self, event: AccessEvent) -> None:
+        """The event at `error` (a 5xx) or `info`: straight to a JSON sink when the redactor has nothing to
+        change (`logs.JSONOutput`), else through the logger's chain."""
+        error = event.status >= 500
         output = self._output
-        if output is not None and output.level > (_ERROR if error else _INFO):
-            return
-        principal = record.principal
-        client = scope.get("client")
-        host = client[0] if client else None
-        token_hash = None
-        if reason is not None and reason.startswith("invalid_token"):
-            token_hash = _bearer_fingerprint(scope["headers"])
-        path = record.path if record.path is not None else logged_path(scope)
-        label = None if rule is None else plan.labels.get(id(rule)) or rule_label(rule)
-        upstream = record.upstream
-        upstream_s = record.upstream_s
-        upstream_ms = None if upstream_s is None else round(upstream_s * 1000, 3)
-        duration_ms = round(duration_s * 1000, 3)
         if output is not None:
-            try:  # the line the JSON chain would write, built directly (see `logs.JSONOutput`)
-                q = json_string
-                lists = self._lists
-                if principal is None:
-                    who, granted = '"subject": null, "jti": null, "issuer": null', "null"
-                else:
-                    caller = self._callers.get(id(principal))
-                    if caller is None or caller[0] is not principal:
-                        caller = self._caller(principal)
-                    who, granted = caller[1], caller[2]
-                head = (
-                    f'{{"event": "request", "request_id": {q(record.request_id)}, "method": {q(method)}, '
-                    f'"path": {q(path)}, "route": {q(route)}, "rule": {"null" if label is None else q(label)}, '
-                    f'"upstream": {"null" if upstream is None else q(upstream)}, "decision": "{decision}", '
-                    f'"reason": {"null" if reason is None else q(reason)}, '
-                    f'"client": {"null" if host is None else q(host)}, {who}, '
-                    f'"token_hash": {"null" if token_hash is None else q(token_hash)}, '
-                    f'"required": {"null" if rule is None else lists.get(rule.scopes) or self._list(rule.scopes)}, '
-                    f'"granted": {granted}, "status": {status:d}, '
-                    f'"bytes_in": {record.bytes_in:d}, "bytes_out": {record.bytes_out:d}, '
-                    f'"upstream_ms": {"null" if upstream_ms is None else repr(upstream_ms)}, '
-                    f'"duration_ms": {duration_ms!r}'
-                )
-                if output.write(_ACCESS_KEYS, head, "error" if error else "info"):
+            try:
+                if output.write(AccessEvent._fields, _render_head(event), "error" if error else "info"):
                     return
             except (TypeError, ValueError):  # a value of an unexpected type: the logger renders it
                 pass
-        (self.log.error if error else self.log.info)(
-            "request",
-            request_id=record.request_id,
-            method=method,
-            path=path,
-            route=route,
-            rule=label,
-            upstream=upstream,
-            decision=decision,
-            reason=reason,
-            client=host,
-            subject=principal.subject if principal else None,
-            jti=principal.token_id if principal else None,
-            issuer=principal.issuer if principal else None,
-            token_hash=token_hash,
-            required=None if rule is None else list(rule.scopes),
-            granted=sorted(principal.scopes) if principal else None,
-            status=status,
-            bytes_in=record.bytes_in,
-            bytes_out=record.bytes_out,
-            upstream_ms=upstream_ms,
-            duration_ms=duration_ms,
-        )
+        (self.log.error if error else self.log.info)("request", **event.kwargs())
 
-    def _caller(self, principal: Principal) -> tuple[Principal, str, str]:
-        """The access line's subject/jti/issuer and granted parts for `principal`, remembered: the
-        authenticator hands the same (frozen) Principal to every request with the same token."""
-        q = json_string
-        jti = "null" if principal.token_id is None else q(principal.token_id)
-        who = f'"subject": {q(principal.subject)}, "jti": {jti}, "issuer": {q(principal.issuer)}'
-        caller = (principal, who, self._lists.get(principal.scopes) or self._list(principal.scopes))
-        if len(self._callers) >= 1024:
-            self._callers.clear()
-        self._callers[id(principal)] = caller
-        return caller
-
-    def _list(self, scopes: tuple[str, ...] | frozenset[str]) -> str:
-        """A rule's scopes (in order) or a caller's (sorted) as a JSON list, remembered (few distinct sets)."""
-        items = sorted(scopes) if isinstance(scopes, frozenset) else scopes
-        text = "[" + ", ".join(map(json_string, items)) + "]"
-        if len(self._lists) >= 1024:
-            self._lists.clear()
-        self._lists[scopes] = text
-        return text
+    def _count(self, record: RequestRecord, route: str, status: int, duration_s: float) -> None:
+        metrics = self.metrics
+        metrics.observe_request(route, record.decision, status, duration_s, record.upstream, record.upstream_s)
+        reason = record.reason
+        if status == 401 and reason is not None and reason != "missing_token":
+            metrics.token_failure(reason)

@@ -65,6 +65,10 @@ REQUEST_DROPPED = HOP_BY_HOP | frozenset(
 )
 _FORWARDED_PREFIX = "x-forwarded-"
 _CONNECTION = b"connection"
+_FORWARDED_FOR = b"x-forwarded-for"
+_FORWARDED_PROTO = b"x-forwarded-proto"
+_FORWARDED_HOST = b"x-forwarded-host"
+_CLAIMS = frozenset({_FORWARDED_FOR, _FORWARDED_PROTO, _FORWARDED_HOST})
 
 
 def normalize_header_name(name: str) -> str:
@@ -147,27 +151,33 @@ def forwarded_headers(scope: Scope, trusted_proxies: Sequence[Network]) -> list[
     client = scope.get("client")
     peer: str | None = client[0] if client else None
     trusted = bool(trusted_proxies) and peer is not None and _trusted(peer, trusted_proxies)
-    host: str | None = None
-    prior_for: list[str] = []
-    prior_proto: str | None = None
-    prior_host: str | None = None
-    for name, value in scope["headers"]:
-        if name == b"host":
-            host = value.decode("latin-1")
-        elif trusted and name.startswith(b"x-forwarded-"):
-            text = value.decode("latin-1").strip()
-            if name == b"x-forwarded-for" and text:
-                prior_for.append(text)
-            elif name == b"x-forwarded-proto" and text and prior_proto is None:
-                prior_proto = text
-            elif name == b"x-forwarded-host" and text and prior_host is None:
-                prior_host = text
-    out: list[tuple[str, str]] = []
+    host, claims = _host_and_claims(scope["headers"], trusted)
+    prior_for = claims.get(_FORWARDED_FOR, [])
     chain = [*prior_for, peer] if peer is not None else prior_for
+    out: list[tuple[str, str]] = []
     if chain:
         out.append(("X-Forwarded-For", ", ".join(chain)))
-    out.append(("X-Forwarded-Proto", prior_proto or scope.get("scheme", "http")))
-    forwarded_host = prior_host or host
+    prior_proto = claims.get(_FORWARDED_PROTO)
+    out.append(("X-Forwarded-Proto", prior_proto[0] if prior_proto else scope.get("scheme", "http")))
+    prior_host = claims.get(_FORWARDED_HOST)
+    forwarded_host = prior_host[0] if prior_host else host
     if forwarded_host:
         out.append(("X-Forwarded-Host", forwarded_host))
     return out
+
+
+def _host_and_claims(
+    headers: Iterable[tuple[bytes, bytes]], trusted: bool
+) -> tuple[str | None, dict[bytes, list[str]]]:
+    """The (last) `Host`, and when the peer is `trusted` the non-empty `X-Forwarded-For/-Proto/-Host`
+    values it sent, by header name, in order."""
+    host: str | None = None
+    claims: dict[bytes, list[str]] = {}
+    for name, value in headers:
+        if name == b"host":
+            host = value.decode("latin-1")
+        elif trusted and name in _CLAIMS:
+            text = value.decode("latin-1").strip()
+            if text:
+                claims.setdefault(name, []).append(text)
+    return host, claims
