@@ -35,6 +35,7 @@ schema: $(STAMP)
 test: $(STAMP) redis
 	$(BIN)/ruff check gateway tests bench
 	$(BIN)/mypy
+	$(BIN)/xenon --max-absolute C gateway
 	$(BIN)/python -m pytest -q
 
 # Tests need a real Redis; start a throwaway one when none answers on 6379.

@@ -164,29 +164,40 @@ def parse_jwks(document: bytes, algorithms: Sequence[str]) -> KeySet:
     keys: list[Key] = []
     seen: set[tuple[str | None, str, str | None]] = set()
     for entry in entries[:MAX_JWKS_KEYS]:
-        use, ops, kid, alg = entry.get("use"), entry.get("key_ops"), entry.get("kid"), entry.get("alg")
-        if use not in (None, "sig") or (ops is not None and (not isinstance(ops, list) or "verify" not in ops)):
+        key = _signing_key(entry, algorithms)
+        if key is None or (key.kid, key.thumbprint or "", key.alg) in seen:
             continue
-        if (kid is not None and not isinstance(kid, str)) or (alg is not None and alg not in algorithms):
-            continue
-        obj = _jwk_key(entry)
-        if obj is None or isinstance(obj, bytes):
-            continue
-        key = Key(obj, kid, alg, thumbprint(obj))
-        if not any(key.accepts(a) for a in algorithms) or (kid, key.thumbprint or "", alg) in seen:
-            continue
-        seen.add((kid, key.thumbprint or "", alg))
-        if kid is not None:
-            for other in by_kid.get(kid, ()):
-                if other.thumbprint != key.thumbprint and any(key.accepts(a) and other.accepts(a) for a in algorithms):
-                    raise DuplicateKid(f"the JWKS names two different keys with kid {kid!r}")
-            by_kid.setdefault(kid, []).append(key)
+        seen.add((key.kid, key.thumbprint or "", key.alg))
+        if key.kid is not None:
+            _refuse_duplicate(key, by_kid.get(key.kid, ()), algorithms)
+            by_kid.setdefault(key.kid, []).append(key)
         keys.append(key)
     return KeySet(
         {kid: tuple(found) for kid, found in by_kid.items()},
         tuple(keys),
         frozenset(key.thumbprint for key in keys if key.thumbprint),
     )
+
+
+def _signing_key(entry: dict[str, Any], algorithms: Sequence[str]) -> Key | None:
+    """The JWK as a verification key for one of `algorithms`, or None when it is not one (skipped)."""
+    use, ops, kid, alg = entry.get("use"), entry.get("key_ops"), entry.get("kid"), entry.get("alg")
+    if use not in (None, "sig") or (ops is not None and (not isinstance(ops, list) or "verify" not in ops)):
+        return None
+    if (kid is not None and not isinstance(kid, str)) or (alg is not None and alg not in algorithms):
+        return None
+    obj = _jwk_key(entry)
+    if obj is None or isinstance(obj, bytes):
+        return None
+    key = Key(obj, kid, alg, thumbprint(obj))
+    return key if any(key.accepts(a) for a in algorithms) else None
+
+
+def _refuse_duplicate(key: Key, others: Sequence[Key], algorithms: Sequence[str]) -> None:
+    """DuplicateKid when another key with the same kid could verify an algorithm this one verifies."""
+    for other in others:
+        if other.thumbprint != key.thumbprint and any(key.accepts(a) and other.accepts(a) for a in algorithms):
+            raise DuplicateKid(f"the JWKS names two different keys with kid {key.kid!r}")
 
 
 class JwksMetrics(Protocol):

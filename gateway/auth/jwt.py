@@ -211,6 +211,33 @@ def _b64decode(segment: str) -> bytes | None:
     return data
 
 
+
+def _split(token: str) -> tuple[dict[str, Any], dict[str, Any], str]:
+    """The decoded header and claims and the raw signature of a token of the right size and shape."""
+    if len(token) > MAX_TOKEN_CHARS:
+        reject("too_large", "token is too large")
+    if not token.isascii() or _TOKEN_SHAPE.fullmatch(token) is None:
+        reject("malformed", "token is not three base64url segments")
+    header_b64, payload_b64, signature_b64 = token.split(".")
+    return _decode_part(header_b64, "header"), _decode_part(payload_b64, "payload"), signature_b64
+
+
+def _check_header(header: dict[str, Any]) -> tuple[str, str | None, str | None]:
+    """`alg`, `kid` and `typ` of a header that names a real algorithm and no keys, extensions or b64=false."""
+    alg = header.get("alg")
+    if not isinstance(alg, str) or not alg or alg.lower() == "none":
+        reject("alg_not_allowed", "unsigned tokens are not accepted")
+    if any(name in header for name in EMBEDDED_KEY_HEADERS):
+        reject("embedded_key", "keys named or embedded in the token are not accepted")
+    if "crit" in header:
+        reject("crit_unsupported", "token has critical header extensions")
+    if header.get("b64", True) is not True:
+        reject("malformed", "unencoded payloads are not accepted")
+    kid = header.get("kid")
+    if kid is not None and not isinstance(kid, str):
+        reject("malformed", "token kid header is not a string")
+    return alg, kid, _token_type(header)
+
 def _decode_part(segment: str, what: str) -> dict[str, Any]:
     raw = _b64decode(segment)
     if raw is None:
@@ -301,38 +328,9 @@ class TokenVerifier:
 
         A cache of verified tokens keeps the KeyRef and asks `ref.current()` before trusting an entry again.
         """
-        if len(token) > MAX_TOKEN_CHARS:
-            reject("too_large", "token is too large")
-        if not token.isascii() or _TOKEN_SHAPE.fullmatch(token) is None:
-            reject("malformed", "token is not three base64url segments")
-        header_b64, payload_b64, signature_b64 = token.split(".")
-        header = _decode_part(header_b64, "header")
-        claims = _decode_part(payload_b64, "payload")
-
-        alg = header.get("alg")
-        if not isinstance(alg, str) or not alg or alg.lower() == "none":
-            reject("alg_not_allowed", "unsigned tokens are not accepted")
-        if any(name in header for name in EMBEDDED_KEY_HEADERS):
-            reject("embedded_key", "keys named or embedded in the token are not accepted")
-        if "crit" in header:
-            reject("crit_unsupported", "token has critical header extensions")
-        if header.get("b64", True) is not True:
-            reject("malformed", "unencoded payloads are not accepted")
-        kid = header.get("kid")
-        if kid is not None and not isinstance(kid, str):
-            reject("malformed", "token kid header is not a string")
-        typ = _token_type(header)
-
-        iss = claims.get("iss")
-        if iss is None:
-            reject("missing_claim", "token has no iss claim")
-        if not isinstance(iss, str):
-            reject("bad_claim_type", "token iss claim is not a string")
-        issuer = self._issuers.get(iss)
-        if issuer is None:
-            reject("unknown_issuer", "token issuer is not trusted")
-        if alg not in issuer.algorithms:
-            reject("alg_not_allowed", "token algorithm is not allowed for this issuer")
+        header, claims, signature_b64 = _split(token)
+        alg, kid, typ = _check_header(header)
+        issuer = self._issuer_of(claims, alg)
         if not signature_b64:
             reject("bad_signature", "token is not signed")
 
@@ -345,6 +343,20 @@ class TokenVerifier:
         if key.thumbprint is None or issuer.jwks is None:
             return principal, None
         return principal, KeyRef(issuer.jwks, key.thumbprint)
+
+    def _issuer_of(self, claims: dict[str, Any], alg: str) -> _Issuer:
+        """The trusted issuer the token names by its exact `iss`, if `alg` is on that issuer's allowlist."""
+        iss = claims.get("iss")
+        if iss is None:
+            reject("missing_claim", "token has no iss claim")
+        if not isinstance(iss, str):
+            reject("bad_claim_type", "token iss claim is not a string")
+        issuer = self._issuers.get(iss)
+        if issuer is None:
+            reject("unknown_issuer", "token issuer is not trusted")
+        if alg not in issuer.algorithms:
+            reject("alg_not_allowed", "token algorithm is not allowed for this issuer")
+        return issuer
 
     def jwks_status(self) -> dict[str, dict[str, object]]:
         """Each JWKS issuer's key-set state by issuer name (see JwksCache.status), for /readyz."""
