@@ -211,7 +211,6 @@ def _b64decode(segment: str) -> bytes | None:
     return data
 
 
-
 def _split(token: str) -> tuple[dict[str, Any], dict[str, Any], str]:
     """The decoded header and claims and the raw signature of a token of the right size and shape."""
     if len(token) > MAX_TOKEN_CHARS:
@@ -237,6 +236,7 @@ def _check_header(header: dict[str, Any]) -> tuple[str, str | None, str | None]:
     if kid is not None and not isinstance(kid, str):
         reject("malformed", "token kid header is not a string")
     return alg, kid, _token_type(header)
+
 
 def _decode_part(segment: str, what: str) -> dict[str, Any]:
     raw = _b64decode(segment)
