@@ -38,15 +38,13 @@ from gateway.observe.events import (
     ObservePlan,
     Observer,
     RequestRecord,
-    display_path,
     note_principal,
     route_label,
-    rule_label,
 )
 from gateway.observe.logs import Loggers, LogSink, Redactor
 from gateway.observe.metrics import Metrics
 from gateway.policy.loader import load_policies
-from gateway.policy.model import Policy
+from gateway.policy.model import Policy, display_path, rule_label
 from gateway.policy.paths import canonical_path
 from gateway.policy.scopes import SUPERUSER, satisfies
 from gateway.proxy.credentials import build_credentials

@@ -34,7 +34,6 @@ which carry their code as `reason` all the same.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import re
@@ -42,12 +41,12 @@ import string
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from time import perf_counter
 from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
 from gateway.observe.logs import json_output
 from gateway.observe.redact import fingerprint, json_string
+from gateway.policy.model import rule_label
 from gateway.web.asgi import Message, Receive, Scope, Send
 
 if TYPE_CHECKING:
@@ -63,14 +62,12 @@ __all__ = [
     "ObservePlan",
     "Observer",
     "RequestRecord",
-    "display_path",
     "logged_path",
     "new_request_id",
     "note_principal",
     "note_refusal",
     "request_id",
     "route_label",
-    "rule_label",
 ]
 
 Verdict = Literal["allow", "deny"]  # the access event's `decision`
@@ -154,19 +151,6 @@ def request_id(headers: list[tuple[bytes, bytes]]) -> str:
 def route_label(method: str, template: str) -> str:
     """`GET /healthz`: a bounded metrics label (an unusual method becomes OTHER)."""
     return f"{method if method in KNOWN_METHODS else 'OTHER'} {template}"
-
-
-def display_path(file: str) -> str:
-    """`file` relative to the working directory when it lies below it (configs resolve paths to absolute)."""
-    if os.path.isabs(file):
-        with contextlib.suppress(ValueError):
-            return str(Path(file).relative_to(Path.cwd()))
-    return file
-
-
-def rule_label(rule: Rule) -> str:
-    """`POST /3rdparty/v1/messages (policies/smsgate.yaml:34)`, for the access event's `rule`."""
-    return f"{','.join(sorted(rule.methods))} {rule.full_path} ({display_path(rule.file)}:{rule.line})"
 
 
 def logged_path(scope: Scope) -> str:
