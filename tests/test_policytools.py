@@ -239,6 +239,15 @@ class TestValidate:
         assert code == 1
         assert out.splitlines()[0].startswith(f"{config}:1:10: error: listen.hots: unknown key")
 
+    def test_every_config_error_is_reported(self, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+        """Two config mistakes are two diagnostics in one run, each at its own position."""
+        config = write(tmp_path / "c.yaml", "listen: {hots: x}\nstore: 5\n")
+        code, out, _ = run(capsys, "validate", "--config", config, SHIPPED)
+        assert code == 1
+        lines = [line for line in out.splitlines() if line.startswith(f"{config}:")]
+        assert lines[0].startswith(f"{config}:1:10: error: listen.hots: unknown key")
+        assert any(line.startswith(f"{config}:2:8: error: store") for line in lines), lines
+
     def test_usage_errors(self, capsys: pytest.CaptureFixture[str]) -> None:
         """No file and no config, or an unknown option: exit 2 with a message."""
         assert run(capsys, "validate")[0] == 2

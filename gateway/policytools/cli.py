@@ -113,7 +113,8 @@ def run_policy_command(args: argparse.Namespace) -> int:
     try:
         return handlers[args.policy_command](args)
     except LoadError as exc:
-        print(tools.Diagnostic.from_error(exc).render(), file=sys.stderr)
+        for error in exc.errors:
+            print(tools.Diagnostic.from_error(error).render(), file=sys.stderr)
         return USAGE_ERROR
     except _UsageError as exc:
         print(f"gateway policy {args.policy_command}: {exc}", file=sys.stderr)

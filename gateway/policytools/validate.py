@@ -223,7 +223,7 @@ def validate(
         try:
             settings = load_settings(config, env)
         except LoadError as exc:
-            out.append(Diagnostic.from_error(exc))
+            out += [Diagnostic.from_error(error) for error in exc.errors]
     paths = [str(f) for f in files] or list(settings.policies if settings else ())
     checked += paths
     loaded = [item for path in paths if (item := _load(path, out)) is not None]
