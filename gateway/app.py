@@ -33,6 +33,10 @@ from gateway.config.settings import Settings, load_settings
 from gateway.errors import Forbidden, HTTPError, LoadError, NotFound, Unauthorized
 from gateway.guard.authorize import Authorizer
 from gateway.guard.middleware import GuardMiddleware
+from gateway.keys.endpoints import KeyEndpoints
+from gateway.keys.errors import ProviderErrors
+from gateway.keys.service import KeyService
+from gateway.keys.slots import KeySlots, slot_styles
 from gateway.observe.events import (
     RECORD_KEY,
     ObservePlan,
@@ -49,6 +53,7 @@ from gateway.policy.paths import canonical_path
 from gateway.policy.scopes import SUPERUSER, satisfies
 from gateway.proxy.credentials import build_credentials
 from gateway.proxy.forward import ProxyApp
+from gateway.proxy.modes import KeyedProxy
 from gateway.store import MemoryStore, Store, StoreGuard, open_store
 from gateway.tokens.endpoints import TokenEndpoints
 from gateway.tokens.lineage import BASIC_IDP, Identities
@@ -115,6 +120,7 @@ class Runtime:
     guarded: GuardMiddleware
     token_endpoints: TokenEndpoints
     jwks: dict[str, list[dict[str, object]]]
+    key_endpoints: KeyEndpoints | None = None
     in_flight: int = 0
     observe: ObservePlan | None = None  # None: neither access log nor metrics, requests are not wrapped
 
@@ -155,7 +161,14 @@ def build_runtime(
     if loggers is not None:
         for injector in credentials.values():
             loggers.redactor.add(injector.secret_values, injector.header_names | injector.query_names)
-    proxy = ProxyApp(settings.upstreams, settings.proxy, credentials, log=upstream_log, metrics=metrics)
+    styles = slot_styles(policies)
+    keys = _keys(settings, store, tokens, authorizer, styles, loggers)
+    proxy = KeyedProxy(
+        settings.upstreams, settings.proxy, credentials, log=upstream_log, metrics=metrics, store=store, slots=styles
+    )
+    if loggers is not None:
+        for injector in proxy.test_credentials:
+            loggers.redactor.add(injector.secret_values, injector.header_names | injector.query_names)
     issuer = tokens.issuer
     return Runtime(
         settings=settings,
@@ -165,16 +178,38 @@ def build_runtime(
         tokens=tokens,
         authorizer=authorizer,
         proxy=proxy,
-        guarded=_guarded(proxy, authorizer),
+        guarded=_guarded(proxy, authorizer, styles),
         token_endpoints=TokenEndpoints(settings.tokens.mount, tokens, authorizer.authenticator, admin=settings.admin),
+        key_endpoints=KeyEndpoints(settings.tokens.mount, keys, authorizer.authenticator, styles),
         jwks=issuer.jwks() if isinstance(issuer, TokenIssuer) else {"keys": []},
         observe=_observe_plan(settings, policies),
     )
 
 
-def _guarded(proxy: ProxyApp, authorizer: Authorizer) -> GuardMiddleware:
-    """The guard in front of the proxy: the Observer logs and counts (not the guard), no embedding hint."""
-    guarded = GuardMiddleware(proxy, authorizer=authorizer, access_log="off")
+def _keys(
+    settings: Settings,
+    store: Store,
+    tokens: TokenService,
+    authorizer: Authorizer,
+    styles: Mapping[str, str],
+    loggers: Loggers | None,
+) -> KeyService | None:
+    """Gateway API keys (`keys:` in config.yaml): verified by the authenticator, read from policy slots."""
+    if not settings.keys.enabled:
+        return None
+    service = KeyService(settings.keys, store, tokens, log=loggers.audit if loggers else None)
+    authenticator = authorizer.authenticator
+    authenticator.keys, authenticator.key_pairs = service.verify, service.verify_pair
+    if styles:
+        authorizer.slot = KeySlots(styles, authenticator)
+    return service
+
+
+def _guarded(proxy: ProxyApp, authorizer: Authorizer, styles: Mapping[str, str]) -> GuardMiddleware:
+    """The guard in front of the proxy: the Observer logs and counts (not the guard), no embedding hint;
+    refusals on a mount with a key slot answer in that provider's error shape."""
+    on_error = ProviderErrors(styles) if styles else None
+    guarded = GuardMiddleware(proxy, authorizer=authorizer, access_log="off", on_error=on_error)
     guarded.outside_hint = ""
     return guarded
 
@@ -409,6 +444,8 @@ class Gateway:
             ]
             await send({"type": "http.response.start", "status": 200, "headers": headers})
             await send({"type": "http.response.body", "body": body})
+        elif runtime.key_endpoints is not None and runtime.key_endpoints.handles(path):
+            await self._control(runtime.key_endpoints, scope, receive, send, record)
         elif runtime.token_endpoints.handles(path):
             try:
                 canonical = canonical_path(scope.get("raw_path") or path.encode())
@@ -423,6 +460,22 @@ class Gateway:
             await runtime.token_endpoints(scope, receive, send, canonical)
         else:
             await runtime.guarded(scope, receive, send)
+
+    async def _control(
+        self, endpoints: KeyEndpoints, scope: Scope, receive: Receive, send: Send, record: RequestRecord | None
+    ) -> None:
+        """A request the key endpoints answer (canonical paths only), labelled like the token endpoints."""
+        try:
+            canonical = canonical_path(scope.get("raw_path") or scope["path"].encode())
+        except HTTPError as exc:
+            if record is not None:
+                record.refuse(exc)
+            await send_error(send, exc)
+            return
+        if record is not None:
+            record.path = canonical
+            record.route = route_label(scope["method"], endpoints.template(canonical))
+        await endpoints(scope, receive, send, canonical)
 
     def policy_status(self, runtime: Runtime) -> dict[str, object]:
         return {

@@ -82,6 +82,8 @@ def _parser() -> argparse.ArgumentParser:
         help="whose subject: basic (the default: Basic users), cli (tokens of `token issue`) or an issuer name",
     )
 
+    _add_key_commands(commands)
+
     from gateway.policytools.cli import add_policy_commands
 
     add_policy_commands(commands)
@@ -89,6 +91,29 @@ def _parser() -> argparse.ArgumentParser:
     hash_password = commands.add_parser("hash-password", help="print an argon2id hash for config.yaml")
     hash_password.add_argument("--stdin", action="store_true", help="read the password from standard input")
     return parser
+
+
+def _add_key_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    key = commands.add_parser("key", help="create, list, rotate or revoke gateway API keys (sgk_...)")
+    key_commands = key.add_subparsers(dest="key_command", required=True)
+    create = key_commands.add_parser("create", help="print a new key (shown once)")
+    create.add_argument("--sub", required=True, help="the subject that owns the key")
+    create.add_argument("--issuer", help="the owner's issuer: cli (the default), basic or an issuer name")
+    create.add_argument("--scope", action="append", required=True, help="a scope to grant (repeatable)")
+    create.add_argument("--name", default="", help="a label, e.g. the integration using it")
+    create.add_argument("--ttl", type=int, help="lifetime in seconds (default: no expiry)")
+    create.add_argument("--test", action="store_true", help="a test key (sgk_test_): test credentials only")
+    listing = key_commands.add_parser("list", help="list a subject's keys (never their secrets)")
+    listing.add_argument("--sub", required=True)
+    listing.add_argument("--issuer")
+    rotate = key_commands.add_parser("rotate", help="print a new secret for a key; the old one works for the overlap")
+    rotate.add_argument("key_id")
+    rotate.add_argument("--overlap-s", type=int, help="default: keys.rotation_overlap_s")
+    revoke = key_commands.add_parser("revoke", help="revoke a key and every token minted from it")
+    revoke.add_argument("key_id")
+    for command in (create, listing, rotate, revoke):
+        command.add_argument("--config", default="config.yaml")
+        command.add_argument("--json", action="store_true", help="print JSON")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -102,6 +127,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run_demo(Path(args.config), port=args.port, log_format=args.log_format)
         if args.command == "token":
             return asyncio.run(_token(args))
+        if args.command == "key":
+            return asyncio.run(_key(args))
         if args.command == "hash-password":
             return _hash_password(args)
         if args.command == "policy":
@@ -259,6 +286,44 @@ async def _token(args: argparse.Namespace) -> int:
         else:
             record = await gateway.tokens.revoke(args.jti, caller=None)
             print(f"revoked {args.jti} (subject {record.subject}) and its refresh family")
+        return 0
+    finally:
+        await gateway.shutdown()
+
+
+async def _key(args: argparse.Namespace) -> int:
+    import json
+
+    from gateway.app import create_app
+
+    settings = load_settings(args.config)
+    gateway = create_app(settings)
+    try:
+        endpoints = gateway.runtime.key_endpoints
+        service = endpoints.service if endpoints is not None else None
+        if service is None:
+            print("gateway: gateway keys are not enabled (keys: in config.yaml)", file=sys.stderr)
+            return 1
+        if settings.store == "memory://" and args.key_command != "create":
+            print("gateway: note: with store memory:// this reaches no running gateway", file=sys.stderr)
+        answer: object
+        if args.key_command == "create":
+            mode = "test" if args.test else "live"
+            created = await service.create(
+                None, subject=args.sub, idp=args.issuer, name=args.name, scopes=args.scope, mode=mode, ttl_s=args.ttl
+            )
+            answer, text = created.answer(), created.key.full
+        elif args.key_command == "list":
+            answer = await service.list_keys(None, idp=args.issuer, subject=args.sub)
+            text = "\n".join(f"{k['id']}  {k['name'] or '-'}  {' '.join(k['scopes'])}" for k in answer)
+        elif args.key_command == "rotate":
+            rotated = await service.rotate(None, args.key_id, args.overlap_s)
+            answer, text = rotated.answer(), rotated.key.full
+        else:
+            record = await service.revoke(None, args.key_id)
+            answer = {"id": record.key_id, "revoked": True}
+            text = f"revoked {record.key_id} and every token minted from it"
+        print(json.dumps(answer, indent=2) if args.json else text)
         return 0
     finally:
         await gateway.shutdown()

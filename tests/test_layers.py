@@ -27,6 +27,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("observe",),
     ("guard",),
     ("tokens",),
+    ("keys",),  # gateway API keys: grants in the token lineage, read by the proxy (test twins, slots)
     ("proxy",),
     ("policytools",),
     ("app",),

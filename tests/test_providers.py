@@ -109,7 +109,7 @@ async def test_one_token_sends_through_every_provider(tmp_path: Path) -> None:
             # each client also tries to pass the provider's own credential header: it must be replaced
             sends = [
                 ("/bsg/v1/sms/create", {"destination": "phone", "msisdn": "380972920000", "body": "hi"}, "x-api-key"),
-                ("/bsg/v2/campaigns/sms/send", {"phones": [{"number": 380661231231}], "text": "hi"}, None),
+                ("/bsg/v2/api/campaigns/sms/send", {"phones": [{"number": 380661231231}], "text": "hi"}, None),
                 ("/smsportal/v1/bulkmessages", {"messages": [{"content": "hi", "destination": "27830000000"}]}, None),
                 ("/3rdparty/v1/messages", {"textMessage": {"text": "hi"}, "phoneNumbers": ["+15555550100"]}, None),
             ]
@@ -169,9 +169,9 @@ async def test_bsg_v2_sends_the_bearer_in_the_configured_format(tmp_path: Path, 
         async with serve(config) as (client, _):
             token = config.token("messages:send", "messages:read", "balance:read")
             for method, path in [
-                ("POST", "/bsg/v2/campaigns/sms/send"),
-                ("GET", "/bsg/v2/accounts/balance"),
-                ("GET", "/bsg/v2/campaigns/7/detail"),
+                ("POST", "/bsg/v2/api/campaigns/sms/send"),
+                ("GET", "/bsg/v2/api/accounts/balance"),
+                ("GET", "/bsg/v2/api/campaigns/7/detail"),
             ]:
                 response = await client.request(
                     method, path, headers=bearer(token), json={} if method == "POST" else None
@@ -205,7 +205,8 @@ async def test_smsportal_caches_one_token_for_send_and_balance(tmp_path: Path) -
 
 
 async def test_smsgatewaycenter_password_parameters_replace_the_clients(tmp_path: Path) -> None:
-    """SMSGatewayCenter by userId/password: ours are added once, the client's copies (any case) dropped."""
+    """SMSGatewayCenter by userId/password: ours are added once, the client's copies (any case) dropped, and
+    its `apiKey` header too (the policy's key slot: a client's key never reaches the provider)."""
     async with FakeSMSGatewayCenter(api_key=SGC_KEY, user_id=SGC_USER, password=SGC_PASSWORD) as sgc:
         config = ProvidersConfig(tmp_path).add("smsgatewaycenter", sgc.url + "/SMSApi", SGC_PASSWORD_LOGIN)
         async with serve(config) as (client, _):
@@ -216,7 +217,7 @@ async def test_smsgatewaycenter_password_parameters_replace_the_clients(tmp_path
             )
             assert response.json()["status"] == "success"
     (seen,) = sgc.received("/SMSApi/rest/send")
-    assert credentials_in(seen) == {"userid": [SGC_USER], "password": [SGC_PASSWORD], "apikey": ["clients-own"]}
+    assert credentials_in(seen) == {"userid": [SGC_USER], "password": [SGC_PASSWORD]}
     assert seen.query.startswith("mobile=919999999999&msg=hi&")
 
 
@@ -262,15 +263,16 @@ async def test_smsgate_jwt_logs_in_with_basic_and_sends_its_bearer(tmp_path: Pat
 
 
 async def test_nothing_reaches_a_provider_without_the_scope(tmp_path: Path) -> None:
-    """A token without messages:send is refused before any login or forwarding; the auth endpoints are unrouted."""
+    """A token without messages:send is refused before any login or forwarding; the auth endpoints are the
+    gateway's own (its key logins: 501 while keys are off), never forwarded."""
     async with FakeBSG([BSG_KEY]) as bsg:
         config = ProvidersConfig(tmp_path).add("bsg_v2", bsg.url + "/api", BSG_V2)
         async with serve(config) as (client, _):
             reader = config.token("balance:read")
             superuser = config.token("all:any")
-            assert (await client.post("/bsg/v2/campaigns/sms/send", headers=bearer(reader))).status_code == 403
-            assert (await client.post("/bsg/v2/auth/login", headers=bearer(superuser))).status_code == 404
-            assert (await client.post("/bsg/v2/auth/refresh", headers=bearer(superuser))).status_code == 404
+            assert (await client.post("/bsg/v2/api/campaigns/sms/send", headers=bearer(reader))).status_code == 403
+            assert (await client.post("/bsg/v2/api/auth/login", headers=bearer(superuser))).status_code == 501
+            assert (await client.post("/bsg/v2/api/auth/refresh", headers=bearer(superuser))).status_code == 501
     assert bsg.requests == []
 
 
@@ -304,7 +306,7 @@ async def test_failed_login_is_one_502_for_a_burst(tmp_path: Path, caplog: pytes
         async with serve(config) as (client, _):
             token = config.token("messages:send")
             responses = await asyncio.gather(
-                *(client.post("/bsg/v2/campaigns/sms/send", json={}, headers=bearer(token)) for _ in range(20))
+                *(client.post("/bsg/v2/api/campaigns/sms/send", json={}, headers=bearer(token)) for _ in range(20))
             )
     assert {r.status_code for r in responses} == {502}
     message = responses[0].json()["message"]

@@ -23,7 +23,7 @@ from providersconfig import BSG_KEY, ProvidersConfig
 from gateway.app import Gateway, create_app
 
 BSG_V2 = "{type: bsg_v2, api_key: '${T_BSG_KEY}'}"
-SEND = "/bsg/v2/campaigns/sms/send"
+SEND = "/bsg/v2/api/campaigns/sms/send"
 REDIS_URL = "redis://127.0.0.1:6379/0"
 
 
@@ -56,7 +56,7 @@ async def test_200_concurrent_requests_on_a_cold_cache_log_in_once(tmp_path: Pat
             responses = await send_many(client, config.token("messages:send"), 200)
     assert [r.status_code for r in responses] == [200] * 200
     assert (bsg.logins, bsg.login_attempts, bsg.refreshes) == (1, 1, 0)
-    assert len(bsg.received(SEND.replace("/bsg/v2", "/api"))) == 200
+    assert len(bsg.received(SEND.replace("/bsg/v2/api", "/api"))) == 200
 
 
 async def test_expiry_causes_one_renewal_through_refresh(tmp_path: Path) -> None:

@@ -11,6 +11,11 @@ revocation hook is still awaited on every request, cache hit or not. An entry ve
 key remembers that key (a `KeyRef`): once the key leaves the issuer's set, its keys are past
 `jwks_max_stale_s`, or a refresh is due, the entry is dropped and the token verified again, so a
 cached verification never outlives its key nor skips a refresh a fresh token would trigger.
+
+Gateway API keys (`sgk_live_...`, `sgk_test_...`, gateway/keys/) are accepted wherever a bearer token is,
+and as Basic credentials whose user name is a key id (SMSPortal's client id:secret slot); the `keys` hook
+verifies them (a keyed hash, cached there) and the revocation hook is awaited for them too. `Bearer:`
+(with a colon, as BSG's API v2 documentation writes it) is read as `Bearer`.
 """
 
 from __future__ import annotations
@@ -29,6 +34,10 @@ from gateway.errors import BadRequest, Unauthorized
 __all__ = ["Authenticator"]
 
 _AUTHORIZATION = b"authorization"
+KEY_PREFIX = "sgk_"
+
+KeyVerifier = Callable[[str], Awaitable[Principal]]
+KeyPairVerifier = Callable[[str, str], Awaitable[Principal]]
 
 
 def _malformed(message: str, code: str = "invalid_token:malformed") -> Unauthorized:
@@ -47,7 +56,11 @@ class Authenticator:
         is_revoked: Callable[[Principal], Awaitable[bool]] | None = None,
         cache_size: int = 10_000,
         clock: Callable[[], float] = time.time,
+        keys: KeyVerifier | None = None,
+        key_pairs: KeyPairVerifier | None = None,
     ) -> None:
+        """`keys` verifies a whole gateway key and `key_pairs` one given as (key id, secret); without them
+        a gateway key is an invalid token."""
         self.verifier = verifier
         self.basic = basic
         self._max_header_bytes = max_header_bytes
@@ -55,6 +68,8 @@ class Authenticator:
         self._cache_size = cache_size
         self._cache: OrderedDict[str, tuple[Principal, KeyRef | None]] = OrderedDict()
         self._clock = clock
+        self.keys = keys
+        self.key_pairs = key_pairs
 
     async def authenticate(self, headers: Sequence[tuple[bytes, bytes]]) -> Principal | None:
         """The caller's Principal, None when no credentials were sent; invalid credentials raise."""
@@ -77,13 +92,31 @@ class Authenticator:
         scheme, _, credentials = text.partition(" ")
         credentials = credentials.strip(" \t")
         scheme = scheme.lower()
-        if scheme == "bearer":
+        if scheme in ("bearer", "bearer:"):
             if not credentials:
                 raise _malformed("the bearer token is empty")
+            if credentials.startswith(KEY_PREFIX):
+                return await self.key(credentials)
             return await self._bearer(credentials)
         if scheme == "basic":
             return await self._basic(credentials)
         raise _malformed("use the Bearer or Basic authorization scheme", "invalid_token:unsupported_scheme")
+
+    async def key(self, key: str) -> Principal:
+        """The principal of a whole gateway key, revocation checked (401 for anything else)."""
+        if self.keys is None:
+            raise _malformed("gateway keys are not enabled on this gateway", "invalid_key:disabled")
+        principal = await self.keys(key)
+        await self._check_revoked(principal)
+        return principal
+
+    async def key_pair(self, key_id: str, secret: str) -> Principal:
+        """The principal of a gateway key given as key id and secret, revocation checked."""
+        if self.key_pairs is None:
+            raise _malformed("gateway keys are not enabled on this gateway", "invalid_key:disabled")
+        principal = await self.key_pairs(key_id, secret)
+        await self._check_revoked(principal)
+        return principal
 
     async def verify_refresh(self, token: str) -> Principal:
         """A refresh token's Principal for the refresh endpoint: never cached, revocation checked."""
@@ -106,7 +139,7 @@ class Authenticator:
         return principal
 
     async def _basic(self, credentials: str) -> Principal:
-        if self.basic is None:
+        if self.basic is None and self.key_pairs is None:
             raise Unauthorized("basic authentication is disabled", code="basic_disabled", token_presented=True)
         try:
             raw = binascii.a2b_base64(credentials, strict_mode=True)
@@ -118,6 +151,10 @@ class Authenticator:
         username, colon, password = decoded.partition(":")
         if not colon:
             raise _malformed("malformed basic credentials", "invalid_credentials:malformed")
+        if username.startswith(KEY_PREFIX):  # a gateway key as client id:secret (user names sgk_... are keys)
+            return await self.key_pair(username, password)
+        if self.basic is None:
+            raise Unauthorized("basic authentication is disabled", code="basic_disabled", token_presented=True)
         return await self.basic.verify(username, password)
 
     async def _check_revoked(self, principal: Principal, token: str | None = None) -> None:

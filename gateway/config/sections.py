@@ -20,6 +20,7 @@ from pydantic.dataclasses import dataclass
 from pydantic.json_schema import SkipJsonSchema
 from pydantic_core import core_schema
 
+from gateway.config.apikeys import ApiKeySettings
 from gateway.config.auth import (
     ASYMMETRIC,
     MIN_HMAC_SECRET_BYTES,
@@ -64,6 +65,7 @@ __all__ = [
     "MIN_HMAC_SECRET_BYTES",
     "SYMMETRIC",
     "AdminSettings",
+    "ApiKeySettings",
     "AuthSettings",
     "BasicUser",
     "IssuerSettings",
@@ -134,6 +136,22 @@ class _ReadCredentials:
         return core_schema.with_info_wrap_validator_function(expand, handler.generate_schema(_CredentialInput))
 
 
+class _ReadTestCredentials:
+    """`test_credentials:` like `credentials:`, a preset expanding against `test_url` when one is given."""
+
+    def __get_pydantic_core_schema__(self, source: Any, handler: Any) -> core_schema.CoreSchema:
+        def expand(value: object, inner: core_schema.ValidatorFunctionWrapHandler, info: ValidationInfo) -> object:
+            if value is None:
+                return None
+            result = inner(value)
+            url = info.data.get("test_url") or info.data.get("url")
+            if isinstance(result, _PRESET_TYPES) and url:
+                return result.expand(url)
+            return result
+
+        return core_schema.with_info_wrap_validator_function(expand, handler.generate_schema(_CredentialInput | None))
+
+
 def _upstream_url(url: str) -> str:
     parts = urlsplit(url)
     if parts.scheme not in {"http", "https"} or not parts.hostname:
@@ -154,6 +172,20 @@ class UpstreamSettings:
     read_timeout_s: Annotated[float, Finite(0.01)] = 30.0
     pool_size: Annotated[int, Min(1)] = 100
     pool_timeout_s: Annotated[float, Finite(0.0)] = 1.0
+    test_url: Annotated[Text, AfterValidator(_upstream_url)] | None = Field(
+        default=None,
+        description="Where requests made with a test gateway key (sgk_test_) go, e.g. a sandbox; "
+        "without test_credentials the gateway injects none there.",
+    )
+    test_credentials: Annotated[CredentialSettings | None, _ReadTestCredentials()] = Field(
+        default=None,
+        description="What requests made with a test gateway key carry instead of `credentials` (e.g. BSG's "
+        "own test_ key). Without test_url and test_credentials, test keys are refused on this upstream.",
+    )
+
+    @property
+    def accepts_test_keys(self) -> bool:
+        return self.test_url is not None or self.test_credentials is not None
 
 
 # ------------------------------------------------------------------------------------------- the rest
@@ -301,6 +333,10 @@ class Settings:
     admin: AdminSettings = field(default_factory=AdminSettings)
     log: LogSettings = field(default_factory=LogSettings)
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
+    keys: ApiKeySettings = Field(
+        default_factory=ApiKeySettings,
+        description="Gateway API keys (sgk_live_/sgk_test_), stored as keyed hashes; see README 'Gateway keys'.",
+    )
 
     @model_validator(mode="after")
     def _admin_issuer(self) -> Settings:
@@ -338,4 +374,8 @@ class Settings:
         values += [key.material.reveal() for key in self.tokens.keys]
         for upstream in self.upstreams.values():
             values += upstream.credentials.secret_values()
+            if upstream.test_credentials is not None:
+                values += upstream.test_credentials.secret_values()
+        if self.keys.secret is not None:
+            values.append(self.keys.secret.reveal())
         return tuple(v for v in values if v)

@@ -8,6 +8,10 @@ canonicalize the path (400) → match a rule (404, default deny; a websocket han
 A public rule still identifies its caller: a valid credential sets the Decision's principal, so the app
 knows who asked. An invalid one on a public route is ignored (the request goes on anonymously): public
 means anyone may call, and a stale token must not turn a health check or the docs into a 401.
+
+A request without an `Authorization` header may carry a gateway key in its provider's own slot
+(`X-API-KEY`, `apiKey`, `userId`/`password`) where the rule's policy enables one: `slot`, when set
+(gateway/keys/slots.py), reads it.
 """
 
 from __future__ import annotations
@@ -33,7 +37,10 @@ from gateway.policy.paths import canonical_path
 if TYPE_CHECKING:
     from gateway.observe.events import RequestRecord
 
-__all__ = ["Authorizer", "Decision"]
+__all__ = ["Authorizer", "CredentialSlot", "Decision"]
+
+# (rule, headers, raw query) → the principal of a credential in the rule's provider slot, None if none
+CredentialSlot = Callable[[Rule, Sequence[tuple[bytes, bytes]], bytes], Awaitable[Principal | None]]
 
 _TOKEN_QUERY_NAME = b"access_token"  # RFC 6750 section 2.3, refused: URLs end up in logs
 
@@ -57,6 +64,7 @@ class Authorizer:
         self.authenticator = authenticator
         found = {rule.mount for rule in matcher.rules()} if mounts is None else set(mounts)
         self.mounts: tuple[str, ...] = tuple(sorted(found))
+        self.slot: CredentialSlot | None = None
 
     @classmethod
     def from_settings(
@@ -111,6 +119,8 @@ class Authorizer:
             principal = await self.identify(headers)
         else:
             principal = await self.authenticator.authenticate(headers)
+            if principal is None and self.slot is not None:
+                principal = await self.slot(match.rule, headers, query)
         if record is not None:
             record.principal = principal
         return self.decide(path, match, principal)

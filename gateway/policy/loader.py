@@ -32,7 +32,7 @@ from types import MappingProxyType
 from typing import Literal
 
 from gateway.errors import BadRequest, LoadError
-from gateway.policy.model import Policy, Rule
+from gateway.policy.model import KEY_SLOTS, Policy, Rule
 from gateway.policy.paths import canonical_path, split_segments
 from gateway.policy.scopes import SUPERUSER, is_valid_scope
 from gateway.yamlsource import Node, load_file, load_text
@@ -52,7 +52,7 @@ METHOD = re.compile(r"[A-Z][A-Z0-9_-]*")  # an HTTP method: uppercase, case-sens
 _PARAM = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _SCOPE_KEYS = ("scope", "any_of", "all_of")
 _SCOPE_HINT = "scopes look like resource:action, lowercase, e.g. messages:send"
-TOP_LEVEL_KEYS = ("upstream", "mount", "scopes", "rules", "version", "$schema")
+TOP_LEVEL_KEYS = ("upstream", "mount", "keys", "scopes", "rules", "version", "$schema")
 RULE_KEYS = (
     "method",
     "methods",
@@ -121,6 +121,8 @@ def read_policy(root: Node, errors: list[LoadError] | None = None) -> PolicyRead
     upstream = None if upstream_node is None else _nonempty(upstream_node)
     mount_node = fields.get("mount")
     mount = "" if mount_node is None else _mount(mount_node)
+    keys_node = fields.get("keys")
+    keys = None if keys_node is None else _key_slot(keys_node)
     vocabulary = _vocabulary(fields.get("scopes"))
     rules_node = fields.require("rules")
     fields.close(hint=f"top-level keys: {', '.join(TOP_LEVEL_KEYS)}")
@@ -141,8 +143,16 @@ def read_policy(root: Node, errors: list[LoadError] | None = None) -> PolicyRead
         mount=mount,
         scopes=MappingProxyType(vocabulary),
         rules=tuple(rules),
+        keys=keys,
     )
     return PolicyRead(policy, mount_node or root, tuple(indices))
+
+
+def _key_slot(node: Node) -> str:
+    slot = node.string()
+    if slot not in KEY_SLOTS:
+        node.fail(f"unknown key slot {slot!r}", hint="one of: " + ", ".join(KEY_SLOTS))
+    return slot
 
 
 def _nonempty(node: Node) -> str:

@@ -65,6 +65,17 @@ class Policy:
     mount: str
     scopes: Mapping[str, str]
     rules: tuple[Rule, ...]
+    keys: str | None = None  # the provider slot gateway keys are read from on this mount (KEY_SLOTS)
+
+
+# `keys:` in a policy: where gateway API keys are accepted besides `Authorization: Bearer sgk_...`.
+KEY_SLOTS: dict[str, str] = {
+    "bsg_v1": "the X-API-KEY header; refusals in BSG's error shape",
+    "bsg_v2": "POST {mount}/auth/login {api_key} and POST {mount}/auth/refresh answer BSG's {bearer}",
+    "smsportal": "GET {mount}/Authentication with Basic(key id:secret) answers SMSPortal's token",
+    "smsgatewaycenter": "the apiKey header or userId/password query parameters; {mount}/rest/regenerateAPIKey "
+    "rotates the caller's own key",
+}
 
 
 def display_path(file: str) -> str:

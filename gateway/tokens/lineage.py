@@ -14,6 +14,11 @@ refresh copies:
           token minted with a gateway token the parent's `anc` + its jti + its family. At most
           `MAX_ANCESTORS`: minting deeper is a 403.
     cap   the latest `exp` any token of this lineage may have: the parent's (gateway or external) `exp`.
+    kmode `test` when the lineage descends from a test gateway key (`sgk_test_`): such tokens reach an
+          upstream only with its test credentials or test URL (gateway/keys/). Absent: live.
+
+A gateway API key is a grant too: its principal has the jti `key:<key id>` (its revocation id), so
+tokens minted from it carry `key:<key id>` in `anc` and die with it.
 
 The per-request revocation check asks the store about the token's jti, its family, every ancestor and its
 identity's subject-revocation entry (`sub:<idp>:<subject>`, a revocation with a cutoff) in one call, so
@@ -42,10 +47,13 @@ __all__ = [
     "CLI_IDP",
     "IDP_CLAIM",
     "MAX_ANCESTORS",
+    "MODE_CLAIM",
+    "TEST_MODE",
     "Grant",
     "Identities",
     "external_id",
     "grant_of",
+    "is_test",
     "revocation_ids",
     "subject_key",
 ]
@@ -53,6 +61,8 @@ __all__ = [
 IDP_CLAIM = "idp"
 ANCESTORS_CLAIM = "anc"
 CAP_CLAIM = "cap"
+MODE_CLAIM = "kmode"
+TEST_MODE = "test"
 MAX_ANCESTORS = 8  # Basic or IdP login → gateway token → 3 generations of children (2 ids per generation)
 BASIC_IDP = "basic"
 CLI_IDP = "cli"
@@ -67,6 +77,7 @@ class Grant:
     subject: str
     ancestors: tuple[str, ...] = ()
     cap: int | None = None
+    test: bool = False  # descends from a test gateway key
 
     def claims(self) -> dict[str, Any]:
         """The grant claims every token of the pair carries."""
@@ -75,6 +86,8 @@ class Grant:
             claims[ANCESTORS_CLAIM] = list(self.ancestors)
         if self.cap is not None:
             claims[CAP_CLAIM] = self.cap
+        if self.test:
+            claims[MODE_CLAIM] = TEST_MODE
         return claims
 
 
@@ -172,6 +185,11 @@ def cap_of(principal: Principal) -> int | None:
     return value
 
 
+def is_test(principal: Principal | None) -> bool:
+    """Whether a principal is a test gateway key or descends from one (only the gateway's own can)."""
+    return principal is not None and principal.issuer == OWN_ISSUER and principal.claims.get(MODE_CLAIM) == TEST_MODE
+
+
 def grant_of(caller: Principal | None, subject: str) -> Grant:
     """The grant a token minted by `caller` (None: the local operator, for `subject`) descends from."""
     if caller is None:
@@ -191,7 +209,11 @@ def grant_of(caller: Principal | None, subject: str) -> Grant:
         )
     cap = cap_of(caller)
     idp, _ = caller.identity
-    return Grant(idp, caller.subject, ancestors, exp if cap is None or exp is None else min(cap, exp))
+    if exp is None:
+        exp = cap
+    elif cap is not None:
+        exp = min(cap, exp)
+    return Grant(idp, caller.subject, ancestors, exp, is_test(caller))
 
 
 def revocation_ids(principal: Principal) -> Sequence[str]:

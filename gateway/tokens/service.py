@@ -33,6 +33,7 @@ from gateway.tokens.lineage import (
     ancestors_of,
     cap_of,
     grant_of,
+    is_test,
     revocation_ids,
     subject_key,
 )
@@ -190,7 +191,7 @@ class TokenService:
         idp, subject = principal.identity
         try:
             self.check_identity(principal)  # the identity behind the grant still exists and holds the scopes
-            grant = Grant(idp, subject, ancestors_of(principal), cap_of(principal))
+            grant = Grant(idp, subject, ancestors_of(principal), cap_of(principal), is_test(principal))
             self._check_cap(grant.cap)
         except HTTPError as exc:
             self.log.warning(
