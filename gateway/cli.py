@@ -306,6 +306,14 @@ async def _token(args: argparse.Namespace) -> int:
         elif args.jti is None or args.issuer is not None:
             print("gateway: give a jti, or --sub (with --issuer)", file=sys.stderr)
             return 2
+        elif settings.store.startswith("memory:"):
+            print(
+                "gateway: token revoke JTI needs a shared store: with store: memory:// each gateway process keeps its "
+                "tokens in its own memory, out of this command's reach; revoke through "
+                f"DELETE {settings.tokens.mount}/auth/token/JTI on the running gateway, or set store: redis://...",
+                file=sys.stderr,
+            )
+            return 1
         else:
             record = await gateway.tokens.revoke(args.jti, caller=None)
             print(f"revoked {args.jti} (subject {record.subject}) and its refresh family")

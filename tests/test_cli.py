@@ -210,3 +210,18 @@ def test_init_writes_a_starter_config_and_policies(tmp_path: Path, capsys: pytes
     capsys.readouterr()
     assert main(["init", str(target)]) == 1
     assert "exists already" in capsys.readouterr().err
+
+
+def test_token_revoke_jti_with_a_memory_store_says_the_store_is_per_process(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`token revoke JTI` with store memory:// explains that no running gateway is reachable (not "no such token")."""
+    cfg = GatewayConfig(tmp_path, "http://127.0.0.1:9/3rdparty/v1")
+    path = cfg.write()
+    for key, value in cfg.env.items():
+        monkeypatch.setenv(key, value)
+    assert main(["token", "revoke", "--config", str(path), "some-jti"]) == 1
+    err = capsys.readouterr().err
+    assert "store: memory://" in err
+    assert "DELETE /3rdparty/v1/auth/token/JTI" in err
+    assert "no such token" not in err
