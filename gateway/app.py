@@ -54,7 +54,7 @@ from gateway.tokens.endpoints import TokenEndpoints
 from gateway.tokens.lineage import BASIC_IDP, Identities
 from gateway.tokens.mint import TokenIssuer
 from gateway.tokens.service import TokenService
-from gateway.web.asgi import Receive, Scope, Send, run_lifespan
+from gateway.web.asgi import Receive, Scope, Send, header_values, run_lifespan
 from gateway.web.responses import send_error, send_json
 
 __all__ = ["Gateway", "Runtime", "build_runtime", "check_policies_against_upstreams", "create_app"]
@@ -401,7 +401,7 @@ class Gateway:
                 await send_error(send, exc)
         elif path == runtime.settings.metrics.served_path:
             _mark(record, scope, path, probe=True)
-            body, content_type = self.metrics.render()
+            body, content_type = self.metrics.render(_accept(scope))
             headers = [
                 (b"content-type", content_type.encode("latin-1")),
                 (b"content-length", str(len(body)).encode()),
@@ -503,3 +503,10 @@ def create_app(
     passes a `StreamSink`; tests a `LogCapture`).
     """
     return Gateway(settings, store=store, env=env, log_sink=log_sink)
+
+
+
+def _accept(scope: Scope) -> str | None:
+    """The request's Accept header (the metrics format a scraper negotiates), if any."""
+    values = header_values(scope["headers"], b"accept")
+    return b", ".join(values).decode("latin-1") if values else None
