@@ -49,6 +49,7 @@ from gateway.policy.paths import canonical_path
 from gateway.policy.scopes import SUPERUSER, satisfies
 from gateway.proxy.credentials import build_credentials
 from gateway.proxy.forward import ProxyApp
+from gateway.proxy.reach import Reachability
 from gateway.store import MemoryStore, Store, StoreGuard, open_store
 from gateway.tokens.endpoints import TokenEndpoints
 from gateway.tokens.lineage import BASIC_IDP, Identities
@@ -115,6 +116,7 @@ class Runtime:
     guarded: GuardMiddleware
     token_endpoints: TokenEndpoints
     jwks: dict[str, list[dict[str, object]]]
+    reach: Reachability
     in_flight: int = 0
     observe: ObservePlan | None = None  # None: neither access log nor metrics, requests are not wrapped
 
@@ -168,6 +170,7 @@ def build_runtime(
         guarded=_guarded(proxy, authorizer),
         token_endpoints=TokenEndpoints(settings.tokens.mount, tokens, authorizer.authenticator, admin=settings.admin),
         jwks=issuer.jwks() if isinstance(issuer, TokenIssuer) else {"keys": []},
+        reach=Reachability(settings.upstreams),
         observe=_observe_plan(settings, policies),
     )
 
@@ -441,14 +444,20 @@ class Gateway:
         }
         ready = all(checks.values())
         # An issuer failing closed (JWKS past jwks_max_stale_s, or never fetched) degrades, but does not
-        # unready, the gateway: its other issuers, Basic users and public routes still work.
+        # unready, the gateway: its other issuers, Basic users and public routes still work. The same for an
+        # upstream that cannot be reached: every instance sees the same provider, and taking them all out of
+        # rotation would turn clear 502s into refused connections.
         jwks = runtime.authorizer.authenticator.verifier.jwks_status()
-        degraded = any(issuer["state"] in ("expired", "unavailable") for issuer in jwks.values())
+        upstreams = await runtime.reach.status()
+        degraded = any(issuer["state"] in ("expired", "unavailable") for issuer in jwks.values()) or not all(
+            found["reachable"] for found in upstreams.values()
+        )
         status = ("degraded" if degraded else "ready") if ready else "not ready"
         body = {
             "status": status,
             "checks": checks,
             "policy": self.policy_status(runtime),
+            "upstreams": upstreams,
             "jwks": jwks,
             "store": self.store.health(),
         }
@@ -503,7 +512,6 @@ def create_app(
     passes a `StreamSink`; tests a `LogCapture`).
     """
     return Gateway(settings, store=store, env=env, log_sink=log_sink)
-
 
 
 def _accept(scope: Scope) -> str | None:
