@@ -26,7 +26,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from importlib.resources import files
 from pathlib import Path
 
@@ -139,7 +139,7 @@ def run_policy_command(args: argparse.Namespace) -> int:
     except LoadError as exc:
         for error in exc.errors:
             print(tools.Diagnostic.from_error(error).render(), file=sys.stderr)
-        _suggest_no_secrets(exc.errors)
+        _suggest_no_secrets(error.reason for error in exc.errors)
         return USAGE_ERROR
     except _UsageError as exc:
         print(f"gateway policy {args.policy_command}: {exc}", file=sys.stderr)
@@ -150,17 +150,13 @@ def _validate(args: argparse.Namespace) -> int:
     files, config = _sources(args)
     report = tools.validate(files, config=config, placeholders=args.no_secrets)
     sys.stdout.write(tools.render_validation(report, args.strict))
-    _suggest_no_secrets(report.diagnostics)
+    _suggest_no_secrets(diagnostic.message for diagnostic in report.diagnostics)
     return report.exit_code(args.strict)
 
 
-def _suggest_no_secrets(found: Sequence[LoadError | tools.Diagnostic]) -> None:
-    if any(
-        item.message.startswith("environment variable ")
-        if isinstance(item, tools.Diagnostic)
-        else item.reason.startswith("environment variable ")
-        for item in found
-    ):
+def _suggest_no_secrets(messages: Iterable[str]) -> None:
+    """One hint after an unset ${VAR}: policy authors seldom hold the deployment's secrets."""
+    if any(message.startswith("environment variable ") for message in messages):
         print("(without the secrets at hand, --no-secrets reads the config with stand-ins)", file=sys.stderr)
 
 
