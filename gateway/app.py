@@ -54,12 +54,13 @@ from gateway.policy.scopes import SUPERUSER, satisfies
 from gateway.proxy.credentials import build_credentials
 from gateway.proxy.forward import ProxyApp
 from gateway.proxy.modes import KeyedProxy
+from gateway.proxy.reach import Reachability
 from gateway.store import MemoryStore, Store, StoreGuard, open_store
 from gateway.tokens.endpoints import TokenEndpoints
 from gateway.tokens.lineage import BASIC_IDP, Identities
 from gateway.tokens.mint import TokenIssuer
 from gateway.tokens.service import TokenService
-from gateway.web.asgi import Receive, Scope, Send, run_lifespan
+from gateway.web.asgi import Receive, Scope, Send, header_values, run_lifespan
 from gateway.web.responses import send_error, send_json
 
 __all__ = ["Gateway", "Runtime", "build_runtime", "check_policies_against_upstreams", "create_app"]
@@ -120,6 +121,7 @@ class Runtime:
     guarded: GuardMiddleware
     token_endpoints: TokenEndpoints
     jwks: dict[str, list[dict[str, object]]]
+    reach: Reachability
     key_endpoints: KeyEndpoints | None = None
     in_flight: int = 0
     observe: ObservePlan | None = None  # None: neither access log nor metrics, requests are not wrapped
@@ -182,6 +184,7 @@ def build_runtime(
         token_endpoints=TokenEndpoints(settings.tokens.mount, tokens, authorizer.authenticator, admin=settings.admin),
         key_endpoints=KeyEndpoints(settings.tokens.mount, keys, authorizer.authenticator, styles),
         jwks=issuer.jwks() if isinstance(issuer, TokenIssuer) else {"keys": []},
+        reach=Reachability(settings.upstreams),
         observe=_observe_plan(settings, policies),
     )
 
@@ -436,7 +439,7 @@ class Gateway:
                 await send_error(send, exc)
         elif path == runtime.settings.metrics.served_path:
             _mark(record, scope, path, probe=True)
-            body, content_type = self.metrics.render()
+            body, content_type = self.metrics.render(_accept(scope))
             headers = [
                 (b"content-type", content_type.encode("latin-1")),
                 (b"content-length", str(len(body)).encode()),
@@ -494,14 +497,20 @@ class Gateway:
         }
         ready = all(checks.values())
         # An issuer failing closed (JWKS past jwks_max_stale_s, or never fetched) degrades, but does not
-        # unready, the gateway: its other issuers, Basic users and public routes still work.
+        # unready, the gateway: its other issuers, Basic users and public routes still work. The same for an
+        # upstream that cannot be reached: every instance sees the same provider, and taking them all out of
+        # rotation would turn clear 502s into refused connections.
         jwks = runtime.authorizer.authenticator.verifier.jwks_status()
-        degraded = any(issuer["state"] in ("expired", "unavailable") for issuer in jwks.values())
+        upstreams = await runtime.reach.status()
+        degraded = any(issuer["state"] in ("expired", "unavailable") for issuer in jwks.values()) or not all(
+            found["reachable"] for found in upstreams.values()
+        )
         status = ("degraded" if degraded else "ready") if ready else "not ready"
         body = {
             "status": status,
             "checks": checks,
             "policy": self.policy_status(runtime),
+            "upstreams": upstreams,
             "jwks": jwks,
             "store": self.store.health(),
         }
@@ -556,3 +565,9 @@ def create_app(
     passes a `StreamSink`; tests a `LogCapture`).
     """
     return Gateway(settings, store=store, env=env, log_sink=log_sink)
+
+
+def _accept(scope: Scope) -> str | None:
+    """The request's Accept header (the metrics format a scraper negotiates), if any."""
+    values = header_values(scope["headers"], b"accept")
+    return b", ".join(values).decode("latin-1") if values else None

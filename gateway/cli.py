@@ -1,7 +1,9 @@
 """The `gateway` command (also `python -m gateway`).
 
     gateway serve --config config.yaml [--host H] [--port P] [--workers N] [--log-format auto|json|console]
-    gateway demo [--config config.yaml] [--port P] [--log-format auto|json|console]
+    gateway demo [--config C] [--port P] [--log-format auto|json|console]
+    gateway init [DIR]
+    gateway --version
     gateway token issue --config C --sub S --scope messages:send [--scope ...] [--ttl 900]
     gateway token revoke --config C JTI
     gateway token revoke --config C --sub S [--issuer basic|cli|NAME]
@@ -34,34 +36,55 @@ from pathlib import Path
 
 from gateway.config.settings import Settings, load_settings
 from gateway.errors import HTTPError, LoadError
-from gateway.serving import start_metrics_listener, uvicorn_options
+from gateway.serving import StartupError, check_listener, start_metrics_listener, uvicorn_options
 
 __all__ = ["main"]
 
 CONFIG_ENV = "SMSGUARD_CONFIG"
 LOG_FORMAT_ENV = "SMSGUARD_LOG_FORMAT"
 LOG_FORMATS = ("auto", "json", "console")
+LOG_FORMAT_HELP = "log lines on stderr: json, console, or auto: console on a terminal, else json (default: auto)"
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gateway", description="smsguard: a scope-aware gateway for SMS APIs")
+    parser.add_argument("--version", action="version", version=f"gateway (smsguard) {_version()}")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    serve = commands.add_parser("serve", help="run the reverse proxy")
-    serve.add_argument("--config", default="config.yaml")
-    serve.add_argument("--host")
-    serve.add_argument("--port", type=int)
-    serve.add_argument("--workers", type=int, default=1)
+    serve = commands.add_parser(
+        "serve", help="run the reverse proxy", description="Run the reverse proxy (uvicorn, httptools, uvloop)."
+    )
+    serve.add_argument("--config", default="config.yaml", metavar="C", help="the config file (default: config.yaml)")
     serve.add_argument(
-        "--log-format", choices=LOG_FORMATS, default="auto", help="log lines on stderr (auto: console on a terminal)"
+        "--host", metavar="H", help="address to listen on (default: listen.host of the config, else 127.0.0.1)"
     )
+    serve.add_argument(
+        "--port", type=int, metavar="P", help="port to listen on (default: listen.port of the config, else 8080)"
+    )
+    serve.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        metavar="N",
+        help="worker processes on one port; N > 1 needs a shared store: redis://... (default: 1)",
+    )
+    serve.add_argument("--log-format", choices=LOG_FORMATS, default="auto", help=LOG_FORMAT_HELP)
 
-    demo = commands.add_parser("demo", help="run the gateway in front of a built-in SMSGate sandbox")
-    demo.add_argument("--config", default="config.yaml")
-    demo.add_argument("--port", type=int)
-    demo.add_argument(
-        "--log-format", choices=LOG_FORMATS, default="auto", help="log lines on stderr (auto: console on a terminal)"
+    demo = commands.add_parser(
+        "demo",
+        help="run the gateway in front of a built-in SMSGate sandbox",
+        description="Run the gateway, on 127.0.0.1 only, in front of a built-in sandbox that answers like "
+        "SMSGate's 3rdparty API with made-up data; prints a Basic login and curl lines to try.",
     )
+    demo.add_argument(
+        "--config",
+        metavar="C",
+        help="a config to run instead of the demo's own (default: the config.yaml shipped in the package)",
+    )
+    demo.add_argument(
+        "--port", type=int, metavar="P", help="port to listen on (default: listen.port of the config, else 8080)"
+    )
+    demo.add_argument("--log-format", choices=LOG_FORMATS, default="auto", help=LOG_FORMAT_HELP)
 
     token = commands.add_parser("token", help="issue or revoke the gateway's own tokens")
     token_commands = token.add_subparsers(dest="token_command", required=True)
@@ -87,6 +110,15 @@ def _parser() -> argparse.ArgumentParser:
     from gateway.policytools.cli import add_policy_commands
 
     add_policy_commands(commands)
+
+    init = commands.add_parser(
+        "init",
+        help="write a starter config.yaml and the provider policies into a folder",
+        description="Write DIR/config.yaml (the demo's config: every secret a ${VAR}) and DIR/policies/*.yaml "
+        "(SMSGate, BSG v1/v2, SMSPortal, SMSGatewayCenter), with $schema lines for editors. Existing files "
+        "are never overwritten.",
+    )
+    init.add_argument("directory", metavar="DIR", nargs="?", default=".", help="the folder (default: .)")
 
     hash_password = commands.add_parser("hash-password", help="print an argon2id hash for config.yaml")
     hash_password.add_argument("--stdin", action="store_true", help="read the password from standard input")
@@ -116,6 +148,15 @@ def _add_key_commands(commands: argparse._SubParsersAction[argparse.ArgumentPars
         command.add_argument("--json", action="store_true", help="print JSON")
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("smsguard")
+    except PackageNotFoundError:  # run from a checkout that was never installed
+        return "unknown (not installed)"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
@@ -123,8 +164,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _serve(args)
         if args.command == "demo":
             from gateway.demo import run_demo
+            from gateway.scaffold import demo_config
 
-            return run_demo(Path(args.config), port=args.port, log_format=args.log_format)
+            config = Path(args.config) if args.config else demo_config()
+            return run_demo(config, port=args.port, log_format=args.log_format)
+        if args.command == "init":
+            return _init(Path(args.directory))
         if args.command == "token":
             return asyncio.run(_token(args))
         if args.command == "key":
@@ -142,6 +187,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except HTTPError as exc:
         print(f"gateway: {exc.message}", file=sys.stderr)
         return 1
+    except StartupError as exc:
+        print(f"gateway: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130
     return 2
@@ -157,6 +205,8 @@ def _serve(args: argparse.Namespace) -> int:
     if unshared is not None:
         print(f"gateway: {unshared}", file=sys.stderr)
         return 2
+    options = uvicorn_options(settings, host=args.host, port=args.port)
+    check_listener(options["host"], options["port"])  # a port in use is the one line printed, before anything
     log_format = resolve_format(args.log_format)
     with _metrics_directory(settings, args.workers) as directory:  # before prometheus_client is imported
         from gateway.app import create_app
@@ -174,7 +224,7 @@ def _serve(args: argparse.Namespace) -> int:
         uvicorn.run(
             "gateway.cli:app_from_environment",
             factory=True,
-            **uvicorn_options(settings, host=args.host, port=args.port),
+            **options,
             workers=args.workers,
         )
     return 0
@@ -283,6 +333,14 @@ async def _token(args: argparse.Namespace) -> int:
         elif args.jti is None or args.issuer is not None:
             print("gateway: give a jti, or --sub (with --issuer)", file=sys.stderr)
             return 2
+        elif settings.store.startswith("memory:"):
+            print(
+                "gateway: token revoke JTI needs a shared store: with store: memory:// each gateway process keeps its "
+                "tokens in its own memory, out of this command's reach; revoke through "
+                f"DELETE {settings.tokens.mount}/auth/token/JTI on the running gateway, or set store: redis://...",
+                file=sys.stderr,
+            )
+            return 1
         else:
             record = await gateway.tokens.revoke(args.jti, caller=None)
             print(f"revoked {args.jti} (subject {record.subject}) and its refresh family")
@@ -327,6 +385,24 @@ async def _key(args: argparse.Namespace) -> int:
         return 0
     finally:
         await gateway.shutdown()
+
+
+def _init(directory: Path) -> int:
+    from gateway.scaffold import init_project
+
+    try:
+        written = init_project(directory)
+    except FileExistsError as exc:
+        print(f"gateway: {exc}", file=sys.stderr)
+        return 1
+    for path in written:
+        print(f"wrote {path}")
+    config = directory / "config.yaml"
+    print(
+        f"\nnext: gateway policy validate --config {config} --no-secrets\n"
+        f"      export the ${{VAR}}s config.yaml names, then: gateway serve --config {config}"
+    )
+    return 0
 
 
 def _hash_password(args: argparse.Namespace) -> int:

@@ -70,7 +70,7 @@ async def _demo(config: Path, port: int | None, log_format: str) -> None:
     from gateway.app import create_app
     from gateway.observe.logs import StreamSink, configure_stdlib_logging, resolve_format
     from gateway.sandbox.app import Sandbox
-    from gateway.serving import start_metrics_listener, uvicorn_options
+    from gateway.serving import StartupError, bind_listener, start_metrics_listener, uvicorn_options
 
     sandbox_user, sandbox_password = "sandbox", secrets.token_urlsafe(24)
     sandbox = Sandbox(sandbox_user, sandbox_password)
@@ -80,13 +80,16 @@ async def _demo(config: Path, port: int | None, log_format: str) -> None:
         settings = load_settings(config, env=env)
         options = uvicorn_options(settings, host="127.0.0.1", port=port)
         options.pop("loop")
-        fmt = resolve_format(log_format)
-        gateway = create_app(settings, log_sink=StreamSink(fmt))
-        configure_stdlib_logging(fmt, level=settings.log.level, redactor=gateway.loggers.redactor)
-        if settings.metrics.enabled and settings.metrics.port is not None:
-            start_metrics_listener(settings, gateway.metrics.registry)
-        server = uvicorn.Server(uvicorn.Config(gateway, **options))
-        print(demo_banner(f"http://127.0.0.1:{options['port']}"), flush=True)
-        await server.serve()
+        with bind_listener(options["host"], options["port"]) as listener:  # a port in use fails here, first
+            fmt = resolve_format(log_format)
+            gateway = create_app(settings, log_sink=StreamSink(fmt))
+            configure_stdlib_logging(fmt, level=settings.log.level, redactor=gateway.loggers.redactor)
+            if settings.metrics.enabled and settings.metrics.port is not None:
+                start_metrics_listener(settings, gateway.metrics.registry)
+            server = uvicorn.Server(uvicorn.Config(gateway, **options))
+            print(demo_banner(f"http://127.0.0.1:{options['port']}"), flush=True)
+            await server.serve(sockets=[listener])
+        if not server.started:
+            raise StartupError("the demo gateway did not start (the reason is logged above)")
     finally:
         await sandbox.stop()

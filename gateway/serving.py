@@ -7,6 +7,8 @@ module level: prometheus_client must not be imported before `serve` has set its 
 
 from __future__ import annotations
 
+import errno
+import socket
 from typing import TYPE_CHECKING, Any
 
 from gateway.errors import LoadError
@@ -16,7 +18,38 @@ if TYPE_CHECKING:
 
     from gateway.config.settings import Settings
 
-__all__ = ["start_metrics_listener", "uvicorn_options"]
+__all__ = ["StartupError", "bind_listener", "check_listener", "start_metrics_listener", "uvicorn_options"]
+
+
+class StartupError(Exception):
+    """The gateway cannot start (the CLI prints it alone, in words, and exits 1)."""
+
+
+def bind_listener(host: str, port: int) -> socket.socket:
+    """The listening socket `serve` and `demo` will use, bound now (as uvicorn binds it: SO_REUSEADDR, IPv6 when
+    the host has a colon), so a port in use is an error before anything claims the gateway is running."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        where = f"[{host}]:{port}" if family == socket.AF_INET6 else f"{host}:{port}"
+        reason = (exc.strerror or str(exc)).lower()
+        hint = ""
+        if exc.errno == errno.EADDRINUSE:
+            hint = " (another process holds the port: stop it, or choose another with --port)"
+        elif exc.errno == errno.EACCES:
+            hint = " (ports below 1024 need privileges: choose another with --port)"
+        raise StartupError(f"cannot listen on {where}: {reason}{hint}") from None
+    sock.set_inheritable(True)
+    return sock
+
+
+def check_listener(host: str, port: int) -> None:
+    """Fail now, with `bind_listener`'s message, when `host:port` cannot be bound (the socket is released)."""
+    bind_listener(host, port).close()
 
 
 def start_metrics_listener(settings: Settings, registry: CollectorRegistry) -> None:

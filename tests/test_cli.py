@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -136,3 +138,90 @@ def test_serve_factory_freezes_start_up_objects(tmp_path: Path, monkeypatch: pyt
         assert gateway.runtime.policies
     finally:
         gc.unfreeze()
+
+
+def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+    """`gateway --version` prints the installed version."""
+    from importlib.metadata import version
+
+    with pytest.raises(SystemExit) as exited:
+        main(["--version"])
+    assert exited.value.code == 0
+    assert capsys.readouterr().out.strip() == f"gateway (smsguard) {version('smsguard')}"
+
+
+@pytest.mark.parametrize("command", ["serve", "demo"])
+def test_help_lists_every_option_with_help_and_default(command: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """`serve --help` and `demo --help`: every option has help text that states its default."""
+    with pytest.raises(SystemExit):
+        main([command, "--help"])
+    out = capsys.readouterr().out
+    options = out.split("options:", 1)[1]
+    entries = [entry for entry in re.split(r"\n  (?=-)", options) if entry.strip() and "--help" not in entry]
+    assert len(entries) >= 3
+    for entry in entries:
+        assert "(default: " in " ".join(entry.split()), entry
+
+
+def test_port_in_use_is_the_only_line_and_exits_1(tmp_path: Path) -> None:
+    """demo and serve on a port another process holds: one line in words first and alone, exit 1, no banner."""
+    cfg = GatewayConfig(tmp_path, "http://127.0.0.1:9/3rdparty/v1")
+    config = cfg.write()
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        port = str(held.getsockname()[1])
+        for argv in (["demo", "--port", port], ["serve", "--config", str(config), "--port", port]):
+            done = subprocess.run(
+                [sys.executable, "-m", "gateway", *argv, "--log-format", "json"],
+                env={**os.environ, **cfg.env},
+                capture_output=True,
+                text=True,
+                timeout=30,
+            )
+            assert done.returncode == 1, done.stderr
+            assert done.stdout == ""
+            assert done.stderr == (
+                f"gateway: cannot listen on 127.0.0.1:{port}: address already in use "
+                "(another process holds the port: stop it, or choose another with --port)\n"
+            )
+
+
+def test_init_writes_a_starter_config_and_policies(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`gateway init DIR`: config.yaml and the policies, valid, their $schema resolving; never overwrites."""
+    target = tmp_path / "new"
+    assert main(["init", str(target)]) == 0
+    assert "wrote" in capsys.readouterr().out
+    written = sorted(str(p.relative_to(target)) for p in target.rglob("*.yaml"))
+    assert written == [
+        "config.yaml",
+        "policies/bsg_v1.yaml",
+        "policies/bsg_v2.yaml",
+        "policies/smsgate.yaml",
+        "policies/smsgatewaycenter.yaml",
+        "policies/smsportal.yaml",
+    ]
+    for path in target.rglob("*.yaml"):
+        first = path.read_text().splitlines()[0]
+        schema = first.removeprefix("# yaml-language-server: $schema=")
+        assert schema.startswith("file:///"), first
+        assert Path(schema.removeprefix("file://")).is_file(), first
+    assert main(["policy", "validate", "--strict", "--no-secrets", "--config", str(target / "config.yaml")]) == 0
+    capsys.readouterr()
+    assert main(["init", str(target)]) == 1
+    assert "exists already" in capsys.readouterr().err
+
+
+def test_token_revoke_jti_with_a_memory_store_says_the_store_is_per_process(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`token revoke JTI` with store memory:// explains that no running gateway is reachable (not "no such token")."""
+    cfg = GatewayConfig(tmp_path, "http://127.0.0.1:9/3rdparty/v1")
+    path = cfg.write()
+    for key, value in cfg.env.items():
+        monkeypatch.setenv(key, value)
+    assert main(["token", "revoke", "--config", str(path), "some-jti"]) == 1
+    err = capsys.readouterr().err
+    assert "store: memory://" in err
+    assert "DELETE /3rdparty/v1/auth/token/JTI" in err
+    assert "no such token" not in err

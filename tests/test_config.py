@@ -92,6 +92,9 @@ def test_empty_config_gives_defaults() -> None:
         ("listen:\n  port: eighty\n", 2, "listen.port", "expected an integer"),
         ("listen:\n  port: 70000\n", 2, "listen.port", "not a TCP port"),
         ("store: mysql://x\n", 1, "store", "unsupported store"),
+        ("store: redis:/127.0.0.1:6379/0\n", 1, "store", "two slashes after the scheme"),
+        ("store: redis://127.0.0.1:6379/x\n", 1, "store", "database number"),
+        ("store: redis+sentinel://h1:26379\n", 1, "store", "name the monitored service"),
         (
             "auth:\n  issuers:\n    - {name: a, issuer: b, algorithms: [HS256]}\n",
             3,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import socket
 from collections.abc import AsyncIterator
@@ -14,6 +15,7 @@ from gatewayconfig import CANARIES, OPS_PASSWORD, UPSTREAM_PASSWORD, UPSTREAM_US
 
 from gateway.app import Gateway, create_app
 from gateway.errors import LoadError
+from gateway.observe.logs import NullSink
 
 INJECTED = "Basic " + base64.b64encode(f"{UPSTREAM_USER}:{UPSTREAM_PASSWORD}".encode()).decode()
 
@@ -174,3 +176,45 @@ async def test_upstream_refused_is_a_502(tmp_path: Path) -> None:
     assert response.status_code == 502
     assert list(response.json()) == ["message"]
     assert "127.0.0.1" not in response.text
+
+
+async def test_readiness_reports_each_upstreams_reachability(tmp_path: Path) -> None:
+    """/readyz connects to each upstream (TCP only, cached a few seconds, one check for concurrent probes):
+    reachable ones with their connect time, an unreachable one with why, the status degraded but still 200."""
+    from gateway.config.settings import parse_settings
+
+    connections = 0
+
+    def accepted(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal connections
+        connections += 1
+        writer.close()
+
+    listening = await asyncio.start_server(accepted, "127.0.0.1", 0)
+    up_port = listening.sockets[0].getsockname()[1]
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        down_port = closed.getsockname()[1]  # bound, never listening: connections are refused
+        settings = parse_settings(
+            f"upstreams:\n  up: {{url: 'http://127.0.0.1:{up_port}/v1'}}\n"
+            f"  down: {{url: 'http://127.0.0.1:{down_port}/v1'}}\n",
+            env={},
+        )
+        gateway = create_app(settings, log_sink=NullSink())
+        async with UvicornServer(gateway, lifespan="on") as server, httpx.AsyncClient(base_url=server.url) as client:
+            answers = await asyncio.gather(*(client.get("/readyz") for _ in range(5)))
+            await asyncio.sleep(0.05)
+            again = await client.get("/readyz")
+    listening.close()
+    await listening.wait_closed()
+    for answer in (*answers, again):
+        assert answer.status_code == 200
+        body = answer.json()
+        assert body["status"] == "degraded"
+        assert body["checks"]["upstreams"] is True  # the pools are up: reachability degrades, never unreadies
+        assert body["upstreams"]["up"]["reachable"] is True
+        assert body["upstreams"]["up"]["connect_ms"] >= 0
+        down = body["upstreams"]["down"]
+        assert (down["reachable"], down["error"]) == (False, "connection refused")
+        assert 0 <= down["age_s"] < 5
+    assert connections == 1  # six probes, one connect: shared while in flight, then cached

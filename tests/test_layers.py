@@ -32,7 +32,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("policytools",),
     ("app",),
     ("serving",),
-    ("demo",),
+    ("demo", "scaffold"),
     ("cli",),
     ("__init__", "__main__"),  # gateway itself: the lazy public API and `python -m gateway`
 ]

@@ -994,3 +994,32 @@ def test_log_format_flag_is_checked() -> None:
         with pytest.raises(SystemExit) as caught:
             main([command, "--log-format", "xml"])
         assert caught.value.code == 2
+
+
+def test_console_access_lines_lead_with_time_status_method_path_latency_subject() -> None:
+    """--log-format console: an access line starts with time, status, method, path, latency, subject; the rest
+    follows sorted by name; other events keep time, level and event first."""
+    out = io.StringIO()
+    log = make_logger("t", redactor=Redactor(), sink=StreamSink("console", out))
+    log.info(
+        "request",
+        request_id="r1",
+        method="GET",
+        path="/3rdparty/v1/devices",
+        decision="deny",
+        reason="insufficient_scope",
+        subject="ops",
+        status=403,
+        bytes_out=55,
+        duration_ms=0.169,
+    )
+    log.warning("store.unavailable", reason="timeout")
+    access, other = out.getvalue().splitlines()
+    timestamp, rest = access.split(" ", 1)
+    assert timestamp.endswith("Z")
+    assert (
+        rest
+        == "403 GET /3rdparty/v1/devices 0.169ms ops bytes_out=55 decision=deny reason=insufficient_scope request_id=r1"
+    )
+    assert other.split(" ", 1)[1].startswith("[warning  ] store.unavailable")
+    assert other.endswith("reason=timeout")

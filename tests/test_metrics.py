@@ -7,7 +7,9 @@ import asyncio
 import json
 import time
 from collections.abc import AsyncIterator
+from importlib.metadata import version
 from pathlib import Path
+from platform import python_version
 
 import httpx
 import pytest
@@ -26,7 +28,7 @@ from gateway.observe.logs import LogCapture, NullSink
 from gateway.observe.metrics import LATENCY_BUCKETS, Metrics
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
-MESSAGES = "POST /3rdparty/v1/messages"
+MESSAGES = "/3rdparty/v1/messages"
 REQUEST_SECONDS = "smsguard_request_duration_seconds"
 UPSTREAM_SECONDS = "smsguard_upstream_duration_seconds"
 SMSPORTAL = "{type: smsportal, client_id: '${T_SMSPORTAL_ID}', api_secret: '${T_SMSPORTAL_SECRET}'}"
@@ -80,18 +82,17 @@ async def test_counters_after_a_mix_of_requests(env: Env) -> None:
 
     samples = await scrape(env.client)
     assert only(samples, "smsguard_requests_total") == {
-        labels(route=MESSAGES, decision="allow", status="202"): 3,
-        labels(route=MESSAGES, decision="deny", status="401"): 3,
-        labels(route=MESSAGES, decision="deny", status="403"): 1,
-        labels(route="none", decision="deny", status="404"): 1,
-        labels(route="none", decision="deny", status="400"): 1,
-        labels(route="GET /healthz", decision="allow", status="200"): 2,
+        labels(method="POST", route=MESSAGES, decision="allow", status="202"): 3,
+        labels(method="POST", route=MESSAGES, decision="deny", status="401"): 3,
+        labels(method="POST", route=MESSAGES, decision="deny", status="403"): 1,
+        labels(method="GET", route="none", decision="deny", status="404"): 1,
+        labels(method="GET", route="none", decision="deny", status="400"): 1,
     }
     assert only(samples, "smsguard_request_duration_seconds_count") == {
-        labels(route=MESSAGES): 7,
-        labels(route="none"): 2,
-        labels(route="GET /healthz"): 2,
+        labels(method="POST", route=MESSAGES): 7,
+        labels(method="GET", route="none"): 2,
     }
+    assert only(samples, "smsguard_probe_requests_total") == {labels(route="/healthz", status="200"): 2}
     assert only(samples, "smsguard_upstream_duration_seconds_count") == {labels(upstream="smsgate"): 3}
     assert 0 < samples[("smsguard_upstream_duration_seconds_sum", labels(upstream="smsgate"))] < 5
     assert samples[("smsguard_upstream_duration_seconds_bucket", labels(upstream="smsgate", le="+Inf"))] == 3
@@ -103,7 +104,8 @@ async def test_counters_after_a_mix_of_requests(env: Env) -> None:
     assert only(samples, "smsguard_policy_reloads_total") == {}
 
     again = await scrape(env.client)
-    assert again[("smsguard_requests_total", labels(route="GET /metrics", decision="allow", status="200"))] == 1
+    assert again[("smsguard_probe_requests_total", labels(route="/metrics", status="200"))] == 1
+    assert only(again, "smsguard_requests_total") == only(samples, "smsguard_requests_total")  # scrapes apart
 
 
 async def test_token_exchange_logins_and_cache_hits(tmp_path: Path) -> None:
@@ -131,7 +133,7 @@ async def test_token_exchange_logins_and_cache_hits(tmp_path: Path) -> None:
     assert only(samples, "smsguard_upstream_token_logins_total") == {
         labels(upstream="smsportal", kind="login", outcome="failed"): 1
     }
-    failed = labels(route="POST /smsportal/v1/bulkmessages", decision="allow", status="502")
+    failed = labels(method="POST", route="/smsportal/v1/bulkmessages", decision="allow", status="502")
     assert samples[("smsguard_requests_total", failed)] == 1
 
 
@@ -188,7 +190,7 @@ async def test_two_gateways_in_one_process_count_separately(tmp_path: Path) -> N
             await asyncio.sleep(0.05)
             counted_a = only(await scrape(client_a), "smsguard_requests_total")
             counted_b = only(await scrape(client_b), "smsguard_requests_total")
-    assert counted_a == {labels(route="none", decision="deny", status="404"): 3}
+    assert counted_a == {labels(method="GET", route="none", decision="deny", status="404"): 3}
     assert counted_b == {}
 
 
@@ -197,18 +199,42 @@ def test_request_histograms_fill_buckets_as_prometheus_client_does() -> None:
     `Histogram.observe` gives (a value on a bucket's bound counts in that bucket)."""
     metrics = Metrics()
     registry = CollectorRegistry()
-    durations = Histogram(REQUEST_SECONDS, "", ("route",), buckets=LATENCY_BUCKETS, registry=registry)
+    durations = Histogram(REQUEST_SECONDS, "", ("method", "route"), buckets=LATENCY_BUCKETS, registry=registry)
     upstreams = Histogram(UPSTREAM_SECONDS, "", ("upstream",), buckets=LATENCY_BUCKETS, registry=registry)
     values = [0.0, 0.0004, 0.001, 0.0010001, 0.0025, 0.003, 0.7, 1.0, 29.9, 30.0, 30.5, 1e9]
     for value in values:
-        metrics.observe_request(MESSAGES, "allow", 202, value, "smsgate", value / 2)
-        durations.labels(MESSAGES).observe(value)
+        metrics.observe_request("POST", MESSAGES, "allow", 202, value, "smsgate", value / 2)
+        durations.labels("POST", MESSAGES).observe(value)
         upstreams.labels("smsgate").observe(value / 2)
     ours, theirs = parse(metrics.render()[0].decode()), parse(generate_latest(registry).decode())
     for name in (REQUEST_SECONDS, UPSTREAM_SECONDS):
         for sample in (f"{name}_bucket", f"{name}_count", f"{name}_sum"):
             assert only(ours, sample) == only(theirs, sample), sample
-    assert only(ours, "smsguard_requests_total") == {labels(route=MESSAGES, decision="allow", status="202"): 12}
+    assert only(ours, "smsguard_requests_total") == {
+        labels(method="POST", route=MESSAGES, decision="allow", status="202"): 12
+    }
+
+
+async def test_standard_collectors_build_info_and_openmetrics(env: Env) -> None:
+    """process_* and python_* from prometheus_client's collectors, smsguard_build_info, and the OpenMetrics
+    format for a scraper that asks for it (Prometheus text otherwise)."""
+    samples = await scrape(env.client)
+    names = {name for name, _ in samples}
+    assert {"process_cpu_seconds_total", "process_resident_memory_bytes", "python_info"} <= names
+    assert any(name.startswith("python_gc_") for name in names)
+    assert samples[("smsguard_build_info", labels(version=version("smsguard"), python=python_version()))] == 1
+    accept = {"accept": "application/openmetrics-text; version=1.0.0,text/plain;version=0.0.4;q=0.5"}
+    response = await env.client.get("/metrics", headers=accept)
+    assert response.headers["content-type"].startswith("application/openmetrics-text")
+    assert response.text.endswith("# EOF\n")
+    assert "smsguard_requests_total" not in response.text or "# TYPE smsguard_requests counter" in response.text
+
+
+def test_unusual_methods_share_one_label() -> None:
+    """The method label is bounded: a method outside GET ... OPTIONS is counted as OTHER."""
+    from gateway.observe.events import route_label
+
+    assert route_label("PROPFIND", "").rstrip() == "OTHER"
 
 
 # ------------------------------------------------------------------------------------------------ workers
@@ -246,10 +272,12 @@ def test_several_workers_are_aggregated(tmp_path: Path) -> None:
         totals = set()
         for _ in range(6):
             samples = parse(httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text)
-            totals.add(samples[("smsguard_requests_total", labels(route="none", decision="deny", status="404"))])
+            none = labels(method="GET", route="none", decision="deny", status="404")
+            totals.add(samples[("smsguard_requests_total", none)])
         assert totals == {20.0}
-        assert samples[(f"{REQUEST_SECONDS}_count", labels(route="none"))] == 20
-        assert samples[(f"{REQUEST_SECONDS}_bucket", labels(route="none", le="+Inf"))] == 20
+        assert samples[(f"{REQUEST_SECONDS}_count", labels(method="GET", route="none"))] == 20
+        assert samples[(f"{REQUEST_SECONDS}_bucket", labels(method="GET", route="none", le="+Inf"))] == 20
+        assert samples[("smsguard_build_info", labels(version=version("smsguard"), python=python_version()))] == 1
         assert samples[("smsguard_in_flight_requests", labels())] == 1
     lines = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
     requests = [line for line in lines if line["event"] == "request"]
@@ -281,8 +309,8 @@ def test_separate_metrics_listener(tmp_path: Path) -> None:
         assert httpx.get(f"http://127.0.0.1:{port}/metrics").status_code == 404
         samples = parse(httpx.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).text)
     counted = only(samples, "smsguard_requests_total")
-    assert counted[labels(route="POST /3rdparty/v1/auth/token", decision="allow", status="201")] == 1
-    assert counted[labels(route="none", decision="deny", status="404")] == 1
+    assert counted[labels(method="POST", route="/3rdparty/v1/auth/token", decision="allow", status="201")] == 1
+    assert counted[labels(method="GET", route="none", decision="deny", status="404")] == 1
 
 
 @pytest.mark.parametrize(
@@ -308,3 +336,24 @@ def test_metrics_config_defaults() -> None:
     own = parse_settings("metrics: {port: 9100}\n", env={}).metrics
     assert (own.port, own.host, own.served_path) == (9100, "127.0.0.1", None)
     assert parse_settings("metrics: {enabled: false}\n", env={}).metrics.served_path is None
+
+
+def test_readme_metrics_table_matches_the_metrics() -> None:
+    """README's metrics table lists every smsguard_* metric with exactly its labels (and nothing else)."""
+    import re
+
+    from prometheus_client.metrics import MetricWrapperBase
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    table = readme.split("**Metrics**", 1)[1].split("\n\n", 2)[1]
+    documented = {}
+    for row in table.splitlines()[2:]:
+        name, _, label_cell = (cell.strip() for cell in row.strip("|").split("|"))
+        if name.startswith("`smsguard_"):
+            documented[name.strip("`")] = set(re.findall(r"`(\w+)`", re.sub(r"\([^)]*\)", "", label_cell)))
+    registered = {}
+    for metric in vars(Metrics()).values():
+        if isinstance(metric, MetricWrapperBase):
+            name = metric._name + ("_total" if metric._type == "counter" else "")
+            registered[name] = set(metric._labelnames)
+    assert documented == registered

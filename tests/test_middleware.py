@@ -310,7 +310,7 @@ async def test_metrics_land_on_the_apps_registry() -> None:
         await http.post("/api/messages")
     await asyncio.sleep(0)
     counted.observer.metrics.flush()  # type: ignore[union-attr]
-    labels = {"route": "POST /api/messages", "decision": "deny", "status": "401"}
+    labels = {"method": "POST", "route": "/api/messages", "decision": "deny", "status": "401"}
     assert registry.get_sample_value("smsguard_requests_total", labels) == 1.0
 
 

@@ -248,10 +248,90 @@ class TestValidate:
         assert lines[0].startswith(f"{config}:1:10: error: listen.hots: unknown key")
         assert any(line.startswith(f"{config}:2:8: error: store") for line in lines), lines
 
-    def test_usage_errors(self, capsys: pytest.CaptureFixture[str]) -> None:
-        """No file and no config, or an unknown option: exit 2 with a message."""
-        assert run(capsys, "validate")[0] == 2
+    def test_usage_errors(
+        self, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """No file and no config.yaml here, or an unknown option: exit 2 with a message."""
         assert run(capsys, "validate", "--nope", SHIPPED)[0] == 2
+        monkeypatch.chdir(tmp_path)
+        code, _, err = run(capsys, "validate")
+        assert code == 2
+        assert "config.yaml is not here" in err
+
+
+# ---------------------------------------------------------------------------- where policies come from
+
+SHIPPED_ENV = ("SMSGUARD_OPS_PASSWORD_HASH", "SMSGUARD_TOKEN_SECRET", "SMSGATE_URL", "SMSGATE_USER", "SMSGATE_PASSWORD")
+
+
+class TestSources:
+    """One convention: --policy FILE (positional FILEs too for validate and matrix), else --config C, which
+    defaults to config.yaml like `gateway serve`; --no-secrets stands in for unset ${VAR}s."""
+
+    @pytest.fixture(autouse=True)
+    def _no_secrets_set(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        for name in SHIPPED_ENV:
+            monkeypatch.delenv(name, raising=False)
+
+    @pytest.mark.parametrize(
+        "argv",
+        [
+            ["explain", "POST", "/3rdparty/v1/messages"],
+            ["check", "POST", "/3rdparty/v1/messages", "--scope", "messages:send"],
+            ["matrix"],
+            ["validate"],
+        ],
+    )
+    def test_default_config_is_config_yaml(self, capsys: pytest.CaptureFixture[str], argv: list[str]) -> None:
+        """Without flags, the policy tools read ./config.yaml: its unset ${VAR}s are named, with the way out."""
+        code, out, err = run(capsys, *argv)
+        assert code != 0
+        assert "config.yaml:14:22: error: auth.basic_users[0].password_hash: environment variable" in out + err
+        assert "--no-secrets" in err
+
+    @pytest.mark.parametrize(
+        "argv",
+        [
+            ["explain", "POST", "/3rdparty/v1/messages"],
+            ["check", "POST", "/3rdparty/v1/messages", "--scope", "messages:send"],
+            ["matrix"],
+            ["validate", "--strict"],
+            ["validate", "--config", "config.yaml"],
+        ],
+    )
+    def test_no_secrets_needs_no_secret_values(self, capsys: pytest.CaptureFixture[str], argv: list[str]) -> None:
+        """--no-secrets: the shipped config is read with stand-ins, and the command answers."""
+        code, out, err = run(capsys, *argv, "--no-secrets")
+        assert (code, err) == (0, "")
+        assert out
+
+    def test_no_secrets_stand_ins(self, capsys: pytest.CaptureFixture[str]) -> None:
+        """An unset URL stands in as a reserved .invalid name; secrets are never asked for."""
+        code, out, _ = run(capsys, "explain", "POST", "/3rdparty/v1/messages", "--no-secrets")
+        assert code == 0
+        assert "forwards:  POST https://smsgate-url.invalid/messages" in out
+
+    def test_no_secrets_keeps_real_values(
+        self, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """A variable that is set is used as it is."""
+        monkeypatch.setenv("SMSGATE_URL", "https://api.sms-gate.app/3rdparty/v1")
+        _, out, _ = run(capsys, "explain", "POST", "/3rdparty/v1/messages", "--no-secrets")
+        assert "forwards:  POST https://api.sms-gate.app/3rdparty/v1/messages" in out
+
+    @pytest.mark.parametrize("command", ["validate", "matrix"])
+    def test_policy_option_and_positional_files_agree(self, capsys: pytest.CaptureFixture[str], command: str) -> None:
+        """validate and matrix take --policy FILE like explain and check (and FILE positionally); no config read."""
+        by_option = run(capsys, command, "--policy", SHIPPED)
+        by_position = run(capsys, command, SHIPPED)
+        assert by_option == by_position
+        assert by_option[0] == 0
+
+    def test_no_secrets_for_policy_tests_config(self, capsys: pytest.CaptureFixture[str]) -> None:
+        """--policy without --config reads no config: no secret needed, no upstream URL shown."""
+        code, out, _ = run(capsys, "explain", "POST", "/3rdparty/v1/messages", "--policy", SHIPPED)
+        assert code == 0
+        assert "give --config" in out
 
 
 # ------------------------------------------------------------------------------------------- explain
@@ -297,11 +377,14 @@ class TestExplain:
         """0 when a rule (or the gateway itself) answers, 1 when nothing matches or the path is refused."""
         assert run(capsys, "explain", method, path, "--config", CONFIG)[0] == code
 
-    def test_needs_policies(self, capsys: pytest.CaptureFixture[str]) -> None:
-        """Neither --config nor --policy: a usage error."""
+    def test_needs_policies(
+        self, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """Neither --config nor --policy, and no config.yaml to default to: a usage error."""
+        monkeypatch.chdir(tmp_path)
         code, _, err = run(capsys, "explain", "GET", "/x")
         assert code == 2
-        assert "give --config C" in err
+        assert "name policy files (--policy FILE), or --config C" in err
 
     def test_load_error_exits_2(self, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
         """A policy that does not load is named with file:line:column on stderr."""

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import difflib
 import os
+import re
+import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,17 +32,21 @@ from gateway.config.sections import Settings, UpstreamSettings
 from gateway.errors import LoadError
 from gateway.yamlsource import Node, load_file, load_text
 
-__all__ = ["load_settings", "parse_settings", "read_credentials"]
+__all__ = ["load_settings", "parse_settings", "placeholder_environment", "read_credentials"]
 
 Path_ = tuple[str | int, ...]
 MAX_DEPTH = 32  # no setting nests deeper than 8; a config is small
 MAX_VALUES = 100_000  # aliases can make a small file expand without bound ("billion laughs")
 
 
-def load_settings(path: str | Path, env: Mapping[str, str] | None = None) -> Settings:
-    """Load `config.yaml`; `env` defaults to the process environment."""
+def load_settings(path: str | Path, env: Mapping[str, str] | None = None, *, placeholders: bool = False) -> Settings:
+    """Load `config.yaml`; `env` defaults to the process environment.
+
+    With `placeholders` (the policy tools' `--no-secrets`), a `${VAR}` that is unset stands in for its value
+    instead of failing: see `placeholder_environment`. Never for serving: nothing real can be reached with them.
+    """
     path = Path(path)
-    return _parse(load_file(path), env if env is not None else os.environ, path.resolve().parent)
+    return _parse(load_file(path), env if env is not None else os.environ, path.resolve().parent, placeholders)
 
 
 def parse_settings(
@@ -67,11 +73,13 @@ def read_credentials(options: Mapping[str, object], url: str = "https://upstream
     return settings.credentials
 
 
-def _parse(root: Node, env: Mapping[str, str], base: Path) -> Settings:
+def _parse(root: Node, env: Mapping[str, str], base: Path, placeholders: bool = False) -> Settings:
     reading = _Reading(root.file)
     data = reading.plain(root.raw, ())
     schema = config_schema()
     reading.walk(schema, schema, data, ())
+    if placeholders:
+        env = placeholder_environment(data, env)
     if isinstance(data, dict):
         data.pop("$schema", None)
         upstreams = data.get("upstreams")
@@ -85,6 +93,50 @@ def _parse(root: Node, env: Mapping[str, str], base: Path) -> Settings:
         reading.add_validation(exc, data)
     reading.raise_errors()
     return settings
+
+
+# ---------------------------------------------------------------------------------- --no-secrets
+
+_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+# an argon2id hash of a random password nobody kept: no Basic login can succeed against it
+_NO_PASSWORD_HASH = "$argon2id$v=19$m=65536,t=3,p=4$ZzZBVt64A7ui5DTarNFd3g$52MM9ilMFGx1CRw0wr4JdXv9EH6tIoBd3Wlkr5eY/q8"
+
+
+def placeholder_environment(data: Any, env: Mapping[str, str]) -> dict[str, str]:
+    """`env` plus a stand-in for every `${VAR}` the config uses but the environment does not set.
+
+    The stand-in fits the key the variable is written under, so the config still loads: a `url` becomes
+    `https://var-name.invalid` (a reserved name that never resolves), a `password_hash` the hash of a
+    password nobody knows, a `secret` a random 48-character string (tokens signed with it are accepted by
+    nothing else), anything else the text `${VAR}` itself. Key files and PEM keys are not stood in for.
+    """
+    filled = dict(env)
+    for key, text in _strings(data, ""):
+        for name in _REFERENCE.findall(text.replace("$$", "")):
+            if not filled.get(name):
+                filled[name] = _stand_in(key, name, whole=text == f"${{{name}}}")
+    return filled
+
+
+def _strings(data: Any, key: str) -> list[tuple[str, str]]:
+    if isinstance(data, str):
+        return [(key, data)]
+    if isinstance(data, dict):
+        return [found for name, value in data.items() for found in _strings(value, str(name))]
+    if isinstance(data, list):
+        return [found for value in data for found in _strings(value, key)]
+    return []
+
+
+def _stand_in(key: str, name: str, *, whole: bool) -> str:
+    if key == "url" or key.endswith("_url"):
+        host = f"{name.lower().replace('_', '-')}.invalid"
+        return f"https://{host}" if whole else host
+    if key == "password_hash":
+        return _NO_PASSWORD_HASH
+    if key == "secret":
+        return secrets.token_urlsafe(36)
+    return f"${{{name}}}"
 
 
 # --------------------------------------------------------------------------------------- the reading

@@ -58,6 +58,8 @@ from gateway.config.presets import (
     SmsGatewayCenterPreset,
     SmsPortalPreset,
 )
+from gateway.config.storeurl import FORMS as STORE_FORMS
+from gateway.config.storeurl import check_store_url
 
 __all__ = [
     "ASYMMETRIC",
@@ -277,19 +279,12 @@ class MetricsSettings:
         return self.path if self.enabled and self.port is None else None
 
 
-_STORE_SCHEMES = frozenset(
-    {"memory", "redis", "rediss", "unix", "redis+cluster", "rediss+cluster", "redis+sentinel", "rediss+sentinel"}
-)
-
-
 def _store(url: str) -> str:
-    scheme = urlsplit(url).scheme
-    if scheme.lower() not in _STORE_SCHEMES:
-        raise fail(
-            f"unsupported store {scheme or url!r}",
-            hint="use memory://, redis://host:6379/0, redis+cluster://host:port,host:port "
-            "or redis+sentinel://host:26379/service",
-        )
+    try:
+        check_store_url(url)
+    except ValueError as exc:
+        message = str(exc) if str(exc).startswith("unsupported") else f"invalid store URL: {exc}"
+        raise fail(message, hint=f"use {STORE_FORMS}") from None
     return url
 
 

@@ -4,7 +4,7 @@
 the access event goes to the stdlib logger `smsguard.access` (so the app's logging configuration
 decides where it lands and at which level), and it is written for refusals only unless every request
 is asked for. Metrics are counted only on a registry the app hands over (`metrics_registry=`), where
-they appear under the gateway's names (`smsguard_requests_total{route,decision,status}`, ...).
+they appear under the gateway's names (`smsguard_requests_total{method,route,decision,status}`, ...).
 Allowed requests are timed to the end of the app's answer, like the gateway's; a websocket's to its close.
 Like the gateway's, observed HTTP responses carry an `x-request-id` header.
 """

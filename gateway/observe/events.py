@@ -421,7 +421,7 @@ class Observer:
         rule = record.rule
         route = f"{scope['method']} {rule.full_path}" if rule is not None else (record.route or "none")
         if plan.count:
-            self._count(record, route, status, duration_s)
+            self._count(record, route, status, duration_s, scope)
         if plan.access and (plan.probes or not record.probe) and status >= self._least_logged:
             self._write(AccessEvent.of(scope, record, plan, route=route, status=status, duration_s=duration_s))
 
@@ -438,9 +438,17 @@ class Observer:
                 pass
         (self.log.error if error else self.log.info)("request", **event.kwargs())
 
-    def _count(self, record: RequestRecord, route: str, status: int, duration_s: float) -> None:
+    def _count(self, record: RequestRecord, route: str, status: int, duration_s: float, scope: Scope) -> None:
         metrics = self.metrics
-        metrics.observe_request(route, record.decision, status, duration_s, record.upstream, record.upstream_s)
+        method, _, template = route.partition(" ")  # the label `METHOD /template`, or "none"
+        if not template:
+            method, template = route_label(scope["method"], "").rstrip(), route
+        if record.probe:  # health checks and scrapes: counted apart, never in the request metrics
+            metrics.observe_probe(template, status)
+            return
+        metrics.observe_request(
+            method, template, record.decision, status, duration_s, record.upstream, record.upstream_s
+        )
         reason = record.reason
         if status == 401 and reason is not None and reason != "missing_token":
             metrics.token_failure(reason)

@@ -1,8 +1,13 @@
 """Prometheus metrics, owned by one Gateway (its own `CollectorRegistry`: two apps never collide).
 
-    smsguard_requests_total{route,decision,status}        route: "POST /3rdparty/v1/messages", a gateway
-                                                          endpoint ("GET /healthz"), or "none"; never a raw path
-    smsguard_request_duration_seconds{route}              histogram, whole request in the gateway
+    smsguard_requests_total{method,route,decision,status} route: the rule's template ("/3rdparty/v1/messages"),
+                                                          a gateway endpoint ("/auth/token"), or "none"; never a
+                                                          raw path. method: GET ... OPTIONS, else OTHER
+    smsguard_request_duration_seconds{method,route}       histogram, whole request in the gateway
+    smsguard_probe_requests_total{route,status}           /healthz, /readyz and scrapes: kept out of the above
+    smsguard_build_info{version,python}                   1; the installed smsguard and the Python running it
+    process_*, python_*                                   prometheus_client's process, platform and GC collectors
+                                                          (a single process's; not in multiprocess mode)
     smsguard_upstream_duration_seconds{upstream}          histogram, until the upstream's response headers
     smsguard_token_verification_failures_total{reason}    401s by reason code (invalid_token:expired, ...)
     smsguard_upstream_token_logins_total{upstream,kind,outcome}   token exchange logins/refreshes, ok|failed
@@ -39,6 +44,7 @@ without their per-call checks and linear bucket search.
 from __future__ import annotations
 
 import os
+import platform
 from bisect import bisect_left
 from typing import TYPE_CHECKING, Protocol
 
@@ -101,20 +107,36 @@ class Metrics:
         self.multiprocess_dir = multiprocess_dir
         if registry is None:
             registry = CollectorRegistry(auto_describe=True)
+            if multiprocess_dir is None:  # a registry of its own: the standard process_* and python_* too
+                _standard_collectors(registry)
         self.registry = registry
         self.requests = Counter(
             "smsguard_requests",
-            "Requests answered, by route (policy rule or gateway endpoint), decision and status.",
-            ("route", "decision", "status"),
+            "Requests answered, by method, route (policy rule or gateway endpoint), decision and status.",
+            ("method", "route", "decision", "status"),
             registry=registry,
         )
         self.request_duration = Histogram(
             "smsguard_request_duration_seconds",
             "Time from the request's arrival to the end of its answer, in the gateway.",
-            ("route",),
+            ("method", "route"),
             buckets=LATENCY_BUCKETS,
             registry=registry,
         )
+        self.probes = Counter(
+            "smsguard_probe_requests",
+            "Health checks (/healthz, /readyz) and metrics scrapes answered, by route and status.",
+            ("route", "status"),
+            registry=registry,
+        )
+        self.build_info = Gauge(
+            "smsguard_build_info",
+            "1, labelled with the smsguard version and the Python version running it.",
+            ("version", "python"),
+            registry=registry,
+            multiprocess_mode="max",
+        )
+        self.build_info.labels(_smsguard_version(), platform.python_version()).set(1)
         self.upstream_duration = Histogram(
             "smsguard_upstream_duration_seconds",
             "Time from sending a request upstream to its response headers (including a retry after a 401).",
@@ -199,12 +221,13 @@ class Metrics:
         )
         self._aggregate: CollectorRegistry | None = None
         self._version: str | None = None
-        self._request_series: dict[tuple[str, str, int], _Timings] = {}
+        self._request_series: dict[tuple[str, str, str, int], _Timings] = {}
         self._upstream_series: dict[str, _Timings] = {}
         self._unflushed: list[_Timings] = []
 
     def observe_request(
         self,
+        method: str,
         route: str,
         decision: str,
         status: int,
@@ -213,11 +236,11 @@ class Metrics:
         upstream_s: float | None = None,
     ) -> None:
         """Count one answered request and its latencies (in the metrics at the next `flush`)."""
-        key = (route, decision, status)
+        key = (method, route, decision, status)
         series = self._request_series.get(key)
         if series is None:
-            counter = self.requests.labels(route, decision, str(status))._value
-            series = self._request_series[key] = _Timings(self.request_duration.labels(route), counter)
+            counter = self.requests.labels(method, route, decision, str(status))._value
+            series = self._request_series[key] = _Timings(self.request_duration.labels(method, route), counter)
         self._hold(series, duration_s)
         if upstream is not None and upstream_s is not None:
             timings = self._upstream_series.get(upstream)
@@ -235,6 +258,10 @@ class Metrics:
         unflushed, self._unflushed = self._unflushed, []
         for timings in unflushed:
             timings.flush()
+
+    def observe_probe(self, route: str, status: int) -> None:
+        """Count a health check or scrape (`/healthz`, `/readyz`, the metrics path)."""
+        self.probes.labels(route, str(status)).inc()
 
     def token_failure(self, reason: str) -> None:
         self.token_failures.labels(reason).inc()
@@ -269,12 +296,14 @@ class Metrics:
             self.policy_version.labels(previous).set(0)
         self.policy_version.labels(version).set(1)
 
-    def render(self) -> tuple[bytes, str]:
-        """The exposition text and its content type: this registry, or every process's in multiprocess mode."""
-        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+    def render(self, accept: str | None = None) -> tuple[bytes, str]:
+        """The exposition and its content type: this registry, or every process's in multiprocess mode; in the
+        OpenMetrics format when `accept` (the scraper's Accept header) asks for it, else Prometheus text."""
+        from prometheus_client.exposition import choose_encoder
 
         self.flush()
-        return generate_latest(self._collecting()), CONTENT_TYPE_LATEST
+        encoder, content_type = choose_encoder(accept or "")
+        return encoder(self._collecting()), content_type
 
     def _collecting(self) -> CollectorRegistry:
         if self.multiprocess_dir is None:
@@ -290,6 +319,24 @@ class Metrics:
             from prometheus_client import multiprocess
 
             multiprocess.mark_process_dead(os.getpid(), self.multiprocess_dir)  # type: ignore[no-untyped-call]
+
+
+def _standard_collectors(registry: CollectorRegistry) -> None:
+    """prometheus_client's process_* (CPU, memory, file descriptors), python_info and python_gc_* collectors."""
+    from prometheus_client import GCCollector, PlatformCollector, ProcessCollector
+
+    ProcessCollector(registry=registry)
+    PlatformCollector(registry=registry)
+    GCCollector(registry=registry)
+
+
+def _smsguard_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("smsguard")
+    except PackageNotFoundError:
+        return "unknown"
 
 
 def aggregate_registry(directory: str) -> CollectorRegistry:

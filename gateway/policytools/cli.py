@@ -1,15 +1,20 @@
 """`gateway policy ...`: the command line of the policy tools (the logic is in `policytools`).
 
-    gateway policy validate [FILE...] [--config C] [--strict]
-    gateway policy explain METHOD PATH [--config C] [--policy FILE]...
-    gateway policy check METHOD PATH [--config C] [--policy FILE]... [--scope S... | --token JWT]
+    gateway policy validate [FILE...] [--policy FILE]... [--config C] [--no-secrets] [--strict]
+    gateway policy explain METHOD PATH [--policy FILE]... [--config C] [--no-secrets]
+    gateway policy check METHOD PATH [--policy FILE]... [--config C] [--no-secrets] [--scope S... | --token JWT]
+    gateway policy matrix [FILE...] [--policy FILE]... [--config C] [--no-secrets] [--format text|markdown|json]
     gateway policy test FILE|DIR...
     gateway policy diff OLD NEW [--json] [--exit-code]
-    gateway policy matrix [FILE...] [--config C] [--format text|markdown|json]
     gateway policy schema [--config]
 
-Policies come from the FILEs / `--policy` given, else from the `policies:` of `--config` (which also
-supplies upstream URLs, token issuers and the token endpoints' mount). PATH may carry a `?query`.
+One convention for where policies come from: the policy files named (`--policy FILE`, repeatable, in every
+command that reads policies; `validate` and `matrix` also take them as positional FILEs), else the
+`policies:` of the config. The config is `--config C`, by default `config.yaml` like `gateway serve`; it
+also supplies upstream URLs, token issuers and the token endpoints' mount. A config named with `--config`
+is always read; the default one only when no policy file is named. `--no-secrets` reads the config with
+stand-ins for unset `${VAR}`s (`gateway.config.loader.placeholder_environment`), for policy authors who do
+not hold the deployment's secrets. PATH may carry a `?query`.
 
 Exit codes: 0 success; 1 the answer is "no" (validate: an error, or a warning with --strict; explain:
 no rule matches or the path is refused; check: deny; test: a failed case; diff --exit-code: access
@@ -21,8 +26,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from importlib.resources import files
+from pathlib import Path
 
 from gateway.config.settings import Settings, load_settings
 from gateway.errors import LoadError
@@ -50,8 +56,7 @@ def add_policy_commands(subparsers: argparse._SubParsersAction[argparse.Argument
     commands = policy.add_subparsers(dest="policy_command", required=True, metavar="COMMAND")
 
     validate = commands.add_parser("validate", help="report every error and warning with file:line:column")
-    validate.add_argument("files", nargs="*", metavar="FILE", help="policy files (default: the config's policies)")
-    validate.add_argument("--config", help="also validate this config.yaml and check the policies against it")
+    _policy_arguments(validate, positional=True)
     validate.add_argument("--strict", action="store_true", help="fail on warnings too")
 
     explain = commands.add_parser("explain", help="which rule matches a request, and where it would go")
@@ -73,9 +78,8 @@ def add_policy_commands(subparsers: argparse._SubParsersAction[argparse.Argument
     diff.add_argument("--exit-code", action="store_true", help="exit 1 when access changed, like git diff")
 
     matrix = commands.add_parser("matrix", help="the who-can-do-what table (routes x scopes)")
-    matrix.add_argument("files", nargs="*", metavar="FILE", help="policy files (default: the config's policies)")
-    matrix.add_argument("--config", help="take the policies from this config.yaml")
-    matrix.add_argument("--format", choices=("text", "markdown", "json"), default="text")
+    _policy_arguments(matrix, positional=True)
+    matrix.add_argument("--format", choices=("text", "markdown", "json"), default="text", help="(default: text)")
 
     schema = commands.add_parser("schema", help="print the JSON Schema of policy files (or of config.yaml)")
     schema.add_argument("--config", action="store_true", help="print the schema of config.yaml instead")
@@ -84,8 +88,28 @@ def add_policy_commands(subparsers: argparse._SubParsersAction[argparse.Argument
 def _request_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("method", metavar="METHOD", help="HTTP method, case-sensitive (GET, POST, ...)")
     parser.add_argument("path", metavar="PATH", help="request path as sent, optionally with ?query")
-    parser.add_argument("--config", help="config.yaml: its policies, upstream URLs and token issuers")
+    _policy_arguments(parser, positional=False)
+
+
+DEFAULT_CONFIG = "config.yaml"
+
+
+def _policy_arguments(parser: argparse.ArgumentParser, *, positional: bool) -> None:
+    """Where the policies come from, the same in every command that reads them (see the module docstring)."""
+    if positional:
+        parser.add_argument("files", nargs="*", metavar="FILE", help="policy files (the same as --policy FILE)")
     parser.add_argument("--policy", action="append", metavar="FILE", help="a policy file to use (repeatable)")
+    parser.add_argument(
+        "--config",
+        metavar="C",
+        help=f"config.yaml: its policies (unless policy files are named), upstreams and issuers "
+        f"(default: {DEFAULT_CONFIG}, read when no policy file is named)",
+    )
+    parser.add_argument(
+        "--no-secrets",
+        action="store_true",
+        help="read the config with stand-ins for unset ${VAR}s (no secret values needed; not for serving)",
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -115,6 +139,7 @@ def run_policy_command(args: argparse.Namespace) -> int:
     except LoadError as exc:
         for error in exc.errors:
             print(tools.Diagnostic.from_error(error).render(), file=sys.stderr)
+        _suggest_no_secrets(error.reason for error in exc.errors)
         return USAGE_ERROR
     except _UsageError as exc:
         print(f"gateway policy {args.policy_command}: {exc}", file=sys.stderr)
@@ -122,35 +147,50 @@ def run_policy_command(args: argparse.Namespace) -> int:
 
 
 def _validate(args: argparse.Namespace) -> int:
-    if not args.files and args.config is None:
-        raise _UsageError("name the policy files to validate, or --config C")
-    report = tools.validate(args.files, config=args.config)
+    files, config = _sources(args)
+    report = tools.validate(files, config=config, placeholders=args.no_secrets)
     sys.stdout.write(tools.render_validation(report, args.strict))
+    _suggest_no_secrets(diagnostic.message for diagnostic in report.diagnostics)
     return report.exit_code(args.strict)
 
 
-def _settings(args: argparse.Namespace) -> Settings | None:
-    return None if args.config is None else load_settings(args.config)
+def _suggest_no_secrets(messages: Iterable[str]) -> None:
+    """One hint after an unset ${VAR}: policy authors seldom hold the deployment's secrets."""
+    if any(message.startswith("environment variable ") for message in messages):
+        print("(without the secrets at hand, --no-secrets reads the config with stand-ins)", file=sys.stderr)
 
 
-def _policies(files: Sequence[str] | None, settings: Settings | None) -> tuple[tuple[Policy, ...], Matcher]:
-    chosen = list(files or (settings.policies if settings is not None else ()))
+def _sources(args: argparse.Namespace) -> tuple[list[str], str | None]:
+    """The policy files named, and the config to read (None: none), by the convention of the module docstring."""
+    files = [*getattr(args, "files", ()), *(args.policy or ())]
+    if args.config is not None:
+        return files, args.config
+    if files:
+        return files, None
+    if not Path(DEFAULT_CONFIG).is_file():
+        raise _UsageError(f"no policy: name policy files (--policy FILE), or --config C ({DEFAULT_CONFIG} is not here)")
+    return files, DEFAULT_CONFIG
+
+
+def _loaded(args: argparse.Namespace) -> tuple[tuple[Policy, ...], Matcher, Settings | None]:
+    files, config = _sources(args)
+    settings = None if config is None else load_settings(config, placeholders=args.no_secrets)
+    chosen = files or list(settings.policies if settings is not None else ())
     if not chosen:
-        raise _UsageError("no policy: give --config C (with policies:) or the policy files")
-    return tools.load_matcher(chosen)
+        raise _UsageError(f"no policy: {config} has no policies:, and no policy file is named (--policy FILE)")
+    policies, matcher = tools.load_matcher(chosen)
+    return policies, matcher, settings
 
 
 def _explain(args: argparse.Namespace) -> int:
-    settings = _settings(args)
-    _, matcher = _policies(args.policy, settings)
+    _, matcher, settings = _loaded(args)
     explanation = tools.explain(args.method, args.path, matcher, settings)
     sys.stdout.write(tools.render_explanation(explanation))
     return 0 if explanation.answered else 1
 
 
 def _check(args: argparse.Namespace) -> int:
-    settings = _settings(args)
-    policies, matcher = _policies(args.policy, settings)
+    policies, matcher, settings = _loaded(args)
     if args.token is not None and settings is None:
         raise _UsageError("--token needs --config C: tokens are verified with the config's issuers")
     result = asyncio.run(_decide(args, policies, matcher, settings))
@@ -197,7 +237,7 @@ def _diff(args: argparse.Namespace) -> int:
 
 
 def _matrix(args: argparse.Namespace) -> int:
-    policies, _ = _policies(args.files, _settings(args))
+    policies, _, _ = _loaded(args)
     matrix = tools.build_matrix(policies)
     renderers = {
         "text": tools.render_matrix_text,

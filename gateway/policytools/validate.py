@@ -206,14 +206,19 @@ def _upstream_errors(item: _Loaded, settings: Settings) -> Iterable[Diagnostic]:
 
 
 def validate(
-    files: Sequence[str | Path] = (), *, config: str | Path | None = None, env: Mapping[str, str] | None = None
+    files: Sequence[str | Path] = (),
+    *,
+    config: str | Path | None = None,
+    env: Mapping[str, str] | None = None,
+    placeholders: bool = False,
 ) -> ValidationReport:
     """Every error and warning in the policy files (and `config`, whose policies are used if `files` is empty).
 
     Errors: anything the loaders refuse (unknown keys, scopes outside the vocabulary, bad paths...),
     duplicate or ambiguous rules, mounts used twice, policies naming an upstream the config lacks.
     Warnings: rules shadowed by another rule or (with a config) by a path the gateway answers itself,
-    public write routes, vocabulary scopes no rule uses.
+    public write routes, vocabulary scopes no rule uses. `placeholders`: unset `${VAR}`s of the config stand
+    in for their values (`--no-secrets`) instead of being errors.
     """
     out: list[Diagnostic] = []
     settings: Settings | None = None
@@ -221,7 +226,7 @@ def validate(
     if config is not None:
         checked.append(str(config))
         try:
-            settings = load_settings(config, env)
+            settings = load_settings(config, env, placeholders=placeholders)
         except LoadError as exc:
             out += [Diagnostic.from_error(error) for error in exc.errors]
     paths = [str(f) for f in files] or list(settings.policies if settings else ())

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import re
 from typing import TYPE_CHECKING
-from urllib.parse import urlsplit
 
+from gateway.config.storeurl import FORMS, check_store_url
 from gateway.store.memory import MemoryStore
 
 if TYPE_CHECKING:
@@ -13,10 +13,6 @@ if TYPE_CHECKING:
     from gateway.store.redis import RedisStore
 
 __all__ = ["open_store"]
-
-_REDIS_SCHEMES = frozenset({"redis", "rediss", "unix"})
-_CLUSTER_SCHEMES = frozenset({"redis+cluster", "rediss+cluster"})  # as in gateway.store.clients (not imported:
-_SENTINEL_SCHEMES = frozenset({"redis+sentinel", "rediss+sentinel"})  # it loads redis-py)
 
 
 def open_store(url: str, *, prefix: str = "smsguard:") -> Store:
@@ -28,19 +24,13 @@ def open_store(url: str, *, prefix: str = "smsguard:") -> Store:
     shows the URL with any password masked.
     """
     try:
-        parts = urlsplit(url)
+        scheme = check_store_url(url)  # the shape, as the config loader checks it (no redis-py needed)
     except ValueError as exc:
-        raise ValueError(f"invalid store URL {_redact(url)!r}: {_reason(exc)}") from None
-    scheme = parts.scheme.lower()
+        if str(exc).startswith("unsupported"):
+            raise ValueError(f"unsupported store URL {_redact(url)!r}: use {FORMS}") from None
+        raise ValueError(f"invalid store URL {_redact(url)!r}: {exc}") from None
     if scheme == "memory":
-        if parts.netloc or parts.path or parts.query or parts.fragment:
-            raise ValueError(f"invalid store URL {_redact(url)!r}: memory:// takes no host, path or options")
         return MemoryStore()
-    if scheme not in _REDIS_SCHEMES | _CLUSTER_SCHEMES | _SENTINEL_SCHEMES:
-        raise ValueError(
-            f"unsupported store URL {_redact(url)!r}: use memory://, redis://host:6379/0, rediss://..., "
-            "unix:///path, redis+cluster://host:port,host:port or redis+sentinel://host:26379/service"
-        )
     try:
         from gateway.store.redis import RedisStore  # only now: redis-py is a heavy import
 
@@ -51,12 +41,9 @@ def open_store(url: str, *, prefix: str = "smsguard:") -> Store:
             pool.make_connection()
     except (ValueError, TypeError) as exc:
         raise ValueError(f"invalid store URL {_redact(url)!r}: {_reason(exc)}") from None
-    if scheme in _REDIS_SCHEMES - {"unix"} and parts.path not in ("", "/") and not _DB_PATH.fullmatch(parts.path):
-        raise ValueError(f"invalid store URL {_redact(url)!r}: the path must be a database number such as /0")
     return store
 
 
-_DB_PATH = re.compile(r"/[0-9]+")
 _PASSWORD_PARAM = re.compile(r"(?i)((?:^|[?&;])(?:sentinel_)?password=)[^&;#]*")
 
 
