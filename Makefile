@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test lint typecheck schema bench fuzz clean
+.PHONY: install run test lint typecheck schema bench fuzz clean data
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -58,6 +58,13 @@ FUZZ_EXAMPLES ?= 100000
 fuzz: $(STAMP)
 	$(BIN)/python tests/security/fuzz_tokens.py --examples $(FUZZ_EXAMPLES)
 	$(BIN)/python tests/security/fuzz_config.py --examples $(FUZZ_EXAMPLES)
+
+# gateway/data/ ships config.yaml and policies/*.yaml inside the package; after editing the checkout's copies,
+# `make data` copies them over, keeping each packaged file's own first ($schema) line.
+data:
+	for f in config.yaml policies/*.yaml; do \
+	  { head -n 1 gateway/data/$$f; tail -n +2 $$f; } > gateway/data/$$f.new && mv gateway/data/$$f.new gateway/data/$$f; \
+	done
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache build *.egg-info

@@ -19,7 +19,7 @@ def _body(path: Path) -> list[str]:
 @pytest.mark.parametrize("name", ["config.yaml", *(p.name for p in sorted((ROOT / "policies").glob("*.yaml")))])
 def test_packaged_copies_equal_the_checkout(name: str) -> None:
     """gateway/data/ holds config.yaml and policies/*.yaml as in the checkout, but for the $schema line
-    (after editing the checkout's file: `sed '1s|.*|<the data file's line 1>|' FILE > gateway/data/FILE`)."""
+    (after editing the checkout's copies, `make data` copies them over)."""
     checkout = ROOT / name if name == "config.yaml" else ROOT / "policies" / name
     packaged = demo_config() if name == "config.yaml" else DATA / "policies" / name
     assert _body(packaged) == _body(checkout)
