@@ -29,6 +29,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from gateway.auth.jwt import Principal
 from gateway.config.settings import Settings, load_settings
 from gateway.errors import Forbidden, HTTPError, LoadError, NotFound, Unauthorized
 from gateway.guard.authorize import Authorizer
@@ -97,6 +98,21 @@ def check_policies_against_upstreams(settings: Settings, policies: Sequence[Poli
             )
 
 
+def upstream_scopes(policies: Sequence[Policy], upstream: str, tokens_mount: str) -> tuple[str, ...]:
+    """The scopes the rules forwarded to `upstream` require (public rules and the gateway's own token
+    endpoints left out): what a provider token must hold, and no more (smsgate_jwt asks for exactly these)."""
+    token_base = tokens_mount.rstrip("/") + "/auth/token"
+    needed = {
+        scope
+        for policy in policies
+        if policy.upstream == upstream
+        for rule in policy.rules
+        if not rule.public and not (rule.full_path == token_base or rule.full_path.startswith(token_base + "/"))
+        for scope in rule.scopes
+    }
+    return tuple(sorted(needed - {SUPERUSER}))
+
+
 def version_of(settings: Settings) -> str:
     """A short hash of the config and policy files as they are on disk (what /admin/policy reports)."""
     digest = hashlib.sha256()
@@ -157,12 +173,21 @@ def build_runtime(
     # and across reloads); their login clients close with the proxy (ProxyApp.aclose closes every injector).
     upstream_log = loggers.upstream if loggers else None
     credentials = {
-        name: build_credentials(up.credentials, name=name, store=store, log=upstream_log, metrics=metrics)
+        name: build_credentials(
+            up.credentials,
+            name=name,
+            store=store,
+            log=upstream_log,
+            metrics=metrics,
+            scopes=upstream_scopes(policies, name, settings.tokens.mount),
+        )
         for name, up in settings.upstreams.items()
     }
     if loggers is not None:
-        for injector in credentials.values():
+        for name, injector in credentials.items():
             loggers.redactor.add(injector.secret_values, injector.header_names | injector.query_names)
+            for notice in injector.notices:  # e.g. a BSG key without live_/test_ (also in /readyz for admins)
+                loggers.upstream.warning("upstream.credential_notice", upstream=name, mode=injector.mode, notice=notice)
     styles = slot_styles(policies)
     keys = _keys(settings, store, tokens, authorizer, styles, loggers)
     proxy = KeyedProxy(
@@ -425,7 +450,7 @@ class Gateway:
             await send_json(send, 200, {"status": "ok"})
         elif path == "/readyz":
             _mark(record, scope, path, probe=True)
-            await self._ready(runtime, send)
+            await self._ready(runtime, scope, send)
         elif path == "/.well-known/jwks.json" and runtime.jwks["keys"]:
             _mark(record, scope, path)
             await send_json(send, 200, runtime.jwks, {"cache-control": "public, max-age=300"})
@@ -489,7 +514,12 @@ class Gateway:
             "last_error": self.last_error,
         }
 
-    async def _ready(self, runtime: Runtime, send: Send) -> None:
+    async def _ready(self, runtime: Runtime, scope: Scope, send: Send) -> None:
+        """Status and checks for anyone (a probe); the details only for an admin caller (`/admin/policy`'s rule).
+
+        The details name config paths, the last reload error, JWKS and store state: what `/admin/policy`
+        guards. A caller whose credentials fail gets the probe's answer, never a 401 (probes send none).
+        """
         checks = {
             "config": True,
             "upstreams": self.started and runtime.proxy.ready(),
@@ -506,21 +536,29 @@ class Gateway:
             found["reachable"] for found in upstreams.values()
         )
         status = ("degraded" if degraded else "ready") if ready else "not ready"
-        body = {
-            "status": status,
-            "checks": checks,
-            "policy": self.policy_status(runtime),
-            "upstreams": upstreams,
-            "jwks": jwks,
-            "store": self.store.health(),
-        }
-        await send_json(send, 200 if ready else 503, body)
+        body: dict[str, object] = {"status": status, "checks": checks}
+        if await self._admin_caller(runtime, scope):  # anyone else: status and check names only
+            described = runtime.proxy.notices()
+            body |= {
+                "policy": self.policy_status(runtime),
+                "upstreams": {name: {**found, **described.get(name, {})} for name, found in upstreams.items()},
+                "jwks": jwks,
+                "store": self.store.health(),
+            }
+        await send_json(send, 200 if ready else 503, body, {"cache-control": "no-store"})
 
-    async def _admin_policy(self, runtime: Runtime, scope: Scope, send: Send) -> None:
+    async def _admin_caller(self, runtime: Runtime, scope: Scope) -> bool:
+        """Whether the request carries credentials that `/admin/policy` would accept (any failure: no)."""
+        if not runtime.settings.admin.enabled:
+            return False
+        try:
+            self._check_admin(runtime, scope, await runtime.authorizer.authenticator.authenticate(scope["headers"]))
+        except HTTPError:
+            return False
+        return True
+
+    def _check_admin(self, runtime: Runtime, scope: Scope, principal: Principal | None) -> None:
         admin = runtime.settings.admin
-        if not admin.enabled or scope["method"] != "GET":
-            raise NotFound(f"no route for {scope['method']} /admin/policy", code="no_route")
-        principal = await runtime.authorizer.authenticator.authenticate(scope["headers"])
         note_principal(scope, principal)
         if principal is None:
             raise Unauthorized("authentication required")
@@ -528,6 +566,12 @@ class Gateway:
             raise Forbidden(
                 f"insufficient scope: {admin.scope} from issuer {admin.issuer} required", required=admin.scope
             )
+
+    async def _admin_policy(self, runtime: Runtime, scope: Scope, send: Send) -> None:
+        admin = runtime.settings.admin
+        if not admin.enabled or scope["method"] != "GET":
+            raise NotFound(f"no route for {scope['method']} /admin/policy", code="no_route")
+        self._check_admin(runtime, scope, await runtime.authorizer.authenticator.authenticate(scope["headers"]))
         await send_json(send, 200, self.policy_status(runtime), {"cache-control": "no-store"})
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:

@@ -14,6 +14,9 @@ TOKEN_SECRET = "canary-token-secret-" + "t" * 24
 UPSTREAM_USER = "canary-upstream-user"
 UPSTREAM_PASSWORD = "canary-upstream-password-7d1f"
 OPS_PASSWORD = "canary-ops-password-91c2"
+# /readyz shows its details (policy, jwks, store, upstreams) to admin callers only: Basic `ops` with these lines.
+ADMIN_BY_BASIC = "admin: {issuer: basic}\n"
+OPS_AUTH = ("ops", OPS_PASSWORD)
 SENDER_PASSWORD = "canary-sender-password-55ab"
 CORP_SECRET = "canary-corp-idp-secret-" + "c" * 24  # HS256 key of the `corp` issuer `corp_issuer` adds
 CORP_ISS = "https://idp.example.com/"

@@ -66,6 +66,7 @@ class ProvidersConfig:
     directory: Path
     store: str = "memory://"
     proxy: str = ""  # the body of a `proxy:` block, e.g. "{retry_buffer_bytes: 16}"
+    extra: str = ""  # more top-level config lines, e.g. "admin: {issuer: self}\n"
     upstreams: list[tuple[str, str, str, Path]] = field(default_factory=list)
     gateway: Gateway | None = None  # set by the tests' `serve`: whose store epoch `token` mints in
 
@@ -96,7 +97,7 @@ class ProvidersConfig:
             f"policies: [{policies}]\n"
             "tokens:\n  enabled: true\n  keys:\n"
             '    - {kid: k1, algorithm: HS256, secret: "${T_TOKEN_SECRET}"}\n'
-            f"upstreams:\n{upstreams}" + (f"proxy: {self.proxy}\n" if self.proxy else "")
+            f"upstreams:\n{upstreams}" + (f"proxy: {self.proxy}\n" if self.proxy else "") + self.extra
         )
         path = self.directory / "config.yaml"
         path.write_text(text)

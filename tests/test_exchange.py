@@ -293,7 +293,7 @@ async def test_flow_refuses_to_replay_a_streamed_body() -> None:
         ({"format": "{token} {token}"}, "credentials.format"),
         ({"header": "Bad Header"}, "credentials.header"),
         ({"expiry": {}}, "credentials.expiry"),
-        ({"expiry": {"ttl_s": 5, "jwt_exp": True}}, "credentials.expiry"),
+        ({"expiry": {"ttl_s": 5, "field": "e"}}, "credentials.expiry"),
         ({"expiry": {"field": "x", "unit": "hours"}}, "credentials.expiry.unit"),
         ({"expiry": {"ttl_s": -1}}, "credentials.expiry.ttl_s"),
         ({"login": {"url": "ftp://x"}}, "credentials.login.url"),

@@ -22,7 +22,7 @@ import psutil
 import pytest
 from fakes import RecordingUpstream, Reply, UvicornServer
 from fakes.jwks import JwksServer, gzip_bomb, jwks_server
-from gatewayconfig import GatewayConfig
+from gatewayconfig import ADMIN_BY_BASIC, OPS_AUTH, GatewayConfig
 from keys import Clock, ed_key, public_jwk, public_pem, rsa_key, sign
 
 from gateway.app import create_app
@@ -384,7 +384,7 @@ async def test_gateway_reports_stale_jwks_in_readyz_and_metrics(tmp_path: Path, 
         f"'{server.url}', jwks_cache_ttl_s: 0.2, jwks_refetch_cooldown_s: 0, jwks_max_stale_s: 0.4}}\n"
     )
     async with RecordingUpstream(Reply(200, body=b"{}")) as upstream:
-        config = GatewayConfig(tmp_path, upstream.url + "/3rdparty/v1")
+        config = GatewayConfig(tmp_path, upstream.url + "/3rdparty/v1", extra=ADMIN_BY_BASIC)
         path = config.write()
         path.write_text(path.read_text().replace("auth:\n", "auth:\n" + issuer, 1))
         gateway = create_app(load_settings(path, env=config.env))
@@ -401,7 +401,7 @@ async def test_gateway_reports_stale_jwks_in_readyz_and_metrics(tmp_path: Path, 
                 return None
 
             assert (await send()).status_code == 200
-            ready = (await client.get("/readyz")).json()
+            ready = (await client.get("/readyz", auth=OPS_AUTH)).json()
             assert (ready["status"], ready["jwks"]["corp"]["state"], ready["jwks"]["corp"]["keys"]) == (
                 "ready",
                 "ok",
@@ -417,7 +417,7 @@ async def test_gateway_reports_stale_jwks_in_readyz_and_metrics(tmp_path: Path, 
             assert refused.status_code == 401
             assert 'error="invalid_token"' in refused.headers["www-authenticate"]
             assert "too old" in refused.json()["message"]
-            ready_response = await client.get("/readyz")
+            ready_response = await client.get("/readyz", auth=OPS_AUTH)
             ready = ready_response.json()
             assert ready_response.status_code == 200
             assert (ready["status"], ready["jwks"]["corp"]["state"]) == ("degraded", "expired")
@@ -427,4 +427,4 @@ async def test_gateway_reports_stale_jwks_in_readyz_and_metrics(tmp_path: Path, 
 
             server.mode = "ok"
             assert (await send()).status_code == 200
-            assert (await client.get("/readyz")).json()["status"] == "ready"
+            assert (await client.get("/readyz", auth=OPS_AUTH)).json()["status"] == "ready"

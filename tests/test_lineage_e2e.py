@@ -20,7 +20,7 @@ import httpx
 import jwt
 import pytest
 from fakes import RecordingUpstream, Reply
-from gatewayconfig import CORP_ISS, CORP_SECRET, OPS_PASSWORD, SENDER_PASSWORD, GatewayConfig
+from gatewayconfig import ADMIN_BY_BASIC, CORP_ISS, CORP_SECRET, OPS_PASSWORD, SENDER_PASSWORD, GatewayConfig
 from processes import gateway_process
 from redisserver import PrivateRedis, private_redis
 
@@ -60,7 +60,7 @@ class Pair:
         return self.client.post(base + TOKEN + "/refresh", headers={"authorization": f"Bearer {refresh_token}"})
 
     def reloads(self, base: str) -> int:
-        count: int = self.client.get(base + "/readyz").json()["policy"]["reloads"]
+        count: int = self.client.get(base + "/readyz", auth=OPS).json()["policy"]["reloads"]
         return count
 
     def edit(self, old: str, new: str) -> None:
@@ -125,7 +125,7 @@ def pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pair]:
                 store=server.url,
                 corp_issuer=True,
                 auth_extra="  leeway_s: 0\n",
-                extra="reload: {watch: true, debounce_ms: 50}\n",
+                extra="reload: {watch: true, debounce_ms: 50}\n" + ADMIN_BY_BASIC,
             )
             path = cfg.write()
             with (

@@ -14,7 +14,7 @@ from platform import python_version
 import httpx
 import pytest
 from fakes import FakeSMSPortal, RecordingUpstream, UvicornServer
-from gatewayconfig import OPS_PASSWORD, GatewayConfig
+from gatewayconfig import ADMIN_BY_BASIC, OPS_AUTH, OPS_PASSWORD, GatewayConfig
 from observed import JSON_REPLY, Env, observed
 from processes import free_port, gateway_process
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
@@ -247,7 +247,8 @@ def wait_for_workers(port: int, count: int) -> None:
     deadline = time.monotonic() + 20
     while len(seen) < count:
         assert time.monotonic() < deadline, f"only {len(seen)} workers answered"
-        seen.add(httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2).json()["policy"]["loaded_at"])
+        ready = httpx.get(f"http://127.0.0.1:{port}/readyz", auth=OPS_AUTH, timeout=2)
+        seen.add(ready.json()["policy"]["loaded_at"])
 
 
 @pytest.mark.slow
@@ -258,7 +259,7 @@ def test_several_workers_are_aggregated(tmp_path: Path) -> None:
         tmp_path,
         f"http://127.0.0.1:{upstream_port}/3rdparty/v1",
         store="redis://127.0.0.1:6379/0",  # workers must share a store (memory:// refuses to start)
-        extra="reload: {watch: false}\n",
+        extra="reload: {watch: false}\n" + ADMIN_BY_BASIC,
     )
     path = config.write()
     port = free_port()

@@ -103,16 +103,21 @@ def test_smsportal_gets_a_token_with_basic_and_renews_an_hour_early() -> None:
 @pytest.mark.parametrize(
     ("block", "kind", "injected"),
     [
-        ("{type: smsgatewaycenter, api_key: '${KEY}'}", "header", {"apikey"}),
-        ("{type: smsgatewaycenter, user_id: u1, password: '${SECRET}'}", "query", {"userid", "password"}),
+        ("{type: smsgatewaycenter, api_key: '${KEY}'}", "header", ({"apikey"}, {"apikey", "userid", "password"})),
+        (
+            "{type: smsgatewaycenter, user_id: u1, password: '${SECRET}'}",
+            "query",
+            ({"apikey"}, {"apikey", "userid", "password"}),
+        ),
     ],
 )
-def test_smsgatewaycenter_by_api_key_or_password(block: str, kind: str, injected: set[str]) -> None:
-    """smsgatewaycenter → the apiKey header, or the userId/password query parameters."""
+def test_smsgatewaycenter_by_api_key_or_password(block: str, kind: str, injected: tuple[set[str], set[str]]) -> None:
+    """smsgatewaycenter → the apiKey header, or the userId/password parameters; either way every client copy
+    of all three is stripped (headers, and query/form parameters: "use either one to authenticate")."""
     settings = credentials(block)
     assert settings.kind == kind
     injector = build_credentials(settings)
-    assert injector.header_names | injector.query_names == injected
+    assert (injector.header_names, injector.query_names) == injected
     if kind == "query":
         assert isinstance(injector, QueryCredentials)
 
@@ -135,7 +140,8 @@ def test_smsgate_jwt_asks_for_scoped_tokens() -> None:
     )
     defaults = build_credentials(credentials("{type: smsgate_jwt, username: ops, password: p}"))
     assert isinstance(defaults, TokenExchange)
-    assert defaults.settings.login.json == {"ttl": 3600, "scopes": ["all:any"]}
+    assert defaults.settings.policy_scopes  # the scopes come from the policy (tests/test_providers.py)
+    assert defaults.scopes == ("all:any",)  # built without a policy: SMSGate's superuser scope
 
 
 def test_generic_token_exchange_and_query_from_yaml() -> None:
@@ -185,8 +191,8 @@ ERRORS = [
     ("{type: none, credential_error: {field: error, equals: 2}}", "credentials.credential_error", "unknown key"),
     (
         "{type: header, headers: {X-K: v}, credential_error: {field: error}}",
-        "credentials.credential_error.equals",
-        "required key is missing",
+        "credentials.credential_error",
+        "exactly one of equals, pattern",
     ),
     (
         "{type: header, headers: {X-K: v}, credential_error: {field: e, equals: [1]}}",
@@ -201,9 +207,9 @@ ERRORS = [
         "required key is missing",
     ),
     (
-        "{type: token_exchange, login: {url: 'https://a/b'}, token_field: t, expiry: {ttl_s: 1, jwt_exp: true}}",
+        "{type: token_exchange, login: {url: 'https://a/b'}, token_field: t, expiry: {ttl_s: 1, field: e}}",
         "credentials.expiry",
-        "exactly one",
+        "not both",
     ),
     (
         "{type: token_exchange, login: {url: 'https://a/b'}, token_field: t, expiry: {field: e, unit: hours}}",
@@ -393,7 +399,7 @@ def test_schema_matches_loader_for_credentials(variant: str, path: list[str]) ->
 
 def test_smsgatewaycenter_schema_lists_both_modes() -> None:
     """smsgatewaycenter takes api_key, or user_id and password (its loader reads all three)."""
-    assert variant_keys("smsgatewaycenter") == {"type", "api_key", "user_id", "password"}
+    assert variant_keys("smsgatewaycenter") == {"type", "api_key", "user_id", "password", "format"}
     assert set(credential_types(schema())) == {"none", "basic", "header", "query", "token_exchange", *PRESETS}
 
 

@@ -21,6 +21,7 @@ import pytest
 from fakes import FakeBSG, FakeSMSGate, FakeSMSGatewayCenter, FakeSMSPortal, Recorded, UvicornServer
 from providersconfig import (
     BSG_KEY,
+    ENV,
     PROVIDER_CANARIES,
     SGC_KEY,
     SGC_PASSWORD,
@@ -33,8 +34,20 @@ from providersconfig import (
 )
 
 from gateway.app import Gateway, create_app
+from gateway.config.credentials import TokenExchangeSettings
+from gateway.config.settings import parse_settings
 from gateway.errors import BadGateway
 from gateway.proxy.exchange import TokenExchange
+from gateway.store import MemoryStore
+
+
+def read_credentials(block: str, url: str) -> TokenExchangeSettings:
+    """A preset's settings as the config loader expands them against `url`."""
+    settings = parse_settings(f"store: memory://\nupstreams:\n  p:\n    url: {url}\n    credentials: {block}\n", env={})
+    credentials = settings.upstreams["p"].credentials
+    assert isinstance(credentials, TokenExchangeSettings)
+    return credentials
+
 
 BSG_V1 = "{type: bsg_v1, api_key: '${T_BSG_KEY}'}"
 BSG_V2 = "{type: bsg_v2, api_key: '${T_BSG_KEY}'}"
@@ -141,7 +154,7 @@ async def test_one_token_sends_through_every_provider(tmp_path: Path) -> None:
     assert portal_login.values("authorization") == [basic(SMSPORTAL_ID, SMSPORTAL_SECRET)]
     (portal_send,) = portal.received("/v1/bulkmessages")
     assert credentials_in(portal_send) == {"authorization": [portal_send.values("authorization")[0]]}
-    assert portal_send.values("authorization")[0].startswith("Bearer ey")
+    assert portal_send.values("authorization") == [f"Bearer {portal.current[0] if portal.current else ''}"]
 
     (sgc_send,) = sgc.received("/SMSApi/rest/send")
     assert credentials_in(sgc_send) == {"apikey": [SGC_KEY]}
@@ -163,8 +176,9 @@ async def test_one_token_sends_through_every_provider(tmp_path: Path) -> None:
     ids=["sdk-format", "documented-format"],
 )
 async def test_bsg_v2_sends_the_bearer_in_the_configured_format(tmp_path: Path, credentials: str, sent: str) -> None:
-    """BSG v2: one login for several calls, and the bearer goes out as `Bearer x` or BSG's `Bearer: x`."""
-    async with FakeBSG([BSG_KEY]) as bsg:
+    """BSG v2: one login for several calls, and the bearer goes out as `Bearer x` or BSG's `Bearer: x` (the
+    fake takes exactly one of them)."""
+    async with FakeBSG([BSG_KEY], bearer_format=sent) as bsg:
         config = ProvidersConfig(tmp_path).add("bsg_v2", bsg.url + "/api", credentials)
         async with serve(config) as (client, _):
             token = config.token("messages:send", "messages:read", "balance:read")
@@ -197,8 +211,9 @@ async def test_smsportal_caches_one_token_for_send_and_balance(tmp_path: Path) -
             exchange = gateway.runtime.proxy.upstreams["smsportal"].credentials
             assert isinstance(exchange, TokenExchange)
             cached = await exchange.token()
-            # 24 h token, renewed an hour early as SMSPortal advises
-            assert cached.expires_at - cached.renew_at == pytest.approx(3600)
+            # a token the store never saw issued may be 23 h old already: at most an hour left, asked again
+            # at half of it (test_smsportal_* below follow it through a day)
+            assert cached.expires_at - cached.renew_at == pytest.approx(1800, abs=5)
     assert portal.logins == 1
     sent = [seen.values("authorization") for seen in portal.requests if seen.path != "/v1/Authentication"]
     assert sent == [[f"Bearer {cached.value}"]] * 2
@@ -217,7 +232,7 @@ async def test_smsgatewaycenter_password_parameters_replace_the_clients(tmp_path
             )
             assert response.json()["status"] == "success"
     (seen,) = sgc.received("/SMSApi/rest/send")
-    assert credentials_in(seen) == {"userid": [SGC_USER], "password": [SGC_PASSWORD]}
+    assert credentials_in(seen) == {"userid": [SGC_USER], "password": [SGC_PASSWORD]}  # the client's apiKey too
     assert seen.query.startswith("mobile=919999999999&msg=hi&")
 
 
@@ -350,3 +365,366 @@ async def test_canary_secrets_never_leak(tmp_path: Path, caplog: pytest.LogCaptu
     )
     assert portal.login_attempts == 2
     assert_no_canary(*(r.text + str(r.headers) for r in responses), log_text(caplog), *texts)
+
+
+# ------------------------------------------------------------------- issue 17: providers as their documents say
+
+
+class Clock:
+    """A shared, movable clock for the gateway's token exchange and a fake provider."""
+
+    def __init__(self) -> None:
+        self.now = 1_800_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.mark.parametrize("shape", ["opaque", "jwt_no_exp"])
+async def test_bsg_v2_bearer_without_a_lifetime_works_and_401_means_expired(
+    tmp_path: Path, shape: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """BSG v2's bearer is "string": without a JWT `exp` the gateway assumes ttl_s, and a 401 is its expiry
+    (one new login, the request resent), never a 502 for every request."""
+    caplog.set_level(logging.INFO)
+    async with FakeBSG([BSG_KEY], bearer=shape, lifetime_s=1.0) as bsg:
+        config = ProvidersConfig(tmp_path).add("bsg_v2", bsg.url + "/api", BSG_V2)
+        async with serve(config) as (client, _):
+            token = config.token("messages:send")
+            first = await client.post("/bsg/v2/api/campaigns/sms/send", json={}, headers=bearer(token))
+            await asyncio.sleep(1.2)  # the provider's bearer died; the gateway assumed an hour
+            second = await client.post("/bsg/v2/api/campaigns/sms/send", json={}, headers=bearer(token))
+    assert (first.status_code, second.status_code) == (200, 200), second.text
+    assert bsg.logins == 2
+    assert len(bsg.received("/api/campaigns/sms/send")) == 3  # the refused one, resent once
+    assert [r for r in caplog.records if "upstream.token_expired" in r.getMessage()]
+
+
+async def test_bsg_v2_in_the_wrong_bearer_format_is_a_502(tmp_path: Path) -> None:
+    """A provider that refuses the gateway's bearer (here: BSG taking only its documented `Bearer: x`) is a
+    502 naming the gateway's credentials, never the provider's 401 passed to the client."""
+    async with FakeBSG([BSG_KEY], bearer_format="Bearer: {token}") as bsg:
+        config = ProvidersConfig(tmp_path).add("bsg_v2", bsg.url + "/api", BSG_V2)
+        async with serve(config) as (client, _):
+            response = await client.post(
+                "/bsg/v2/api/campaigns/sms/send", json={}, headers=bearer(config.token("messages:send"))
+            )
+    assert response.status_code == 502
+    assert "gateway's credentials" in response.json()["message"]
+
+
+async def test_refused_static_credentials_are_a_502_not_the_clients_401(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """SMSGate answering 401 to the gateway's Basic: the client gets a 502 saying the provider refused the
+    gateway's credentials (so it does not re-mint gateway tokens in a loop), logged as such, no canary."""
+    caplog.set_level(logging.DEBUG)
+    async with FakeSMSGate(SMSGATE_USER, "not-the-password") as smsgate:
+        config = ProvidersConfig(tmp_path).add("smsgate", smsgate.url + "/3rdparty/v1", SMSGATE_BASIC)
+        async with serve(config) as (client, _):
+            response = await client.post(
+                "/3rdparty/v1/messages", json={}, headers=bearer(config.token("messages:send"))
+            )
+    assert response.status_code == 502
+    assert response.json()["message"].startswith("the upstream refused the gateway's own credentials (HTTP 401)")
+    assert "www-authenticate" not in response.headers
+    failures = [r for r in caplog.records if "upstream.credential_failure" in r.getMessage()]
+    assert failures
+    assert failures[0].levelno == logging.ERROR
+    assert "credentials_refused" in failures[0].getMessage()
+    assert_no_canary(response.text, str(response.headers), log_text(caplog))
+
+
+# SMSGatewayCenter: "use either one to authenticate"
+
+FORM = {"content-type": "application/x-www-form-urlencoded"}
+
+
+def form_of(seen: Recorded) -> list[tuple[str, str]]:
+    return parse_qsl(seen.body.decode(), keep_blank_values=True)
+
+
+async def sgc(tmp_path: Path, credentials: str) -> AsyncIterator[tuple[httpx.AsyncClient, str, FakeSMSGatewayCenter]]:
+    async with FakeSMSGatewayCenter(api_key=SGC_KEY, user_id=SGC_USER, password=SGC_PASSWORD) as fake:
+        config = ProvidersConfig(tmp_path).add("smsgatewaycenter", fake.url + "/SMSApi", credentials)
+        async with serve(config) as (client, _):
+            yield client, config.token("messages:send", "balance:read"), fake
+
+
+sgc_gateway = contextlib.asynccontextmanager(sgc)
+
+
+async def test_smsgatewaycenter_api_key_mode_strips_the_clients_user_and_password(tmp_path: Path) -> None:
+    """api_key mode: the client's userId/password (query, `;`-separated, form body) never reach the provider."""
+    async with sgc_gateway(tmp_path, SGC_API_KEY) as (client, token, fake):
+        by_query = await client.get(
+            "/smsgatewaycenter/rest/send?mobile=91999&userId=intruder;password=guess&apiKey=k", headers=bearer(token)
+        )
+        by_form = await client.post(
+            "/smsgatewaycenter/rest/send",
+            content=b"mobile=91999&msg=hi&userId=intruder&password=guess&format=json",
+            headers={**bearer(token), **FORM},
+        )
+    assert by_query.json()["status"] == "success"
+    assert by_form.json()["status"] == "success"
+    query_seen, form_seen = fake.received("/SMSApi/rest/send")
+    assert credentials_in(query_seen) == {"apikey": [SGC_KEY]}
+    assert form_of(form_seen) == [("mobile", "91999"), ("msg", "hi"), ("format", "json")]
+
+
+async def test_smsgatewaycenter_password_mode_posts_credentials_in_the_form(tmp_path: Path) -> None:
+    """Password mode: a form POST carries userId/password in its body (the document's POST samples), once, ours;
+    the client's body copies and apiKey header are dropped; a GET carries them in the query."""
+    async with sgc_gateway(tmp_path, SGC_PASSWORD_LOGIN) as (client, token, fake):
+        posted = await client.post(
+            "/smsgatewaycenter/rest/send",
+            content=b"mobile=91999&userId=intruder&PASSWORD=guess&msg=a+b",
+            headers={**bearer(token), **FORM, "apiKey": "clients-own"},
+        )
+        got = await client.get("/smsgatewaycenter/rest/balance", headers=bearer(token))
+    assert posted.json()["status"] == "success", posted.text
+    assert got.json()["status"] == "success", got.text
+    sent, balance = fake.requests
+    assert sent.query == ""
+    assert form_of(sent) == [
+        ("mobile", "91999"),
+        ("msg", "a b"),
+        ("userId", SGC_USER),
+        ("password", SGC_PASSWORD),
+        ("format", "json"),
+    ]
+    assert sent.values("content-length") == [str(len(sent.body))]
+    assert sent.values("apikey") == []
+    assert credentials_in(balance) == {"userid": [SGC_USER], "password": [SGC_PASSWORD]}
+
+
+async def test_smsgatewaycenter_defaults_format_to_json_and_keeps_the_clients(tmp_path: Path) -> None:
+    """`format` is added (json) when the client names none; a client's own `format` is kept as it is."""
+    async with sgc_gateway(tmp_path, SGC_API_KEY) as (client, token, fake):
+        defaulted = await client.get("/smsgatewaycenter/rest/balance", headers=bearer(token))
+        chosen = await client.get("/smsgatewaycenter/rest/balance?format=xml", headers=bearer(token))
+    assert defaulted.json()["status"] == "success"
+    assert chosen.text.startswith("<?xml")
+    assert [seen.query for seen in fake.requests] == ["format=json", "format=xml"]
+
+
+@pytest.mark.parametrize("credentials", [SGC_API_KEY, SGC_PASSWORD_LOGIN], ids=["api_key", "password"])
+async def test_smsgatewaycenter_bad_credentials_answer_is_a_502(tmp_path: Path, credentials: str) -> None:
+    """SMSGatewayCenter's HTTP 200 login failure becomes a 502; its other failures pass to the client."""
+    async with FakeSMSGatewayCenter(api_key="other-key", user_id=SGC_USER, password="other") as fake:
+        config = ProvidersConfig(tmp_path).add("smsgatewaycenter", fake.url + "/SMSApi", credentials)
+        async with serve(config) as (client, _):
+            response = await client.get("/smsgatewaycenter/rest/balance", headers=bearer(config.token("balance:read")))
+    assert response.status_code == 502
+    assert response.json() == {"message": "upstream rejected the gateway's credentials"}
+    (tmp_path / "ok").mkdir()
+    async with sgc_gateway(tmp_path / "ok", credentials) as (client, token, _):
+        failed = await client.get("/smsgatewaycenter/rest/send?msg=hi", headers=bearer(token))  # no mobile
+    assert (failed.status_code, failed.json()["reason"]) == (200, "Invalid mobile number")
+
+
+async def test_smsgatewaycenter_refuses_multipart_bodies(tmp_path: Path) -> None:
+    """A multipart body could carry credentials the gateway cannot strip: refused (400), never forwarded."""
+    async with sgc_gateway(tmp_path, SGC_API_KEY) as (client, token, fake):
+        response = await client.post(
+            "/smsgatewaycenter/rest/send", files={"userId": ("u", b"intruder")}, headers=bearer(token)
+        )
+    assert response.status_code == 400
+    assert fake.requests == []
+
+
+# SMSGate: minimal scopes, revocation
+
+
+SMSGATE_JWT = "{type: smsgate_jwt, username: '${T_SMSGATE_USER}', password: '${T_SMSGATE_PASSWORD}'}"
+POLICY_SCOPES = [
+    "devices:delete",
+    "devices:list",
+    "inbox:list",
+    "inbox:refresh",
+    "logs:read",
+    "messages:cancel",
+    "messages:export",
+    "messages:list",
+    "messages:read",
+    "messages:send",
+    "settings:read",
+    "settings:write",
+    "webhooks:delete",
+    "webhooks:list",
+    "webhooks:write",
+]
+
+
+async def test_smsgate_jwt_asks_for_the_scopes_the_policy_needs(tmp_path: Path) -> None:
+    """Without `scopes`, the provider token asks for exactly the scopes of the forwarded rules (not all:any, not
+    the gateway's own token endpoints' tokens:manage/tokens:refresh)."""
+    async with FakeSMSGate(SMSGATE_USER, SMSGATE_PASSWORD) as smsgate:
+        config = ProvidersConfig(tmp_path).add("smsgate", smsgate.url + "/3rdparty/v1", SMSGATE_JWT)
+        async with serve(config) as (client, _):
+            response = await client.post(
+                "/3rdparty/v1/messages", json={}, headers=bearer(config.token("messages:send"))
+            )
+    (login,) = smsgate.received("/3rdparty/v1/auth/token")
+    assert json.loads(login.body)["scopes"] == POLICY_SCOPES
+    assert response.status_code == 202
+
+
+async def test_smsgate_jwt_token_lacking_a_scope_is_a_502(tmp_path: Path) -> None:
+    """A 403 to the gateway's SMSGate token (it lacks the endpoint's scope) is a refusal of the gateway's
+    credential: a 502, not the client's 403."""
+    async with FakeSMSGate(SMSGATE_USER, SMSGATE_PASSWORD) as smsgate:
+        narrow = SMSGATE_JWT[:-1] + ", scopes: [messages:send]}"
+        config = ProvidersConfig(tmp_path).add("smsgate", smsgate.url + "/3rdparty/v1", narrow)
+        async with serve(config) as (client, _):
+            response = await client.get("/3rdparty/v1/messages/m-1", headers=bearer(config.token("messages:read")))
+    assert response.status_code == 502
+    assert "(HTTP 403)" in response.json()["message"]
+
+
+async def test_smsgate_jwt_revokes_a_refused_token(tmp_path: Path) -> None:
+    """A provider token refused with 401 is dropped, replaced, and revoked (DELETE /auth/token/{jti}, Basic)."""
+    async with FakeSMSGate(SMSGATE_USER, SMSGATE_PASSWORD) as smsgate:
+        config = ProvidersConfig(tmp_path).add("smsgate", smsgate.url + "/3rdparty/v1", SMSGATE_JWT)
+        async with serve(config) as (client, _):
+            token = config.token("messages:send")
+            assert (await client.post("/3rdparty/v1/messages", json={}, headers=bearer(token))).status_code == 202
+            smsgate.revoke_all()  # the provider forgets it (the id is still known)
+            assert (await client.post("/3rdparty/v1/messages", json={}, headers=bearer(token))).status_code == 202
+            for _ in range(50):
+                if smsgate.received("/3rdparty/v1/auth/token/j1"):
+                    break
+                await asyncio.sleep(0.02)
+    (revoke,) = smsgate.received("/3rdparty/v1/auth/token/j1")
+    assert revoke.method == "DELETE"
+    assert revoke.values("authorization") == [basic(SMSGATE_USER, SMSGATE_PASSWORD)]
+    assert smsgate.logins == 2
+
+
+async def test_smsgate_jwt_revokes_a_superseded_token() -> None:
+    """A provider token renewed before it expired is revoked once the new one is in use."""
+    clock = Clock()
+    async with FakeSMSGate(SMSGATE_USER, SMSGATE_PASSWORD, clock=clock) as smsgate:
+        settings = read_credentials(
+            f"{{type: smsgate_jwt, username: {SMSGATE_USER}, password: {SMSGATE_PASSWORD}}}",
+            smsgate.url + "/3rdparty/v1",
+        )
+        exchange = TokenExchange(settings, name="smsgate", clock=clock, scopes=("messages:send",))
+        first = await exchange.token()
+        clock.now = first.renew_at + 1
+        second = await exchange.token()
+        await exchange.aclose()
+    assert first.value != second.value
+    assert smsgate.revoked == ["j1"]
+
+
+# BSG: key prefixes
+
+
+@pytest.mark.parametrize(
+    ("key", "mode", "warning"),
+    [
+        ("live_canaryBsgKey3f9a1c", "live", None),
+        ("test_canaryKey", "test", "made-up data"),
+        ("canaryKey", "unknown", "neither live_ nor test_"),
+    ],
+)
+async def test_bsg_key_mode_is_logged_at_start_up_and_shown_in_readyz(
+    tmp_path: Path,
+    key: str,
+    mode: str,
+    warning: str | None,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A BSG key's prefix sets the mode (a test_ key answers made-up data); a missing prefix is a warning at
+    start-up and in /readyz (admin view), never the key itself."""
+    caplog.set_level(logging.INFO)
+    config = ProvidersConfig(tmp_path, extra="admin: {issuer: self}\n").add(
+        "bsg_v1", "http://127.0.0.1:9/rest", "{type: bsg_v1, api_key: '${T_KEY}'}"
+    )
+    monkeypatch.setitem(ENV, "T_KEY", key)
+    settings = config.settings()
+    gateway = create_app(settings)
+    config.gateway = gateway
+    async with (
+        UvicornServer(gateway, lifespan="on") as server,
+        httpx.AsyncClient(base_url=server.url, timeout=10) as client,
+    ):
+        anonymous = (await client.get("/readyz")).json()
+        admin = (await client.get("/readyz", headers=bearer(config.token("settings:read")))).json()
+    assert set(anonymous) == {"status", "checks"}
+    described = admin["upstreams"]["bsg_v1"]
+    assert described["mode"] == mode
+    notices = [r.getMessage() for r in caplog.records if "upstream.credential_notice" in r.getMessage()]
+    if warning is None:
+        assert "warnings" not in described
+        assert notices == []
+    else:
+        assert warning in described["warnings"][0]
+        assert len(notices) == 1
+        assert warning in notices[0]
+    assert key not in json.dumps(admin) + "".join(notices)
+
+
+# SMSPortal: the same token for 23 h
+
+
+async def test_smsportal_token_from_another_client_is_renewed_before_it_dies() -> None:
+    """Another client got the account's token 22 h ago: SMSPortal hands the gateway that same token. The
+    gateway never takes it for a fresh 24 h one: it asks again until SMSPortal issues a new token, and never
+    holds a dead one; the new token then lives (and is renewed) on SMSPortal's own schedule."""
+    clock = Clock()
+    async with FakeSMSPortal(SMSPORTAL_ID, SMSPORTAL_SECRET, clock=clock) as portal:
+        clock.now -= 22 * 3600
+        portal.outside_login()
+        clock.now += 22 * 3600
+        settings = read_credentials(
+            f"{{type: smsportal, client_id: {SMSPORTAL_ID}, api_secret: {SMSPORTAL_SECRET}}}", portal.url + "/v1"
+        )
+        exchange = TokenExchange(settings, name="smsportal", clock=clock)
+        start = clock.now
+        while clock.now < start + 40 * 3600:
+            held = await exchange.token()
+            assert portal.live(held.value), f"a dead token held {(clock.now - start) / 3600:.1f} h in"
+            clock.now += 600
+        await exchange.aclose()
+    assert portal.issued == 3  # the outside client's, the one after its 23 h, and the next a day later
+    assert portal.logins < 12  # a few extra asks while the first token's age was unknown, then daily
+
+
+async def test_smsportal_first_issue_is_shared_through_the_store() -> None:
+    """Two gateways on one store: the second, getting the token the first saw issued, knows its real age."""
+    clock = Clock()
+    store = MemoryStore()
+    async with FakeSMSPortal(SMSPORTAL_ID, SMSPORTAL_SECRET, clock=clock) as portal:
+        settings = read_credentials(
+            f"{{type: smsportal, client_id: {SMSPORTAL_ID}, api_secret: {SMSPORTAL_SECRET}}}", portal.url + "/v1"
+        )
+        first = TokenExchange(settings, name="smsportal", store=store, clock=clock)
+        await first.token()  # T1 (unknown age: short)
+        clock.now += 20 * 60
+        await store.delete("uptoken:smsportal")  # the cached token is lost; the issue record is not
+        second = TokenExchange(settings, name="smsportal", store=store, clock=clock)
+        held = await second.token()  # T1 again
+        await first.aclose()
+        await second.aclose()
+    assert portal.issued == 1
+    assert portal.current is not None
+    assert held.expires_at <= portal.current[1] + 24 * 3600  # never beyond the real expiry
+
+
+async def test_smsportal_jwt_expiry_is_read_from_the_token() -> None:
+    """When SMSPortal's token is a JWT with `exp`, that exact expiry is used (no guessing)."""
+    clock = Clock()
+    async with FakeSMSPortal(SMSPORTAL_ID, SMSPORTAL_SECRET, clock=clock, jwt=True) as portal:
+        clock.now -= 22 * 3600
+        portal.outside_login()
+        clock.now += 22 * 3600
+        settings = read_credentials(
+            f"{{type: smsportal, client_id: {SMSPORTAL_ID}, api_secret: {SMSPORTAL_SECRET}}}", portal.url + "/v1"
+        )
+        exchange = TokenExchange(settings, name="smsportal", clock=clock)
+        held = await exchange.token()
+        await exchange.aclose()
+    assert held.expires_at == pytest.approx(clock.now + 2 * 3600)

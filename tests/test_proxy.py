@@ -260,18 +260,20 @@ def test_upstream_host_is_always_the_configured_one(base: URL, mount: str, path:
         ("/3rdparty/v1", "/sms", "/sms"),
         ("/3rdparty/v1/", "", "/"),
         ("/3rdparty/v1/messages/abc", "/3rdparty/v1", "/3rdparty/v1/messages/abc"),
-        ("http://api.sms-gate.app/3rdparty/v1/m", "/sms", "http://api.sms-gate.app/3rdparty/v1/m"),
-        ("https://evil.example/3rdparty/v1/m", "/sms", "https://evil.example/3rdparty/v1/m"),
-        ("https://api.sms-gate.app:8443/3rdparty/v1/m", "/sms", "https://api.sms-gate.app:8443/3rdparty/v1/m"),
-        ("/3rdparty/v10/m", "/sms", "/3rdparty/v10/m"),
-        ("/other", "/sms", "/other"),
-        ("//api.sms-gate.app/3rdparty/v1/x", "/sms", "//api.sms-gate.app/3rdparty/v1/x"),
-        ("messages/abc", "/sms", "messages/abc"),
-        ("https://api.sms-gate.app:bad/3rdparty/v1/m", "/sms", "https://api.sms-gate.app:bad/3rdparty/v1/m"),
+        ("http://api.sms-gate.app/3rdparty/v1/m", "/sms", None),  # another scheme: another origin
+        ("https://evil.example/3rdparty/v1/m", "/sms", None),
+        ("https://api.sms-gate.app:8443/3rdparty/v1/m", "/sms", None),
+        ("/3rdparty/v10/m", "/sms", None),  # outside the base path
+        ("/other", "/sms", None),
+        ("/internal/admin", "/sms", None),
+        ("http://127.0.0.1:18481/internal/admin", "/sms", None),  # the issue's leak
+        ("//api.sms-gate.app/3rdparty/v1/x", "/sms", None),  # scheme-relative
+        ("messages/abc", "/sms", None),  # relative: resolved against the gateway, no rule vouches for it
+        ("https://api.sms-gate.app:bad/3rdparty/v1/m", "/sms", None),
     ],
 )
-def test_rewrite_location(location: str, mount: str, expected: str) -> None:
-    """Locations into the upstream base point at the gateway mount; all others are left alone."""
+def test_rewrite_location(location: str, mount: str, expected: str | None) -> None:
+    """Locations into the upstream base point at the gateway mount; every other one is dropped (None)."""
     assert rewrite_location(location, SMSGATE, mount) == expected
 
 
@@ -463,13 +465,25 @@ async def test_bad_query_refused() -> None:
 
 
 async def test_redirects_are_not_followed() -> None:
-    """A 302 is relayed as is; the upstream sees one request and nothing goes to the Location."""
-    reply = Reply(302, headers=[("Location", "https://elsewhere.example/steal")])
+    """A 302 is relayed without following it; a Location outside the upstream's base is dropped, not passed on."""
+    reply = Reply(302, headers=[("Location", "https://elsewhere.example/steal"), ("Content-Location", "/x")])
     async with RecordingUpstream(reply) as upstream, gateway(upstream.url) as app:
         status, headers, _ = await call(app, "POST", headers=[("Content-Length", "1")], body=[b"x"])
         assert len(upstream.requests) == 1
     assert status == 302
-    assert headers["location"] == "https://elsewhere.example/steal"
+    assert "location" not in headers
+    assert "content-location" not in headers
+
+
+async def test_location_never_reveals_the_upstream_address() -> None:
+    """An absolute Location on the upstream's own address but outside its base is dropped (issue 17)."""
+    async with RecordingUpstream() as upstream:
+        upstream.reply(Reply(201, headers=[("Location", upstream.url + "/internal/admin")]))
+        async with gateway(upstream.url) as app:
+            status, headers, body = await call(app, "POST", "/3rdparty/v1/messages", body=[b""])
+    assert status == 201
+    assert "location" not in headers
+    assert upstream.url.encode() not in body
 
 
 @pytest.mark.parametrize(
@@ -491,7 +505,8 @@ async def test_location_points_at_the_gateway(location: str, mount: str, expecte
 
 
 async def test_response_bytes_and_headers_pass_through() -> None:
-    """Compressed bodies pass undecoded; hop-by-hop headers are dropped; duplicates are kept."""
+    """Compressed bodies pass undecoded; hop-by-hop headers are dropped; duplicates are kept (an upstream
+    without gateway credentials: its cookies concern no secret of the gateway's)."""
     compressed = gzip.compress(b'{"state":"Pending"}' * 50)
     reply = Reply(
         200,
@@ -506,7 +521,7 @@ async def test_response_bytes_and_headers_pass_through() -> None:
     )
     async with (
         RecordingUpstream(reply) as upstream,
-        gateway(upstream.url) as app,
+        gateway(upstream.url, credentials=NoneCredentialSettings()) as app,
         client(app) as http,
         http.stream("GET", "/3rdparty/v1/messages", headers={"accept-encoding": "gzip"}) as response,
     ):
@@ -517,6 +532,30 @@ async def test_response_bytes_and_headers_pass_through() -> None:
     assert response.headers["x-upstream"] == "yes"
     assert "proxy-authenticate" not in response.headers
     assert response.headers["content-length"] == str(len(compressed))
+
+
+@pytest.mark.parametrize(
+    ("credentials", "status", "dropped"),
+    [
+        (BASIC, 200, True),
+        (HeaderCredentialSettings(headers={"X-API-KEY": Secret(CANARY)}), 404, True),
+        (NoneCredentialSettings(), 401, False),
+    ],
+    ids=["basic", "header", "none"],
+)
+async def test_provider_cookies_and_challenges_stay_with_the_gateway(
+    credentials: CredentialSettings, status: int, dropped: bool
+) -> None:
+    """Set-Cookie and WWW-Authenticate are dropped wherever the gateway injects credentials (a provider session
+    or challenge belongs to the gateway's credential); an upstream without credentials passes them on."""
+    reply = Reply(
+        status,
+        headers=[("Set-Cookie", "PHPSESSID=provider-session"), ("WWW-Authenticate", 'Basic realm="provider"')],
+    )
+    async with RecordingUpstream(reply) as upstream, gateway(upstream.url, credentials=credentials) as app:
+        got, headers, _ = await call(app)
+    assert got == status
+    assert ("set-cookie" in headers, "www-authenticate" in headers) == (not dropped, not dropped)
 
 
 # ---------------------------------------------------------------------------- lifecycle and routing
@@ -607,6 +646,23 @@ async def test_query_credentials_replace_the_clients() -> None:
     assert seen.query == f"to=%2B1555&flag&apiKey={CANARY}"
 
 
+@pytest.mark.parametrize(
+    ("query", "kept"),
+    [
+        (b"x=1;apiKey=evil", "x=1"),
+        (b"apiKey=evil;x=1", "x=1"),
+        (b"a=1;b=2&apiKey=e;c=3", "a=1;b=2;c=3"),  # a kept parameter keeps the separator before it
+        (b"x=1;%61piKey=evil", "x=1"),
+    ],
+)
+async def test_semicolon_separates_parameters_when_stripping(query: bytes, kept: str) -> None:
+    """`;` is a query separator when stripping credentials: `?x=1;apiKey=evil` never reaches the upstream."""
+    async with RecordingUpstream() as upstream, gateway(upstream.url, injector=QueryKey()) as app:
+        await call(app, query=query)
+        seen = upstream.last
+    assert seen.query == f"{kept}&apiKey={CANARY}"
+
+
 class RefreshOn401(Credentials):
     """A test injector in the shape of the coming token exchange: one retry with a fresh token after 401."""
 
@@ -639,14 +695,16 @@ async def test_retry_after_401_replays_a_buffered_body() -> None:
 
 
 async def test_no_retry_when_the_body_was_streamed() -> None:
-    """A streamed body cannot be replayed: the first answer stands and nothing is resent."""
+    """A streamed body cannot be replayed: nothing is resent, and the refusal of the gateway's credential is
+    a 502, never the provider's 401 (the client's own token is fine)."""
     injector = RefreshOn401()
     proxy = ProxySettings(retry_buffer_bytes=2)
     async with RecordingUpstream() as upstream, gateway(upstream.url, injector=injector, proxy=proxy) as app:
         upstream.queue(Reply(401, body=b"stale"), Reply(202, body=b"ok"))
         status, _, body = await call(app, "POST", headers=[("Content-Length", "4")], body=[b"ab", b"cd"])
         assert len(upstream.requests) == 1
-    assert (status, body) == (401, b"stale")
+    assert status == 502
+    assert b"stale" not in body
 
 
 # ------------------------------------------------------------------------------ streaming, for real

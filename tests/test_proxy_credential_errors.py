@@ -90,7 +90,7 @@ async def test_error_2_in_a_200_is_a_logged_502(caplog: pytest.LogCaptureFixture
         Reply(200, headers=[JSON], body=b'{"error":0,"amount":"12.34"}'),
         Reply(200, headers=[JSON], body=b'{"error":2'),  # not JSON after all
         Reply(200, headers=[("Content-Type", "text/plain")], body=INVALID),  # not JSON by type
-        Reply(401, headers=[JSON], body=INVALID),  # another status: not this rule's
+        Reply(403, headers=[JSON], body=INVALID),  # another status: not this rule's (401 is a refusal: 502)
         Reply(200, headers=[JSON], body=b'{"error":2,"pad":"' + b"x" * INSPECT_BYTES + b'"}'),  # too big to read
         Reply(200, headers=[JSON], stream_bytes=3 * INSPECT_BYTES, content_length=False, fill=b" "),
     ],

@@ -56,6 +56,11 @@ def test_is_valid_scope(scope: str, valid: bool) -> None:
         ({"realm_access": {}}, "realm_access.roles", set()),
         ({"https://example.com/scopes": ["a:b"]}, "https://example.com/scopes", {"a:b"}),
         ({"scope": "a:b"}, "scp", set()),
+        # RFC 6749: scopes are separated by a single space (%x20) only; other whitespace stays in the token
+        ({"scope": "x\u00a0devices:list"}, None, {"x\u00a0devices:list"}),
+        ({"scope": "messages:send\tdevices:list"}, None, {"messages:send\tdevices:list"}),
+        ({"scope": "a:b\nc:d\u3000e:f\u2028g:h"}, None, {"a:b\nc:d\u3000e:f\u2028g:h"}),
+        ({"realm_access": {"roles": "a:b\u00a0c:d"}}, "realm_access.roles", {"a:b\u00a0c:d"}),
     ],
 )
 def test_parse_scopes(claims: dict[str, object], claim_path: str | None, expected: set[str]) -> None:

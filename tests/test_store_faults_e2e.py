@@ -24,7 +24,7 @@ from typing import Any
 import httpx
 import pytest
 from fakes import RecordingUpstream, Reply
-from gatewayconfig import SENDER_PASSWORD, GatewayConfig
+from gatewayconfig import ADMIN_BY_BASIC, OPS_AUTH, SENDER_PASSWORD, GatewayConfig
 from processes import GatewayProcess, gateway_process
 from redisserver import PrivateRedis
 
@@ -120,7 +120,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
             directory,
             box["url"] + "/3rdparty/v1",
             store=redis.url,
-            extra=f"store_timeout_s: {TIMEOUT_S}\nlog: {{access: false}}\nreload: {{watch: false}}\n",
+            extra=f"store_timeout_s: {TIMEOUT_S}\nlog: {{access: false}}\nreload: {{watch: false}}\n" + ADMIN_BY_BASIC,
         )
         path = cfg.write()
         with (
@@ -254,7 +254,7 @@ def test_killed_then_restarted_with_data(cluster: Cluster) -> None:
     assert cluster.get(cluster.a.url, cluster.mint(cluster.b.url)["access_token"]).status_code == 200
     window.check()
     for instance in cluster.instances:
-        store = cluster.client.get(instance.url + "/readyz").json()["store"]
+        store = cluster.client.get(instance.url + "/readyz", auth=OPS_AUTH).json()["store"]
         assert store["resets"] == 0  # its data survived: no reset
         assert store["persistence"] == "aof"
         assert store["persistent"] is True
@@ -306,7 +306,7 @@ def test_restarted_empty_refuses_every_older_token(cluster: Cluster) -> None:
         assert "store was reset" in refused.json()["message"]
         assert 'error="invalid_token"' in refused.headers["www-authenticate"]
         assert cluster.get(instance.url, cluster.tokens["revoked"]).status_code == 401
-        store = cluster.client.get(instance.url + "/readyz").json()["store"]
+        store = cluster.client.get(instance.url + "/readyz", auth=OPS_AUTH).json()["store"]
         assert store["resets"] == 1
         assert "smsguard_store_resets_total 1.0" in cluster.client.get(instance.url + "/metrics").text
     window.check()

@@ -130,6 +130,14 @@ async def test_non_json_body_is_400(env: Env) -> None:
     assert response.status_code == 400
 
 
+@pytest.mark.parametrize("body", [b"[" * 8000 + b"]" * 8000, b'{"scopes": ' + b"[" * 40 + b"]" * 40 + b"}"])
+async def test_deeply_nested_json_is_400_not_a_traceback(env: Env, body: bytes) -> None:
+    """JSON nested past the depth limit (8,000 brackets is under the size cap) is a 400, never a RecursionError."""
+    response = await env.client.post(TOKEN, content=body, auth=OPS)
+    assert response.status_code == 400
+    assert "nested deeper than" in response.json()["message"]
+
+
 @pytest.mark.parametrize(
     ("caller_scopes", "requested", "status", "offending"),
     [

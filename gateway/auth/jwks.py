@@ -25,6 +25,7 @@ from jwt.algorithms import ECAlgorithm, OKPAlgorithm, RSAAlgorithm
 
 from gateway.config.settings import IssuerSettings
 from gateway.errors import Unauthorized
+from gateway.web import jsonbody
 
 __all__ = [
     "MAX_JWKS_BYTES",
@@ -426,7 +427,7 @@ def _no_constants(name: str) -> NoReturn:
 def json_object(data: bytes) -> dict[str, Any] | None:
     """A JSON object, or None; duplicate member names raise Duplicate, NaN/Infinity are not JSON."""
     try:
-        value = json.loads(data, object_pairs_hook=_unique_members, parse_constant=_no_constants)
+        value = jsonbody.loads(data, object_pairs_hook=_unique_members, parse_constant=_no_constants)
     except Duplicate:
         raise
     except (ValueError, RecursionError):

@@ -31,6 +31,7 @@ from gateway.config.fields import (
     SecretText,
     Str,
     Text,
+    Texts,
     fail,
     interpolate,
     secrets_in,
@@ -48,6 +49,7 @@ __all__ = [
     "NoneCredentialSettings",
     "QueryCredentialSettings",
     "RefreshRequest",
+    "RevokeRequest",
     "TokenExchangeSettings",
     "field_value",
 ]
@@ -86,6 +88,12 @@ def _http_url(url: str) -> str:
     return url
 
 
+def _revoke_method(method: str) -> str:
+    if method not in ("DELETE", "POST"):
+        raise fail(f"unsupported method {method!r}", hint="DELETE or POST")
+    return method
+
+
 def _method(method: str) -> str:
     if method not in LOGIN_METHODS:
         raise fail(f"unsupported method {method!r}", hint="one of " + ", ".join(LOGIN_METHODS))
@@ -114,6 +122,14 @@ def _status(status: int) -> int:
     if status > 599:
         raise fail(f"not an HTTP status: {status}")
     return status
+
+
+def _regex(pattern: str) -> str:
+    try:
+        re.compile(pattern)
+    except re.error as exc:
+        raise fail(f"not a regular expression: {exc}") from None
+    return pattern
 
 
 def _single_value(value: object) -> object:
@@ -160,14 +176,36 @@ class CredentialErrorRule:
 
     status: Annotated[int, AfterValidator(_status)] = Field(default=200, ge=100, strict=True)
     field: JsonPath
-    equals: Annotated[str | int | bool, BeforeValidator(_single_value)]
+    equals: Annotated[str | int | bool, BeforeValidator(_single_value)] | None = None
+    pattern: (
+        Annotated[
+            Str,
+            AfterValidator(_regex),
+            Field(description="Instead of equals: a regular expression searched, ignoring case, in a string field."),
+        ]
+        | None
+    ) = None
+
+    @model_validator(mode="after")
+    def _one_test(self) -> CredentialErrorRule:
+        if (self.equals is None) == (self.pattern is None):
+            raise fail("give exactly one of equals, pattern")
+        return self
 
     def matches(self, status: int, document: object) -> bool:
         if status != self.status:
             return False
         value = field_value(document, self.field)
+        if self.pattern is not None:
+            return isinstance(value, str) and re.search(self.pattern, value, re.IGNORECASE) is not None
         # JSON true is not 1: compare types as well as values
         return type(value) is type(self.equals) and value == self.equals
+
+    def describe(self) -> str:
+        """The rule as a log or error detail (`error=2`, `reason~/invalid login/`): names, never a secret."""
+        if self.pattern is not None:
+            return f"{self.field}~/{self.pattern}/"
+        return f"{self.field}={self.equals!r}"
 
 
 @dataclass(frozen=True, kw_only=True, config=CONFIG)
@@ -247,6 +285,16 @@ class HeaderCredentialSettings(_Kind):
     headers: Annotated[Mapping[str, SecretText], AfterValidator(_headers)]
     type: Literal["header"] = "header"
     credential_error: CredentialErrorRule | None = None
+    strip_params: Annotated[
+        Texts,
+        Field(description="Query (and form body) parameters dropped from the client's request (any case)."),
+    ] = ()
+    defaults: Mapping[str, Str] = Field(
+        default_factory=dict,
+        description="Parameters added to the query (or form body) when the client gave none of that name.",
+    )
+    mode: SkipJsonSchema[str] = ""  # set by presets: what the credential is ("live", "test"), shown in /readyz
+    notices: SkipJsonSchema[tuple[str, ...]] = ()  # set by presets: warnings logged at start-up, shown in /readyz
 
 
 @dataclass(frozen=True, kw_only=True, config=CONFIG)
@@ -260,6 +308,21 @@ class QueryCredentialSettings(_Kind):
     ]
     type: Literal["query"] = "query"
     credential_error: CredentialErrorRule | None = None
+    strip_params: Annotated[
+        Texts,
+        Field(description="More query (and form body) parameters dropped from the client's request (any case)."),
+    ] = ()
+    strip_headers: Annotated[
+        tuple[HeaderName, ...], Field(description="Headers dropped from the client's request (with aliases).")
+    ] = ()
+    defaults: Mapping[str, Str] = Field(
+        default_factory=dict,
+        description="Parameters added to the query (or form body) when the client gave none of that name.",
+    )
+    form_body: Annotated[
+        Bool,
+        Field(description="Put the parameters in the body of form-encoded requests instead of the query."),
+    ] = False
 
 
 @dataclass(frozen=True, kw_only=True, config=CONFIG)
@@ -290,6 +353,20 @@ class RefreshRequest:
     json: SkipJsonSchema[None] = None
 
 
+@dataclass(frozen=True, kw_only=True, config=CONFIG)
+class RevokeRequest:
+    """Revoking a provider token the gateway no longer uses (superseded or refused), best-effort.
+
+    `url` holds `{id}`, replaced by the token's identifier read from `id_field` of the login answer
+    (SMSGate: `DELETE {url}/auth/token/{id}` with the login's Basic credentials).
+    """
+
+    url: HttpUrl
+    id_field: JsonPath = "id"
+    method: Annotated[Str, AfterValidator(_revoke_method)] = "DELETE"
+    basic: BasicPair | None = None
+
+
 def _unit(unit: str) -> str:
     if unit not in EXPIRY_UNITS:
         raise fail(f"unknown unit {unit!r}", hint="one of " + ", ".join(EXPIRY_UNITS))
@@ -298,17 +375,34 @@ def _unit(unit: str) -> str:
 
 @dataclass(frozen=True, kw_only=True, config=CONFIG)
 class Expiry:
-    """Where a token's lifetime comes from: exactly one of a JSON field (+ unit), the JWT's `exp`, a fixed TTL."""
+    """Where a token's lifetime comes from: a JSON field (+ unit), the JWT's `exp`, or a fixed TTL.
+
+    `jwt_exp: true` with a field or `ttl_s` reads `exp` when the token is a JWT that has one, else falls
+    back (a lifetime from `ttl_s` is a guess: a 401 to such a token is read as its expiry).
+    """
 
     field: JsonPath | None = None
     unit: Annotated[Str, AfterValidator(_unit)] | None = None  # with field; None is seconds
     jwt_exp: Bool | None = None
     ttl_s: Annotated[float, Finite(0.001)] | None = None
+    reissue_window_s: (
+        Annotated[
+            float,
+            Finite(0.0),
+            Field(
+                description="The provider hands back the same token for this long after first issuing it: a token is "
+                "assumed to have been issued that long ago unless the store saw it issued (SMSPortal: 23 h)."
+            ),
+        ]
+        | None
+    ) = None
 
     @model_validator(mode="after")
     def _exactly_one(self) -> Expiry:
-        if sum(value is not None for value in (self.field, self.jwt_exp, self.ttl_s)) != 1:
-            raise fail("give exactly one of field (+ unit), jwt_exp: true, ttl_s")
+        if self.field is not None and self.ttl_s is not None:
+            raise fail("give field (+ unit) or ttl_s, not both")
+        if self.field is None and self.ttl_s is None and not self.jwt_exp:
+            raise fail("give one of field (+ unit), jwt_exp: true, ttl_s (jwt_exp may fall back to either)")
         if self.unit is not None and self.field is None:
             raise fail("unit goes with field", at=("unit",))
         if self.jwt_exp is False:
@@ -331,6 +425,14 @@ class TokenExchangeSettings(_Kind):
     credential_error: CredentialErrorRule | None = None  # checked on login answers too
     type: Literal["token_exchange"] = "token_exchange"
     failure_cooldown_s: SkipJsonSchema[float] = 1.0  # set in code only (tests)
+    refused_statuses: Annotated[
+        tuple[Annotated[int, Field(ge=400, le=499)], ...],
+        Field(description="Upstream statuses that mean the gateway's token was refused (a 502 for the client)."),
+    ] = (401,)
+    revoke: RevokeRequest | None = None
+    policy_scopes: SkipJsonSchema[bool] = False  # smsgate_jwt: login.json's `scopes` filled from the policy
+    mode: SkipJsonSchema[str] = ""
+    notices: SkipJsonSchema[tuple[str, ...]] = ()
 
 
 CredentialSettings: TypeAlias = (

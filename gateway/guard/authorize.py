@@ -184,10 +184,11 @@ def _request_name(method: str, websocket: bool) -> str:
 
 
 def _token_in_query(query: bytes) -> bool:
-    """Whether any parameter is named `access_token` as the upstream will read it (decoded, any case)."""
+    """Whether any parameter is named `access_token` as the upstream will read it (decoded, any case; `;`
+    separates parameters as well as `&`)."""
     if not query:
         return False
-    for part in query.split(b"&"):
+    for part in query.replace(b";", b"&").split(b"&"):
         name, equals, _ = part.partition(b"=")
         if not equals:
             continue

@@ -11,7 +11,7 @@ import re
 from collections.abc import Mapping
 from typing import Literal
 
-__all__ = ["SCOPE_PATTERN", "SUPERUSER", "is_valid_scope", "parse_scopes", "satisfies"]
+__all__ = ["SCOPE_PATTERN", "SUPERUSER", "is_valid_scope", "parse_scopes", "satisfies", "split_scope"]
 
 SUPERUSER = "all:any"
 SCOPE_PATTERN = re.compile(r"^[a-z][a-z0-9_-]*:[a-z][a-z0-9_-]*$")
@@ -23,8 +23,17 @@ def is_valid_scope(s: str) -> bool:
     return SCOPE_PATTERN.fullmatch(s) is not None
 
 
+def split_scope(value: str) -> list[str]:
+    """The scopes of an RFC 6749 `scope` string: separated by a single space (%x20) only.
+
+    Any other whitespace (tab, newline, U+00A0, U+3000, ...) stays inside a token, so `"x\u00a0devices:list"`
+    is one token that names no scope, never `devices:list`. Empty tokens (doubled spaces) are skipped.
+    """
+    return [token for token in value.split(" ") if token]
+
+
 def parse_scopes(claims: Mapping[str, object], claim_path: str | None = None) -> frozenset[str]:
-    """The scopes granted by `claims`: a space-separated string or a list of strings at the claim.
+    """The scopes granted by `claims`: a space-separated string (`split_scope`) or a list of strings at the claim.
 
     With no `claim_path` the first present of `scope`, `scp`, `scopes` is used. A dotted path such
     as `realm_access.roles` walks nested objects (a key that itself contains dots is tried first).
@@ -47,7 +56,7 @@ def parse_scopes(claims: Mapping[str, object], claim_path: str | None = None) ->
 
 def _tokens(value: object) -> frozenset[str]:
     if isinstance(value, str):
-        return frozenset(value.split())
+        return frozenset(split_scope(value))
     if isinstance(value, list | tuple):
         return frozenset(item for item in value if isinstance(item, str) and item)
     return frozenset()

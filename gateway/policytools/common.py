@@ -19,6 +19,7 @@ from gateway.guard.authorize import Authorizer
 from gateway.policy.loader import load_policies
 from gateway.policy.matcher import Matcher
 from gateway.policy.model import Policy, Rule, display_path
+from gateway.policy.scopes import split_scope
 
 __all__ = [
     "CLI_SUBJECT",
@@ -73,7 +74,7 @@ def offline_authorizer(matcher: Matcher) -> Authorizer:
 
 def cli_principal(scopes: Iterable[str]) -> Principal:
     """The caller `check --scope` stands for."""
-    granted = frozenset(scope for value in scopes for scope in value.split())
+    granted = frozenset(scope for value in scopes for scope in split_scope(value))
     return Principal(CLI_SUBJECT, granted, CLI_SUBJECT, None, None, {}, "access")
 
 

@@ -28,14 +28,16 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import hashlib
 import json
 import math
 import re
 import time
-from collections.abc import AsyncGenerator, Callable, Mapping
+from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, cast
+from urllib.parse import quote
 
 import httpx
 import jwt
@@ -47,6 +49,7 @@ from gateway.errors import BadGateway, GatewayTimeout, HTTPError, StoreUnavailab
 from gateway.observe.logs import Redactor, make_logger
 from gateway.proxy.injector import Credentials, OutgoingRequest
 from gateway.store import MemoryStore, Store
+from gateway.web import jsonbody
 
 if TYPE_CHECKING:
     from structlog.typing import FilteringBoundLogger
@@ -66,6 +69,9 @@ class ProviderToken:
     value: str
     expires_at: float
     renew_at: float
+    guessed: bool = False  # the lifetime is the configured fallback: a 401 means it expired
+    ident: str | None = None  # the provider's id for it (SMSGate's jti), to revoke it
+    from_exp: bool = False  # the expiry is the JWT's own `exp` (exact; not stored, known only at login)
 
     def usable(self, now: float) -> bool:
         return now < self.renew_at
@@ -74,14 +80,22 @@ class ProviderToken:
         return now < self.expires_at
 
     def dump(self) -> bytes:
-        return json.dumps({"t": self.value, "e": self.expires_at, "r": self.renew_at}).encode()
+        data = {"t": self.value, "e": self.expires_at, "r": self.renew_at, "g": self.guessed, "i": self.ident}
+        return json.dumps(data).encode()
 
     @classmethod
     def load(cls, raw: bytes) -> ProviderToken | None:
         try:
             data = json.loads(raw)
-            return cls(str(data["t"]), float(data["e"]), float(data["r"]))
-        except (ValueError, TypeError, KeyError):
+            ident = data.get("i")
+            return cls(
+                str(data["t"]),
+                float(data["e"]),
+                float(data["r"]),
+                bool(data.get("g", False)),
+                ident if isinstance(ident, str) else None,
+            )
+        except (ValueError, TypeError, KeyError, AttributeError):
             return None  # written by another version: treat as absent
 
     def __repr__(self) -> str:
@@ -120,10 +134,17 @@ class TokenExchange(Credentials):
         clock: Callable[[], float] = time.time,
         log: FilteringBoundLogger | None = None,
         metrics: Metrics | None = None,
+        scopes: Sequence[str] = (),
     ) -> None:
+        """`scopes` (derived from the policy) replace the login body's `scopes` when `settings.policy_scopes`."""
         self.settings = settings
         self.name = name
         self.header_names = frozenset({settings.header.lower()})
+        self.refused = frozenset(settings.refused_statuses)
+        self.mode = settings.mode
+        self.notices = settings.notices
+        self.scopes = tuple(scopes)
+        self._revoking: set[asyncio.Task[None]] = set()
         login = settings.login
         secrets = secrets_in(login.json)
         if login.basic is not None:
@@ -156,6 +177,8 @@ class TokenExchange(Credentials):
         status = yield request
         if status != 401:
             return
+        if token.guessed:  # its lifetime was assumed (BSG v2 bearers carry none): the provider says it is over
+            self._log.info("upstream.token_expired", upstream=self.name, cause="lifetime_assumed", resent=True)
         if not request.replayable:
             await self.drop(token)
             self._log.error(
@@ -216,6 +239,7 @@ class TokenExchange(Credentials):
         """Forget a token the upstream refused: here, and in the Store if it still holds that very token."""
         if self._local is not None and self._local.value == token.value:
             self._local = None
+        self.revoke_later(token, "refused")
         async with contextlib.AsyncExitStack() as stack:
             try:
                 await stack.enter_async_context(
@@ -258,6 +282,10 @@ class TokenExchange(Credentials):
             )
             token = await self._obtain(previous)
             await self._save(token)
+            for old in (cached, self._local):
+                if old is not None and old.value != token.value and old.alive(now):
+                    self.revoke_later(old, "superseded")
+                    break
             return token
 
     async def _load(self) -> ProviderToken | None:
@@ -293,6 +321,8 @@ class TokenExchange(Credentials):
         try:
             self.logins += 1
             token = await self._call(self.settings.login, "login")
+            if self.settings.expiry.reissue_window_s is not None and not (token.guessed or token.from_exp):
+                token = await self._reissued(token)
         except HTTPError as exc:
             self._login_failed("login", exc, "error")
             self._failure = (self._clock(), exc)
@@ -300,6 +330,78 @@ class TokenExchange(Credentials):
         self._failure = None
         self._logged_in("login", token)
         return token
+
+    async def _reissued(self, token: ProviderToken) -> ProviderToken:
+        """A token from a provider that hands back the same token for `reissue_window_s` after first issuing
+        it (SMSPortal: 23 h of a 24 h life), with an expiry that never overestimates its life.
+
+        Per token (a digest of it, never the token) the store keeps the earliest moment it can have been
+        issued: the time of the last login that answered a *different* token (it was issued after that),
+        else `reissue_window_s` ago (it may have been issued that long ago, by another client or before a
+        restart). Every login answering it again raises that bound to now - window. A token whose expiry
+        came from the JWT's own `exp` skips this (`_obtain` calls it only for field-based lifetimes).
+        """
+        window = cast(float, self.settings.expiry.reissue_window_s)
+        now = self._clock()
+        lifetime = token.expires_at - now
+        digest = hashlib.sha256(token.value.encode()).hexdigest()[:32]
+        record_key, last_key = f"upissued:{self.name}:{digest}", f"uplast:{self.name}"
+        recorded = _number(await self._get(record_key))
+        if recorded is None:
+            last = await self._get(last_key)
+            last_digest, _, last_at = (last or b"").decode("ascii", "replace").partition(" ")
+            seen = _number(last_at.encode()) if last_digest and last_digest != digest else None
+            recorded = seen if seen is not None else now - window
+        issued_after = max(recorded, now - window)
+        keep_s = lifetime + window
+        await self._put(record_key, repr(issued_after).encode(), keep_s)
+        await self._put(last_key, f"{digest} {now!r}".encode(), keep_s)
+        expires_at = min(token.expires_at, issued_after + lifetime)
+        remaining = expires_at - now
+        renew_at = expires_at - min(self.settings.margin_s, remaining / 2)
+        return ProviderToken(token.value, expires_at, renew_at, token.guessed, token.ident)
+
+    async def _get(self, key: str) -> bytes | None:
+        try:
+            return await self._store.get(key)
+        except (RedisError, OSError, StoreUnavailable) as exc:
+            self._store_unavailable("read", exc)
+            return None
+
+    async def _put(self, key: str, value: bytes, ttl_s: float) -> None:
+        try:
+            await self._store.set(key, value, ttl_s)
+        except (RedisError, OSError, StoreUnavailable) as exc:
+            self._store_unavailable("write", exc)
+
+    # ------------------------------------------------------------------------------------ revocation
+
+    def revoke_later(self, token: ProviderToken, why: str) -> None:
+        """Revoke a token the gateway stops using (superseded or refused), in the background, best-effort."""
+        if self.settings.revoke is None or token.ident is None:
+            return
+        task = asyncio.get_running_loop().create_task(self._revoke(token.ident, why))
+        self._revoking.add(task)
+        task.add_done_callback(self._revoking.discard)
+
+    async def _revoke(self, ident: str, why: str) -> None:
+        spec = self.settings.revoke
+        assert spec is not None
+        headers = {"Authorization": _basic_value(spec.basic)} if spec.basic is not None else {}
+        url = spec.url.replace("{id}", quote(ident, safe=""))
+        try:
+            response = await self._http().request(spec.method, url, headers=headers)
+            status: int | str = response.status_code
+        except httpx.HTTPError as exc:
+            status = type(exc).__name__
+        ok = isinstance(status, int) and (200 <= status < 300 or status == 404)
+        log = self._log.info if ok else self._log.warning
+        log(
+            "upstream.token_revoked" if ok else "upstream.token_revoke_failed",
+            upstream=self.name,
+            why=why,
+            upstream_status=status,
+        )
 
     def _logged_in(self, kind: str, token: ProviderToken) -> None:
         if self._metrics is not None:
@@ -319,61 +421,88 @@ class TokenExchange(Credentials):
     async def _call(
         self, spec: LoginRequest | RefreshRequest, what: str, *, bearer: str | None = None
     ) -> ProviderToken:
+        status, body = await self._send(spec, what, bearer)
+        if not 200 <= status < 300:
+            raise _failed(what, f"the upstream answered HTTP {status}")
+        try:
+            document = jsonbody.loads(body)
+        except jsonbody.TooDeep as exc:
+            raise _failed(what, f"its answer is {exc}") from None
+        except ValueError:
+            raise _failed(what, "its answer is not JSON") from None
+        rule = self.settings.credential_error
+        if rule is not None and rule.matches(status, document):
+            raise _failed(what, f"the upstream rejected the gateway's credentials ({rule.describe()})")
+        return self._token_of(document, what)
+
+    def _request(self, spec: LoginRequest | RefreshRequest, bearer: str | None) -> tuple[dict[str, str], bytes | None]:
+        """The headers and body of a login or refresh (the policy's scopes in place of the login's own)."""
         headers = {"Accept": "application/json"}
         if spec.basic is not None:
             headers["Authorization"] = _basic_value(spec.basic)
         if bearer is not None:
             headers[self.settings.header] = self._render(bearer)
-        content: bytes | None = None
-        if spec.json is not None:
-            content = json.dumps(_reveal(spec.json)).encode()
-            headers["Content-Type"] = "application/json"
+        if spec.json is None:
+            return headers, None
+        payload = cast(dict[str, object], _reveal(spec.json))
+        if self.settings.policy_scopes and isinstance(spec, LoginRequest):
+            payload["scopes"] = list(self.scopes)
+        headers["Content-Type"] = "application/json"
+        return headers, json.dumps(payload).encode()
+
+    async def _send(self, spec: LoginRequest | RefreshRequest, what: str, bearer: str | None) -> tuple[int, bytes]:
+        """The status and (bounded) body of the login or refresh answer; 504 on a timeout, 502 otherwise."""
+        headers, content = self._request(spec, bearer)
         try:
             async with self._http().stream(spec.method, spec.url, headers=headers, content=content) as response:
-                status = response.status_code
                 body = bytearray()
                 async for chunk in response.aiter_bytes():
                     body += chunk
                     if len(body) > MAX_LOGIN_ANSWER_BYTES:
                         raise _failed(what, "its answer is too large")
+                return response.status_code, bytes(body)
         except httpx.TimeoutException:
             raise GatewayTimeout(
                 f"the upstream's {what} endpoint did not answer in time", code="upstream_login_timeout"
             ) from None
         except httpx.HTTPError as exc:
             raise _failed(what, f"the request failed ({type(exc).__name__})") from None
-        if not 200 <= status < 300:
-            raise _failed(what, f"the upstream answered HTTP {status}")
-        try:
-            document = json.loads(body)
-        except ValueError:
-            raise _failed(what, "its answer is not JSON") from None
-        rule = self.settings.credential_error
-        if rule is not None and rule.matches(status, document):
-            raise _failed(what, f"the upstream rejected the gateway's credentials ({rule.field}={rule.equals!r})")
+
+    def _token_of(self, document: object, what: str) -> ProviderToken:
+        """The token in a login or refresh answer, with its expiry, renewal time and (to revoke it) its id."""
         value = field_value(document, self.settings.token_field)
         if not isinstance(value, str) or not _TOKEN_VALUE.fullmatch(value):
             raise _failed(what, f"its answer has no usable token in {self.settings.token_field!r}")
         now = self._clock()
-        expires_at = self._expires_at(document, value, now, what)
+        expires_at, source = self._expires_at(document, value, now, what)
         lifetime = expires_at - now
         if not 0 < lifetime < math.inf:
             raise _failed(what, "the upstream issued a token that has already expired")
-        return ProviderToken(value, expires_at, expires_at - min(self.settings.margin_s, lifetime / 2))
+        ident = None
+        if self.settings.revoke is not None:
+            found = field_value(document, self.settings.revoke.id_field)
+            ident = found if isinstance(found, str) and found else None
+        renew_at = expires_at - min(self.settings.margin_s, lifetime / 2)
+        return ProviderToken(value, expires_at, renew_at, source == "guess", ident, source == "exp")
 
-    def _expires_at(self, document: object, token: str, now: float, what: str) -> float:
+    def _expires_at(self, document: object, token: str, now: float, what: str) -> tuple[float, str]:
+        """The token's expiry and where it came from: `exp`, `field`, `ttl`, or `guess` (the `ttl_s`
+        fallback of `jwt_exp`: the provider said nothing)."""
         expiry = self.settings.expiry
-        if expiry.ttl_s is not None:
-            return now + expiry.ttl_s
         if expiry.jwt_exp:
-            try:
-                claims = jwt.decode(token, options={"verify_signature": False, "verify_exp": False})
-            except jwt.PyJWTError:
-                raise _failed(what, "the token is not a JWT") from None
-            exp = claims.get("exp")
-            if not isinstance(exp, int | float) or isinstance(exp, bool):
-                raise _failed(what, "the token has no numeric exp claim")
-            return float(exp)
+            exp = _jwt_exp(token)
+            if exp is not None:
+                return exp, "exp"
+            if expiry.ttl_s is not None:
+                return now + expiry.ttl_s, "guess"
+            if expiry.field is None:
+                raise _failed(what, "the token is not a JWT or has no numeric exp claim")
+        elif expiry.ttl_s is not None:
+            return now + expiry.ttl_s, "ttl"
+        return self._field_expiry(document, now, what), "field"
+
+    def _field_expiry(self, document: object, now: float, what: str) -> float:
+        expiry = self.settings.expiry
         field = cast(str, expiry.field)
         raw = field_value(document, field)
         if expiry.unit == "iso8601":
@@ -402,9 +531,33 @@ class TokenExchange(Credentials):
         return self._client
 
     async def aclose(self) -> None:
+        if self._revoking:  # best-effort revocations get their chance, bounded by the login timeout
+            await asyncio.wait(set(self._revoking), timeout=self.settings.timeout_s)
+            for task in self._revoking:
+                task.cancel()
         client, self._client = self._client, None
         if client is not None:
             await client.aclose()
+
+
+def _jwt_exp(token: str) -> float | None:
+    """The numeric `exp` of a JWT, read without verifying it (the provider's own token); None otherwise."""
+    try:
+        claims = jwt.decode(token, options={"verify_signature": False, "verify_exp": False})
+    except jwt.PyJWTError:
+        return None
+    exp = claims.get("exp")
+    if not isinstance(exp, int | float) or isinstance(exp, bool) or not math.isfinite(exp):
+        return None
+    return float(exp)
+
+
+def _number(raw: bytes | None) -> float | None:
+    try:
+        value = float(raw) if raw else None
+    except ValueError:
+        return None
+    return value if value is not None and math.isfinite(value) else None
 
 
 def _failed(what: str, reason: str) -> BadGateway:

@@ -19,6 +19,13 @@ used as a plain pipe:
   an injector's explicit second attempt (a token exchange after a 401) is honoured, and only for a
   replayable body; the injector's first request is
   prepared (a token exchange may log in) before an in-flight slot is taken, so logins never hold the pool;
+- an upstream whose credentials are parameters gets no client copy of them: they are dropped from the
+  query (`;` read as a separator too) and from a form-encoded body (`params.py`; such a body must fit
+  `retry_buffer_bytes`, else 413, and multipart is refused with 400), and the injector may put its own
+  parameters in that body (SMSGatewayCenter's POST samples);
+- an upstream status the injector names in `refused` (401 wherever the gateway injects credentials; also
+  403 for smsgate_jwt) is the provider refusing the gateway's own credentials: a logged 502
+  `upstream_credentials`, never the client's 401 (`responses.credentials_refused`);
 - a provider that reports bad credentials inside a success (BSG's `200 {"error": 2}`, the injector's
   `credential_error`) is caught: such upstreams are asked for uncompressed answers, and small JSON
   answers with the rule's status are read before relaying (`responses.inspect`); a match becomes a
@@ -41,10 +48,9 @@ import asyncio
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from time import perf_counter
 from typing import TYPE_CHECKING
-from urllib.parse import quote, unquote_plus, urlencode
 
 from gateway.config.settings import ProxySettings, UpstreamSettings
-from gateway.errors import BadGateway, BadRequest, HTTPError, ServiceUnavailable
+from gateway.errors import BadGateway, BadRequest, HTTPError, PayloadTooLarge, ServiceUnavailable
 from gateway.observe.events import RECORD_KEY, RequestRecord
 from gateway.observe.logs import Redactor, make_logger
 from gateway.policy.forwarding import upstream_target, upstream_url
@@ -53,7 +59,8 @@ from gateway.proxy.credentials import Credentials, OutgoingRequest, build_creden
 from gateway.proxy.faults import ClientGone, ResponseAborted, upstream_error
 from gateway.proxy.headers import forwarded_headers, sanitize_request_headers
 from gateway.proxy.http1 import Response, UpstreamError
-from gateway.proxy.responses import INSPECT_BYTES, inspect, response_headers, rewrite_location
+from gateway.proxy.params import append_params, drop_params, form_kind
+from gateway.proxy.responses import INSPECT_BYTES, credentials_refused, inspect, response_headers, rewrite_location
 from gateway.proxy.upstream import Upstream
 from gateway.web.asgi import Message, Receive, Scope, Send, run_lifespan
 from gateway.web.responses import send_error
@@ -76,13 +83,6 @@ __all__ = [
 ]
 
 _NO_EXTENSIONS: Mapping[str, object] = {}
-
-
-def _drop_query_params(raw_query: str, names: frozenset[str]) -> str:
-    """The raw query without parameters whose decoded, lowercased name is in `names` (the rest byte for byte)."""
-    if not raw_query:
-        return raw_query
-    return "&".join(p for p in raw_query.split("&") if unquote_plus(p.partition("=")[0]).lower() not in names)
 
 
 class _Forwarding:
@@ -167,6 +167,7 @@ class _Forwarding:
             raise self.incoming.too_large()
         self.headers = self.request_headers()
         self.body = await self.incoming.prepare(length, self.headers)
+        form = self.form()
         credentials = self.upstream.credentials
         if credentials.credential_error is not None:  # the answer may have to be read: ask for it uncompressed
             self.headers = [(name, value) for name, value in self.headers if name.lower() != "accept-encoding"]
@@ -175,7 +176,7 @@ class _Forwarding:
         replayable = not isinstance(self.body, AsyncIterator)
         if replayable:
             self.watch()
-        flow = credentials.flow(OutgoingRequest(method, self.headers, None, self.raw_query, replayable))
+        flow = credentials.flow(OutgoingRequest(method, self.headers, None, self.raw_query, replayable, form))
         try:
             outgoing = await anext(flow)  # before taking a slot: a token exchange may log in here
             await self.exchange(flow, outgoing)
@@ -204,10 +205,31 @@ class _Forwarding:
             raise ServiceUnavailable("the gateway is not ready", code="not_ready")
         raw_query = self.scope.get("query_string", b"").decode("latin-1")
         if upstream.strip_query:
-            raw_query = _drop_query_params(raw_query, upstream.strip_query)
+            raw_query = drop_params(raw_query, upstream.strip_query)
         self.upstream, self.mount, self.raw_query = upstream, rule.mount, raw_query
         self.target = upstream_target(upstream.base_path, rule.mount, decision.path, raw_query)
         return method
+
+    def form(self) -> str | None:
+        """A form-encoded body, minus the client's copies of the credential parameters, when the upstream's
+        credentials are parameters (else None: the body goes as it came). Such a body must fit the buffer
+        (413 otherwise) and may not be multipart (400): neither could be cleaned."""
+        strip = self.upstream.strip_query
+        if not strip:
+            return None
+        kind = form_kind(self.headers)
+        if kind is None:
+            return None
+        if kind == "multipart":
+            raise BadRequest(
+                "multipart bodies are not forwarded to this upstream (its credentials are request parameters)",
+                code="bad_request:multipart",
+            )
+        if isinstance(self.body, AsyncIterator):
+            raise PayloadTooLarge(
+                f"a form body larger than {self.app.buffer_bytes} bytes cannot be checked for credentials"
+            )
+        return drop_params((self.body or b"").decode("latin-1"), strip)
 
     def request_headers(self) -> list[tuple[str, str]]:
         """The client's headers sanitized, then the request id (when observed) and `X-Forwarded-*`."""
@@ -234,8 +256,11 @@ class _Forwarding:
             finally:
                 if record is not None:
                     record.upstream_s = perf_counter() - sent_at
+            credentials = upstream.credentials
+            if response.status in credentials.refused:
+                raise credentials_refused(response.status, self.app.log, upstream.name, credentials.kind)
             prefix, complete = b"", False
-            check = upstream.credentials.credential_error
+            check = credentials.credential_error
             if check is not None:
                 prefix, complete = await inspect(response, check, self.app.log, upstream.name)
             await self.relay(response, prefix, complete)
@@ -274,23 +299,29 @@ class _Forwarding:
         """Send `request` (the target with the query the credentials flow chose) on the upstream's pool."""
         target = self.target
         if request.query is not None or request.raw_query != self.raw_query:
-            query = request.raw_query
-            if request.query:
-                added = urlencode(request.query, quote_via=quote, safe="")
-                query = f"{query}&{added}" if query else added
+            query = append_params(request.raw_query, request.query or ())
             path = target.partition("?")[0]
             target = f"{path}?{query}" if query else path
+        body = self.body
+        if request.form is not None:  # the cleaned (and maybe credentialed) form replaces the client's body
+            body = request.form.encode("latin-1")
+            headers = [(name, value) for name, value in request.headers if name.lower() != "content-length"]
+            headers.append(("Content-Length", str(len(body))))
+            request.headers[:] = headers
         pool = self.upstream.pool
         if pool is None:
             raise ServiceUnavailable("the gateway is shutting down", code="not_ready")
         try:
-            return await pool.request(request.method, target, request.headers, self.body)
+            return await pool.request(request.method, target, request.headers, body)
         except UpstreamError as exc:
             raise upstream_error(exc) from None
 
     async def relay(self, response: Response, prefix: bytes, complete: bool) -> None:
         """Stream the upstream's answer to the client as it arrives (after `prefix`, the bytes already read)."""
-        headers = response_headers(response, self.upstream.base, self.mount, observed=self.record is not None)
+        upstream = self.upstream
+        headers = response_headers(
+            response, upstream.base, self.mount, observed=self.record is not None, drop=upstream.response_drop
+        )
         send = self.send
         self.started = True
         await send({"type": "http.response.start", "status": response.status, "headers": headers})
@@ -402,6 +433,19 @@ class ProxyApp:
         for upstream in self.upstreams.values():
             await upstream.aclose()
             await upstream.credentials.aclose()
+
+    def notices(self) -> dict[str, dict[str, object]]:
+        """Per upstream: its credential kind, and the preset's mode and warnings when it has them (/readyz)."""
+        described: dict[str, dict[str, object]] = {}
+        for name, upstream in self.upstreams.items():
+            credentials = upstream.credentials
+            entry: dict[str, object] = {"credentials": credentials.kind}
+            if credentials.mode:
+                entry["mode"] = credentials.mode
+            if credentials.notices:
+                entry["warnings"] = list(credentials.notices)
+            described[name] = entry
+        return described
 
     def ready(self) -> bool:
         """Pools are open and not closed."""

@@ -15,7 +15,9 @@ from typing import ClassVar
 
 from gateway.config.credentials import CredentialErrorRule
 
-__all__ = ["Credentials", "OutgoingRequest"]
+__all__ = ["RESPONSE_DROP", "Credentials", "OutgoingRequest"]
+
+RESPONSE_DROP = frozenset({b"set-cookie", b"set-cookie2", b"www-authenticate"})
 
 
 @dataclass(slots=True)
@@ -24,7 +26,10 @@ class OutgoingRequest:
 
     `raw_query` is the client's query string, validated, minus the client's copies of `query_names`;
     `query` (None unless an injector adds parameters) is appended to it, percent-encoded.
-    `replayable` is False when the body is streamed: a retry after a 401 is then impossible.
+    `replayable` is False when the body is streamed: a retry after a 401 is then impossible. `form` is the
+    form-encoded body (as latin-1 text, the client's credential parameters already dropped) when the
+    upstream takes parameter credentials and the client sent a form; an injector may append to it, and
+    the forwarder then sends it, with its own Content-Length, instead of the client's body.
     """
 
     method: str
@@ -32,13 +37,15 @@ class OutgoingRequest:
     query: list[tuple[str, str]] | None = None
     raw_query: str = ""
     replayable: bool = True
+    form: str | None = None
 
 
 class Credentials(ABC):
     """One upstream's way of authenticating; see the module docstring for the flow contract.
 
     `header_names` and `query_names` tell the forwarder what to strip from the client's request (with
-    aliases) so the upstream receives exactly one credential, ours; `secret_values` feed log redaction.
+    aliases; query names from form bodies too) so the upstream receives exactly one credential, ours;
+    `secret_values` feed log redaction; `refused` and `response_drop` are explained where they are set.
     """
 
     kind: ClassVar[str] = ""
@@ -46,6 +53,16 @@ class Credentials(ABC):
     query_names: frozenset[str] = frozenset()
     secret_values: tuple[str, ...] = ()
     credential_error: CredentialErrorRule | None = None
+    # Upstream statuses that mean "the gateway's own credentials were refused" (the client cannot send any):
+    # the forwarder answers them with a 502 `upstream_credentials`, never passes them on as the client's 401.
+    refused: frozenset[int] = frozenset({401})
+    # Upstream response headers a client must not see: a provider session cookie is bound to the gateway's
+    # credentials, a provider's challenge describes the gateway's credential, not the client's.
+    response_drop: frozenset[bytes] = RESPONSE_DROP
+    # What a preset knows about the credential: its mode ("live", "test") and warnings for the operator,
+    # logged at start-up and shown to admin callers of /readyz.
+    mode: str = ""
+    notices: tuple[str, ...] = ()
 
     @abstractmethod
     def flow(self, request: OutgoingRequest) -> AsyncGenerator[OutgoingRequest, int]:

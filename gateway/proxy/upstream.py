@@ -37,6 +37,7 @@ class Upstream:
         "pool_size",
         "pool_timeout_s",
         "read_timeout_s",
+        "response_drop",
         "retry_after_s",
         "slots",
         "strip_headers",
@@ -60,6 +61,7 @@ class Upstream:
         # Observed requests carry the gateway's request id upstream instead of the client's.
         self.strip_headers_observed = self.strip_headers | normalized_names({"X-Request-ID"})
         self.strip_query = frozenset(name.lower() for name in credentials.query_names)
+        self.response_drop = credentials.response_drop
         self.base_path = self.base.raw_path
         self.tls = tls
         self.connect_timeout_s = settings.connect_timeout_s

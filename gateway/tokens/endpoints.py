@@ -11,7 +11,6 @@ answer carries both spellings. With issuing disabled every endpoint answers 501.
 
 from __future__ import annotations
 
-import json
 from datetime import UTC, datetime
 from urllib.parse import parse_qsl
 
@@ -24,6 +23,7 @@ from gateway.policy.scopes import SUPERUSER, satisfies
 from gateway.tokens.lineage import BASIC_IDP
 from gateway.tokens.mint import TokenPair
 from gateway.tokens.service import MANAGE_SCOPE, TokenService
+from gateway.web import jsonbody
 from gateway.web.asgi import Receive, Scope, Send, read_body
 from gateway.web.responses import send_error, send_json
 
@@ -188,7 +188,9 @@ def _bearer(headers: list[tuple[bytes, bytes]]) -> str:
 def _parse_request(body: bytes) -> tuple[list[str], int | None]:
     """Validate `{"scopes": [...], "ttl": N}`; anything else is a 400 naming the problem."""
     try:
-        data = json.loads(body)
+        data = jsonbody.loads(body)
+    except jsonbody.TooDeep as exc:
+        raise BadRequest(f"body is {exc}", code="bad_request:json_depth") from None
     except (ValueError, UnicodeDecodeError):
         raise BadRequest('body must be JSON like {"scopes": ["messages:send"], "ttl": 900}') from None
     if not isinstance(data, dict):

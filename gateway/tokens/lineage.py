@@ -35,7 +35,7 @@ from urllib.parse import quote
 
 from gateway.auth.jwt import Principal
 from gateway.errors import Forbidden, Unauthorized
-from gateway.policy.scopes import SUPERUSER
+from gateway.policy.scopes import SUPERUSER, split_scope
 
 if TYPE_CHECKING:
     from gateway.config.settings import Settings
@@ -147,7 +147,7 @@ def granted_scopes(principal: Principal) -> frozenset[str]:
     """The scopes a gateway token grants: its own, or for a refresh token the ones it renews."""
     if principal.kind == "refresh":
         granted = principal.claims.get("grant_scope")
-        return frozenset(granted.split()) if isinstance(granted, str) else frozenset()
+        return frozenset(split_scope(granted)) if isinstance(granted, str) else frozenset()
     return principal.scopes
 
 

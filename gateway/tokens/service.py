@@ -24,7 +24,7 @@ from gateway.auth.jwt import Principal
 from gateway.config.settings import TokenSettings
 from gateway.errors import BadRequest, Forbidden, HTTPError, NotFound, StoreUnavailable, Unauthorized
 from gateway.observe.logs import make_logger
-from gateway.policy.scopes import SUPERUSER, is_valid_scope
+from gateway.policy.scopes import SUPERUSER, is_valid_scope, split_scope
 from gateway.store import EpochSource, Store
 from gateway.tokens.lineage import (
     OWN_ISSUER,
@@ -206,7 +206,7 @@ class TokenService:
         ttl_s = min(ttl, self.settings.max_ttl_s) if isinstance(ttl, int) and ttl > 0 else self.settings.default_ttl_s
         claims = await self._grant_claims(grant)
         pair = self._issuer().mint_pair(
-            principal.subject, granted.split(), ttl_s, family=family, grant=claims, cap=grant.cap
+            principal.subject, split_scope(granted), ttl_s, family=family, grant=claims, cap=grant.cap
         )
         until = pair.refresh.expires_at + self.grace_s
         outcome = await self.store.rotate_refresh(family, principal.token_id, pair.refresh.jti, until)
@@ -234,7 +234,7 @@ class TokenService:
             refresh_jti=pair.refresh.jti,
             previous_jti=principal.token_id,
             family=family,
-            scopes=granted.split(),
+            scopes=split_scope(granted),
             ttl_s=ttl_s,
             expires_at=pair.access.expires_at,
         )

@@ -1,18 +1,33 @@
-"""Fake SMS providers on loopback that enforce each provider's real authentication rules and count logins.
+"""Fake SMS providers on loopback, written from the provider documents (`../shared/reference/`), strictly.
+
+A fake accepts only what its document says (one header spelling, one credential at a time, the document's
+token lifetime rules), never what this project happens to send: a fake that took anything could not
+catch a mismatch. Where a document is silent, the fake's choice is named in its docstring.
 
     FakeBSG                v1 (/rest): `X-API-KEY` live_/test_ keys; a bad key gets BSG's HTTP 200
                            {"error": 2, "errorDescription": "Invalid API key"}.
-                           v2 (/api): POST /api/auth/login {"api_key"} → {"bearer": JWT with exp}, POST
-                           /api/auth/refresh with a live bearer → a new one; bearers expire after `lifetime_s`,
-                           `revoke_all()` makes the current ones 401.
-    FakeSMSPortal          GET /v1/Authentication with Basic(client id:secret) → {"token", "schema": "JWT",
-                           "expiresInMinutes"}; /v1/bulkmessages and /v1/Balance take that Bearer or Basic.
-    FakeSMSGatewayCenter   /SMSApi/rest/*: the `apiKey` header, or `userId`/`password` parameters (query or form).
-    FakeSMSGate            /3rdparty/v1: Basic, or a Bearer from POST /3rdparty/v1/auth/token (Basic).
+                           v2 (/api): POST /api/auth/login {"api_key"} → {"bearer": string}, POST
+                           /api/auth/refresh with a live bearer → a new one. The bearer is sent in exactly one
+                           `bearer_format` (the document's `Bearer: {token}`, or the SDKs' `Bearer {token}`);
+                           `bearer` picks its shape: a JWT with `exp`, a JWT without, or an opaque string (the
+                           document only says "string"); bearers die after `lifetime_s` either way.
+    FakeSMSPortal          GET /v1/Authentication with Basic(client id:secret) → {"token", "schema", "expiresInMinutes":
+                           1440}: tokens live 24 h, and "any new token request within 23 hours of your original
+                           request will result in the same token being returned". Opaque tokens ("a secure
+                           internal format") unless `jwt=True`. /v1/bulkmessages and /v1/Balance take that Bearer
+                           or Basic.
+    FakeSMSGatewayCenter   /SMSApi/rest/*: the `apiKey` header, or `userId` and `password` parameters (query or form
+                           body) — "either one": two credentials, or a parameter given twice, is a login failure.
+                           Answers HTTP 200 in the requested `format` (plain, the system default; json; xml) with
+                           status/statusCode/reason; the failure reason text is this fake's (undocumented).
+    FakeSMSGate            /3rdparty/v1: Basic, or a Bearer from POST /3rdparty/v1/auth/token (Basic; {"ttl",
+                           "scopes"} with the document's scopes) → {"id", "token_type", "access_token", "expires_at"};
+                           each endpoint needs its documented scope (403 without); DELETE /auth/token/{jti} revokes.
 
 Each records every request as a `Recorded` (the shape RecordingUpstream uses) before answering it;
 `logins` / `refreshes` count successful token-endpoint calls, `login_attempts` every call. `login_delay_s`
 slows the token endpoint down, to widen the window in which concurrent requests could race to log in.
+`clock` (default `time.time`) is the fake's time, so tests can move a day on.
 """
 
 from __future__ import annotations
@@ -66,10 +81,13 @@ def _bearer(header: str) -> tuple[str, str] | None:
 class FakeProvider:
     """A loopback aiohttp server that records requests; subclasses add the provider's routes."""
 
-    def __init__(self, *, lifetime_s: float = 3600.0, login_delay_s: float = 0.0) -> None:
+    def __init__(
+        self, *, lifetime_s: float = 3600.0, login_delay_s: float = 0.0, clock: Callable[[], float] = time.time
+    ) -> None:
         self.requests: list[Recorded] = []
         self.lifetime_s = lifetime_s
         self.login_delay_s = login_delay_s
+        self.clock = clock
         self.logins = 0
         self.login_attempts = 0
         self.refreshes = 0
@@ -92,17 +110,24 @@ class FakeProvider:
 
     # --- bearer tokens the provider hands out
 
-    def issue(self) -> tuple[str, float]:
-        """A new JWT bearer (HS256 with the fake's own key) and its expiry."""
-        expires_at = time.time() + self.lifetime_s
-        claims = {"sub": "account", "jti": str(next(self._serial)), "iat": int(time.time()), "exp": expires_at}
-        token = jwt.encode(claims, self._signing, algorithm="HS256")
+    def issue(self, shape: str = "jwt", **claims: object) -> tuple[str, float]:
+        """A new bearer and its expiry: `jwt` (HS256 with the fake's own key, with `exp`), `jwt_no_exp`, or
+        `opaque` (random text); `claims` go into a JWT."""
+        now = self.clock()
+        expires_at = now + self.lifetime_s
+        if shape == "opaque":
+            token = secrets.token_urlsafe(24)
+        else:
+            body: dict[str, object] = {"sub": "account", "jti": str(next(self._serial)), "iat": int(now), **claims}
+            if shape == "jwt":
+                body["exp"] = expires_at
+            token = jwt.encode(body, self._signing, algorithm="HS256")
         self._bearers[token] = expires_at
         return token, expires_at
 
     def live(self, token: str) -> bool:
         expires_at = self._bearers.get(token)
-        return expires_at is not None and time.time() < expires_at
+        return expires_at is not None and self.clock() < expires_at
 
     def revoke_all(self) -> None:
         """Every bearer handed out so far stops working (401), as after a provider-side revocation."""
@@ -153,13 +178,25 @@ INVALID_KEY = {"error": 2, "errorDescription": "Invalid API key"}
 class FakeBSG(FakeProvider):
     """BSG: API v1 under /rest (X-API-KEY) and API v2 under /api (login, refresh, bearer)."""
 
-    def __init__(self, keys: Iterable[str], *, refuse_refresh: bool = False, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        keys: Iterable[str],
+        *,
+        refuse_refresh: bool = False,
+        bearer_format: str = "Bearer {token}",
+        bearer: str = "jwt",
+        **kwargs: Any,
+    ) -> None:
         super().__init__(**kwargs)
         self.keys = tuple(keys)
         for key in self.keys:
             if not key.startswith(("live_", "test_")):
                 raise ValueError("BSG keys start with live_ or test_")
         self.refuse_refresh = refuse_refresh
+        if bearer_format not in ("Bearer {token}", "Bearer: {token}"):
+            raise ValueError("BSG v2 bearers go as `Bearer: {token}` (its document) or `Bearer {token}` (its SDKs)")
+        self.bearer_format = bearer_format
+        self.bearer = bearer
         self.formats: list[str] = []  # the Authorization format of each v2 request that carried a bearer
 
     def routes(self, app: web.Application) -> None:
@@ -189,12 +226,14 @@ class FakeBSG(FakeProvider):
         if not isinstance(key, str) or not _equal(key, self.keys):
             return _json(200, INVALID_KEY)
         self.logins += 1
-        token, _ = self.issue()
+        token, _ = self.issue(self.bearer)
         return _json(200, {"bearer": token})
 
     def _authorized(self, request: web.Request) -> str | None:
-        parsed = _bearer(request.headers.get("Authorization", ""))
-        if parsed is None or not self.live(parsed[1]):
+        """The live bearer of a v2 request sent in exactly the configured format (any other: None → 401)."""
+        values = request.headers.getall("Authorization", [])
+        parsed = _bearer(values[0]) if len(values) == 1 else None
+        if parsed is None or parsed[0] != self.bearer_format or not self.live(parsed[1]):
             return None
         self.formats.append(parsed[0])
         return parsed[1]
@@ -205,7 +244,7 @@ class FakeBSG(FakeProvider):
         if token is None or self.refuse_refresh:
             return _json(401, {"message": "Unauthenticated."})
         self.refreshes += 1
-        fresh, _ = self.issue()
+        fresh, _ = self.issue(self.bearer)
         return _json(200, {"bearer": fresh})
 
     async def _v2(self, request: web.Request) -> web.Response:
@@ -217,13 +256,32 @@ class FakeBSG(FakeProvider):
 
 
 class FakeSMSPortal(FakeProvider):
-    """SMSPortal: GET /v1/Authentication (Basic) → token; the API takes that Bearer or Basic itself."""
+    """SMSPortal: GET /v1/Authentication (Basic) → token; the API takes that Bearer or Basic itself.
 
-    def __init__(self, client_id: str, secret: str, *, expires_in_minutes: int = 1440, **kwargs: Any) -> None:
+    "Generated tokens are valid for 24 hours ... any new token request within 23 hours of your original
+    request will result in the same token being returned": `token_s` (24 h) and `reissue_s` (23 h) of
+    the fake's `clock`. The answer always says `expiresInMinutes: 1440`, as the document's sample does.
+    `outside_login()` is another client of the account asking for a token (the gateway does not see it).
+    """
+
+    def __init__(
+        self,
+        client_id: str,
+        secret: str,
+        *,
+        expires_in_minutes: int = 1440,
+        reissue_s: float = 23 * 3600.0,
+        jwt: bool = False,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(lifetime_s=expires_in_minutes * 60.0, **kwargs)
         self.client_id = client_id
         self.secret = secret
         self.expires_in_minutes = expires_in_minutes
+        self.reissue_s = reissue_s
+        self.jwt = jwt
+        self.current: tuple[str, float] | None = None  # the token and when it was first issued
+        self.issued = 0  # distinct tokens generated
 
     def routes(self, app: web.Application) -> None:
         app.router.add_get("/v1/Authentication", self._authentication)
@@ -234,16 +292,26 @@ class FakeSMSPortal(FakeProvider):
         pair = _basic(header)
         return pair is not None and _equal(pair[0], [self.client_id]) and _equal(pair[1], [self.secret])
 
+    def outside_login(self) -> str:
+        """The token any caller of /Authentication gets now (the same one for 23 h after its first issue)."""
+        now = self.clock()
+        if self.current is None or now >= self.current[1] + self.reissue_s:
+            token, _ = self.issue("jwt" if self.jwt else "opaque")
+            self.current = (token, now)
+            self.issued += 1
+        return self.current[0]
+
     async def _authentication(self, request: web.Request) -> web.Response:
         await self._slow_login()
         if not self._basic_ok(request.headers.get("Authorization", "")):
             return _json(401, {"errorCode": 401, "errorMessage": "Invalid credentials"})
         self.logins += 1
-        token, _ = self.issue()
+        token = self.outside_login()
         return _json(200, {"token": token, "schema": "JWT", "expiresInMinutes": self.expires_in_minutes})
 
     async def _api(self, request: web.Request) -> web.Response:
-        header = request.headers.get("Authorization", "")
+        values = request.headers.getall("Authorization", [])
+        header = values[0] if len(values) == 1 else ""
         bearer = _bearer(header)
         by_token = bearer is not None and bearer[0] == "Bearer {token}" and self.live(bearer[1])
         if not (by_token or self._basic_ok(header)):
@@ -253,8 +321,16 @@ class FakeSMSPortal(FakeProvider):
         return _json(200, {"cost": 1, "remainingBalance": 99, "eventId": next(self._serial), "messages": 1})
 
 
+SGC_LOGIN_FAILED = ("error", "101", "Invalid Login Credentials")  # not in the document: this fake's wording
+
+
 class FakeSMSGatewayCenter(FakeProvider):
-    """SMSGatewayCenter: the apiKey header, or userId/password as query or form parameters."""
+    """SMSGatewayCenter: the apiKey header, or userId/password as query or form parameters — "either one".
+
+    A request carrying both, neither, or a credential parameter twice (query and body, or repeated) fails
+    the login. Every answer is HTTP 200 in the requested `format` (plain when absent: "System default is
+    plain") with status/statusCode/reason; a send without `mobile` fails for that reason instead.
+    """
 
     def __init__(self, *, api_key: str, user_id: str, password: str, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -267,52 +343,148 @@ class FakeSMSGatewayCenter(FakeProvider):
             app.router.add_route("GET", f"/SMSApi/rest/{name}", self._api)
             app.router.add_route("POST", f"/SMSApi/rest/{name}", self._api)
 
+    def _logged_in(self, request: web.Request, params: list[tuple[str, str]]) -> bool:
+        keys = request.headers.getall("apiKey", [])
+        users = [value for name, value in params if name == "userId"]
+        passwords = [value for name, value in params if name == "password"]
+        stray = [name for name, _ in params if name.lower() in ("userid", "password", "apikey")]
+        if keys:  # the apiKey header, and nothing else
+            return len(keys) == 1 and not stray and _equal(keys[0], [self.api_key])
+        if len(users) != 1 or len(passwords) != 1 or len(stray) != 2:
+            return False
+        return _equal(users[0], [self.user_id]) and _equal(passwords[0], [self.password])
+
     async def _api(self, request: web.Request) -> web.Response:
-        form = await request.post() if request.method == "POST" else {}
-        user = request.query.get("userId") or form.get("userId")
-        password = request.query.get("password") or form.get("password")
-        by_key = _equal(request.headers.get("apiKey"), [self.api_key])
-        by_password = isinstance(user, str) and isinstance(password, str)
-        by_password = by_password and _equal(str(user), [self.user_id]) and _equal(str(password), [self.password])
-        if not (by_key or by_password):
-            return _json(200, {"status": "error", "statusCode": "101", "reason": "Invalid Login Credentials"})
-        return _json(200, {"status": "success", "statusCode": "200", "reason": "success", "transactionId": "t-1"})
+        params = list(request.query.items())
+        if request.method == "POST" and request.content_type == "application/x-www-form-urlencoded":
+            params += [(name, str(value)) for name, value in (await request.post()).items()]
+        formats = [value.lower() for name, value in params if name == "format"]
+        answer_format = formats[0] if formats else "plain"
+        if not self._logged_in(request, params):
+            return _sgc_answer(answer_format, *SGC_LOGIN_FAILED)
+        if request.path.endswith("/send") and not any(name == "mobile" for name, _ in params):
+            return _sgc_answer(answer_format, "error", "102", "Invalid mobile number")
+        return _sgc_answer(answer_format, "success", "900", "success", transactionId="t-1")
+
+
+def _sgc_answer(answer_format: str, status: str, code: str, reason: str, **extra: str) -> web.Response:
+    fields = {"status": status, "statusCode": code, "reason": reason, **extra}
+    if answer_format == "json":
+        return _json(200, fields)
+    if answer_format == "xml":
+        inner = "".join(f"<{name}>{value}</{name}>" for name, value in fields.items())
+        body = f'<?xml version="1.0" encoding="UTF-8" standalone="yes"?><response>{inner}</response>'
+        return web.Response(status=200, text=body, content_type="application/xml")
+    return web.Response(status=200, text=" | ".join(f"{k}={v}" for k, v in fields.items()), content_type="text/plain")
+
+
+SMSGATE_SCOPES = frozenset(
+    {
+        "all:any",
+        "messages:send",
+        "messages:read",
+        "messages:list",
+        "messages:export",
+        "devices:list",
+        "devices:delete",
+        "webhooks:list",
+        "webhooks:write",
+        "webhooks:delete",
+        "settings:read",
+        "settings:write",
+        "logs:read",
+        "tokens:manage",
+        # not in the document's list, but its implementation has them (DESIGN.md, "The SMSGate API as implemented")
+        "messages:cancel",
+        "inbox:list",
+        "inbox:refresh",
+    }
+)  # the document's "Available Scopes" (and messages:export from its endpoint table)
 
 
 class FakeSMSGate(FakeProvider):
-    """SMSGate's 3rdparty API: Basic, or a Bearer from its token endpoint (cloud mode)."""
+    """SMSGate's 3rdparty API: Basic, or a Bearer from its token endpoint (cloud mode), scope per endpoint.
+
+    POST /auth/token needs Basic and {"ttl", "scopes"} (scopes required, each a documented one) → 201;
+    POST /messages needs messages:send, GET /messages/{id} messages:read (or all:any; 403 otherwise);
+    DELETE /auth/token/{jti} (Basic, or a Bearer with tokens:manage) revokes the token (204).
+    """
 
     def __init__(self, username: str, password: str, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.username = username
         self.password = password
+        self.scopes: dict[str, frozenset[str]] = {}  # token -> its scopes
+        self.ids: dict[str, str] = {}  # jti -> token
+        self.revoked: list[str] = []  # jtis revoked through DELETE /auth/token/{jti}
 
     def routes(self, app: web.Application) -> None:
         app.router.add_post("/3rdparty/v1/auth/token", self._token)
+        app.router.add_delete("/3rdparty/v1/auth/token/{jti}", self._revoke)
         app.router.add_post("/3rdparty/v1/messages", self._messages)
+        app.router.add_get("/3rdparty/v1/messages/{id}", self._message)
 
     def _basic_ok(self, header: str) -> bool:
         pair = _basic(header)
         return pair is not None and _equal(pair[0], [self.username]) and _equal(pair[1], [self.password])
+
+    def _granted(self, request: web.Request) -> frozenset[str] | None:
+        """The caller's scopes: everything for Basic, the token's for a live Bearer, None when unauthenticated."""
+        values = request.headers.getall("Authorization", [])
+        header = values[0] if len(values) == 1 else ""
+        if self._basic_ok(header):
+            return SMSGATE_SCOPES
+        bearer = _bearer(header)
+        if bearer is None or bearer[0] != "Bearer {token}" or not self.live(bearer[1]):
+            return None
+        return self.scopes.get(bearer[1], frozenset())
 
     async def _token(self, request: web.Request) -> web.Response:
         await self._slow_login()
         if not self._basic_ok(request.headers.get("Authorization", "")):
             return _json(401, {"message": "Unauthorized"})
         body = await request.json()
-        if not isinstance(body.get("scopes"), list) or not body["scopes"]:
-            return _json(400, {"message": "scopes are required"})
+        scopes = body.get("scopes")
+        if not isinstance(scopes, list) or not scopes or not all(scope in SMSGATE_SCOPES for scope in scopes):
+            return _json(400, {"message": "scopes are required and must be known scopes"})
         self.logins += 1
         token, expires_at = self.issue()
+        jti = f"j{len(self.ids) + 1}"
+        self.scopes[token] = frozenset(scopes)
+        self.ids[jti] = token
         expires = datetime.fromtimestamp(expires_at, UTC).isoformat().replace("+00:00", "Z")
-        return _json(201, {"id": "j1", "token_type": "Bearer", "access_token": token, "expires_at": expires})
+        return _json(201, {"id": jti, "token_type": "Bearer", "access_token": token, "expires_at": expires})
+
+    async def _revoke(self, request: web.Request) -> web.Response:
+        granted = self._granted(request)
+        if granted is None:
+            return _json(401, {"message": "Unauthorized"})
+        if not granted & {"tokens:manage", "all:any"}:
+            return _json(403, {"message": "Forbidden"})
+        token = self.ids.get(request.match_info["jti"])
+        if token is None:
+            return _json(404, {"message": "Not found"})
+        self._bearers.pop(token, None)
+        self.revoked.append(request.match_info["jti"])
+        return web.Response(status=204)
+
+    def _allowed(self, request: web.Request, scope: str) -> web.Response | None:
+        granted = self._granted(request)
+        if granted is None:
+            return _json(401, {"message": "Unauthorized"})
+        if not granted & {scope, "all:any"}:
+            return _json(403, {"message": "Forbidden"})
+        return None
 
     async def _messages(self, request: web.Request) -> web.Response:
-        header = request.headers.get("Authorization", "")
-        bearer = _bearer(header)
-        if not (self._basic_ok(header) or (bearer is not None and self.live(bearer[1]))):
-            return _json(401, {"message": "Unauthorized"})
+        refused = self._allowed(request, "messages:send")
+        if refused is not None:
+            return refused
         message_id = f"m-{next(self._serial)}"
         response = _json(202, {"id": message_id, "state": "Pending", "recipients": []})
         response.headers["Location"] = f"/3rdparty/v1/messages/{message_id}"
         return response
+
+    async def _message(self, request: web.Request) -> web.Response:
+        refused = self._allowed(request, "messages:read")
+        return refused or _json(200, {"id": request.match_info["id"], "state": "Sent", "recipients": []})

@@ -27,12 +27,14 @@ import logging
 import re
 import socket
 import threading
+import time
 from collections.abc import AsyncIterator, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import httpx
+import jwt
 import uvicorn
 from fakes import RecordingUpstream, Reply, UvicornServer
 from gatewayconfig import (
@@ -231,6 +233,7 @@ listen: {{host: 127.0.0.1, port: 0}}
 store: memory://
 policies: [{", ".join(policies)}]
 reload: {{watch: false}}
+admin: {{issuer: hs, scope: settings:read}}
 auth:
   leeway_s: 30
   max_token_lifetime_s: 3600
@@ -267,6 +270,13 @@ upstreams:
 
     def settings(self) -> Settings:
         return load_settings(self.write(), env=self.env)
+
+
+def admin_token() -> str:
+    """A token of the external `hs` issuer with settings:read: the harness config's admin (the /readyz details)."""
+    now = int(time.time())
+    claims = {"iss": "https://hs.example.com", "aud": "sms-api", "sub": "harness", "scope": "settings:read"}
+    return jwt.encode({**claims, "iat": now, "exp": now + 300}, HS_SECRET, algorithm="HS256")
 
 
 # ------------------------------------------------------------------------------------------- server
@@ -367,7 +377,8 @@ class Served:
     def token(self, config: SecurityConfig, *scopes: str) -> str:
         """A token of the gateway's own issuer, minted here with its signing key in the store epoch /readyz
         shows (not recorded in its store)."""
-        epoch = httpx.get(self.url + "/readyz", timeout=5).json()["store"]["epoch"]  # the process's store epoch
+        ready = httpx.get(self.url + "/readyz", headers={"authorization": f"Bearer {admin_token()}"}, timeout=5)
+        epoch = ready.json()["store"]["epoch"]  # the process's store epoch (shown to the admin issuer only)
         token = TokenIssuer(config.settings().tokens).mint_pair("app-1", scopes, 300, grant={"ep": epoch}).access.token
         WATCH.token(token)
         return token

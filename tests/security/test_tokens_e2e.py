@@ -191,6 +191,8 @@ async def test_an_authorization_header_over_8_kib_is_refused(env: tuple[Running,
         "access%5Ftoken={t}",
         "access%5ftoken={t}&x=1",
         "Access_Token={t}",
+        "a=1;access_token=",  # `;` separates parameters for some upstreams (issue 17)
+        "a=1;access_token={t}&b=2",
     ],
 )
 async def test_a_token_in_the_query_string_is_a_400(env: tuple[Running, RecordingUpstream], query: str) -> None:
