@@ -256,7 +256,7 @@ class Workspace:
         suites = [suite for path in self.test_files() if (suite := await self._suite(path, policies)) is not None]
         return {
             "changed": [f.id for f in self.files if texts[f.id] != disk[f.id]],
-            "changes": [change.as_json() for change in changes],
+            "changes": [{**change.as_json(), "text": change.render()} for change in changes],
             "diff_text": tools.render_diff(changes),
             "note": note,
             "tests": [

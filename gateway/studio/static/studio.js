@@ -327,7 +327,7 @@
     $("review-note").textContent = data.note;
     $("diff").replaceChildren(...(data.changes.length ? data.changes.map((c) => h("li", {
       class: c.became_public ? "public" : c.change,
-    }, diffLine(c))) : [h("li", {}, "no access changes")]));
+    }, c.text)) : [h("li", {}, "no access changes")]));
     const tests = data.tests.map((t) => h("div", {},
       h("span", { class: t.failed ? "fail" : "pass" }, `${t.file}: ${t.passed} passed, ${t.failed} failed`),
       t.failures.length ? h("pre", {}, t.failures.join("\n")) : null));
@@ -336,18 +336,6 @@
     state.testsFailed = data.tests_failed;
     updateSave();
   });
-
-  function diffLine(c) {
-    const req = (r) => r ? requirement(r) : "-";
-    if (c.change === "added") return `+ ${c.method} ${c.path}  ${c.new.public ? "public" : "requires " + req(c.new)}  (new route)`;
-    if (c.change === "removed") return `- ${c.method} ${c.path}  (removed; was ${req(c.old)})`;
-    if (c.became_public) return `! ${c.method} ${c.path}  became public  (was ${req(c.old)})`;
-    const details = [];
-    if (c.gained.length) details.push(`gained: ${c.gained.join(", ")}`);
-    if (c.lost.length) details.push(`lost: ${c.lost.join(", ")}`);
-    details.push(...c.notes);
-    return `~ ${c.method} ${c.path}  ${req(c.old)} → ${req(c.new)}` + (details.length ? `  (${details.join("; ")})` : "");
-  }
 
   $("save").addEventListener("click", async () => {
     const box = $("save-result");
