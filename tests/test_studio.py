@@ -131,6 +131,7 @@ class TestSecurity:
             {"origin": "null"},
             {"sec-fetch-site": "cross-site"},
             {"sec-fetch-site": "same-site"},
+            {"origin": "http://[::1"},
         ],
     )
     async def test_cross_site_requests_are_refused_even_with_the_secret(
@@ -140,6 +141,14 @@ class TestSecurity:
         response = await studio.post("/api/validate", {"texts": {}}, **headers)
         assert response.status_code == 403
         assert response.json()["message"] == "cross-site request refused"
+
+    async def test_a_link_from_another_site_opens_the_page_but_reaches_no_api(self, studio: Studio) -> None:
+        """A navigation to the printed URL may come from anywhere (the secret is what counts); a fetch may not."""
+        navigation = {"sec-fetch-site": "cross-site", "sec-fetch-mode": "navigate"}
+        assert (await studio.client.get(f"/?token={SECRET}", headers=navigation)).status_code == 200
+        assert (await studio.client.get("/", headers=navigation)).status_code == 401
+        api = {**studio.headers, **navigation}
+        assert (await studio.client.get("/api/files", headers=api)).status_code == 403
 
     async def test_same_origin_requests_pass(self, studio: Studio) -> None:
         headers = {"origin": "http://127.0.0.1:8765", "sec-fetch-site": "same-origin"}

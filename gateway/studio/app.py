@@ -112,19 +112,38 @@ class SecretGuard:
         host = headers.get(b"host", b"").decode("latin-1")
         if _hostname(host) not in self.hosts:
             return 403, "the studio answers only to a loopback host name (127.0.0.1 or localhost)"
-        origin = headers.get(b"origin")
-        if origin is not None and urlsplit(origin.decode("latin-1")).netloc != host:
-            return 403, "cross-site request refused"
-        if headers.get(b"sec-fetch-site", b"same-origin") not in (b"same-origin", b"none"):
+        page = scope["path"] == "/" and scope["method"] in ("GET", "HEAD")
+        if _cross_site(headers, host, page):
             return 403, "cross-site request refused"
         given = headers.get(TOKEN_HEADER.encode("ascii"))
-        if given is None and scope["path"] == "/" and scope["method"] in ("GET", "HEAD"):
+        if given is None and page:
             query = dict(parse_qsl(scope.get("query_string", b"").decode("latin-1")))
             given = query["token"].encode("latin-1", "replace") if "token" in query else None
         if given is None:
             return 401, "the studio needs its secret: open the URL it printed"
         if not hmac.compare_digest(given, self.secret):
             return 401, "wrong secret: open the URL the studio printed"
+        return None
+
+
+def _cross_site(headers: Mapping[bytes, bytes], host: str, page: bool) -> bool:
+    """A request another site made: its Origin names another host, or Sec-Fetch-Site says so.
+
+    Opening the page is a navigation any site may start (a link clicked in a web terminal): what it
+    needs is the secret in the URL, and the page cannot be framed. Everything else must be same-origin.
+    """
+    if page and headers.get(b"sec-fetch-mode") == b"navigate":
+        return False
+    origin = headers.get(b"origin")
+    if origin is not None and _netloc(origin.decode("latin-1")) != host:
+        return True
+    return headers.get(b"sec-fetch-site", b"same-origin") not in (b"same-origin", b"none")
+
+
+def _netloc(url: str) -> str | None:
+    try:
+        return urlsplit(url).netloc
+    except ValueError:
         return None
 
 
