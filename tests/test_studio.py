@@ -509,3 +509,15 @@ def test_studio_is_a_policy_subcommand(capsys: pytest.CaptureFixture[str]) -> No
     assert "name the policy files to edit" in capsys.readouterr().err
     assert main(["policy", "studio", "--help"]) == 0
     assert "--tests" in capsys.readouterr().out
+
+
+def test_the_page_ships_as_package_data() -> None:
+    """Every file of gateway/studio/static/ is matched by pyproject's package-data, so a wheel carries the page."""
+    import fnmatch
+    import tomllib
+
+    globs = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["gateway"]
+    static = sorted((ROOT / "gateway" / "studio" / "static").iterdir())
+    assert [p.name for p in static] == ["index.html", "studio.css", "studio.js"]
+    for path in static:
+        assert any(fnmatch.fnmatch(str(path.relative_to(ROOT / "gateway")), glob) for glob in globs), path
