@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test lint typecheck schema bench fuzz clean data
+.PHONY: install run test lint typecheck schema bench fuzz clean data browser
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -32,7 +32,7 @@ schema: $(STAMP)
 	$(BIN)/python -c "from gateway.config.schema import render_config_schema as r; print(r(), end='')" \
 	  > gateway/config.schema.json
 
-test: $(STAMP) redis
+test: $(STAMP) redis browser
 	$(BIN)/ruff check gateway tests bench
 	$(BIN)/mypy
 	$(BIN)/xenon --max-absolute C gateway
@@ -42,6 +42,12 @@ test: $(STAMP) redis
 redis:
 	@$(BIN)/python -c "import socket; socket.create_connection(('127.0.0.1', 6379), 1).close()" 2>/dev/null \
 	  || redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save "" --appendonly no
+
+# The policy studio's browser tests (tests/test_studio_browser.py) drive Debian's chromium through its
+# chromedriver (selenium, no browser download): installed here when missing (needs root), like bench's nginx.
+browser:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || { apt-get update -q && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver; }
 
 # End-to-end benchmark -> bench/RESULTS.md (~6 min): nginx and wrk come from Debian's packages, installed
 # here when missing (needs root). BENCH_ARGS passes options, e.g. BENCH_ARGS="--duration 10 --rounds 3".

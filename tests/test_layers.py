@@ -29,7 +29,9 @@ LAYERS: list[tuple[str, ...]] = [
     ("tokens",),
     ("keys",),  # gateway API keys: grants in the token lineage, read by the proxy (test twins, slots)
     ("proxy",),
-    ("policytools",),
+    # The studio is the policy tools' web front end: it imports them, and policytools.cli imports only
+    # studio.cli (the `policy studio` sub-command's arguments; test_only_the_cli_reaches_the_studio).
+    ("policytools", "studio"),
     ("app",),
     ("serving",),
     ("demo", "scaffold"),
@@ -138,6 +140,18 @@ def test_independent_groups_do_not_import_each_other() -> None:
         if {_group(importer), _group(imported)} == set(pair)
     )
     assert not crossing, "imports between independent groups:\n  " + "\n  ".join(crossing)
+
+
+def test_only_the_cli_reaches_the_studio() -> None:
+    """The policy tools do not depend on the studio: only policytools.cli imports it, and only studio.cli."""
+    reaching = sorted(
+        f"{importer} imports {imported}"
+        for importer, imported in EDGES
+        if _group(importer) == "policytools"
+        and _group(imported) == "studio"
+        and (importer, imported) != ("gateway.policytools.cli", "gateway.studio.cli")
+    )
+    assert not reaching, "policytools importing the studio:\n  " + "\n  ".join(reaching)
 
 
 def _cycles(graph: dict[str, set[str]]) -> list[frozenset[str]]:

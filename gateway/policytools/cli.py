@@ -7,6 +7,7 @@
     gateway policy test FILE|DIR...
     gateway policy diff OLD NEW [--json] [--exit-code]
     gateway policy schema [--config]
+    gateway policy studio [POLICY...] [--config C] [--tests DIR]... [--host H] [--port P]
 
 One convention for where policies come from: the policy files named (`--policy FILE`, repeatable, in every
 command that reads policies; `validate` and `matrix` also take them as positional FILEs), else the
@@ -36,6 +37,7 @@ from gateway.guard.authorize import Authorizer
 from gateway.policy.matcher import Matcher
 from gateway.policy.model import Policy
 from gateway.policytools import tools
+from gateway.studio.cli import add_studio_command, run_studio
 
 __all__ = ["add_policy_commands", "main", "run_policy_command"]
 
@@ -83,6 +85,8 @@ def add_policy_commands(subparsers: argparse._SubParsersAction[argparse.Argument
 
     schema = commands.add_parser("schema", help="print the JSON Schema of policy files (or of config.yaml)")
     schema.add_argument("--config", action="store_true", help="print the schema of config.yaml instead")
+
+    add_studio_command(commands)
 
 
 def _request_arguments(parser: argparse.ArgumentParser) -> None:
@@ -133,6 +137,7 @@ def run_policy_command(args: argparse.Namespace) -> int:
         "diff": _diff,
         "matrix": _matrix,
         "schema": _schema,
+        "studio": run_studio,
     }
     try:
         return handlers[args.policy_command](args)
