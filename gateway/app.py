@@ -33,6 +33,7 @@ from gateway.config.settings import Settings, load_settings
 from gateway.errors import Forbidden, HTTPError, LoadError, NotFound, Unauthorized
 from gateway.guard.authorize import Authorizer
 from gateway.guard.middleware import GuardMiddleware
+from gateway.limits import LimitsApp
 from gateway.observe.events import (
     RECORD_KEY,
     ObservePlan,
@@ -56,7 +57,7 @@ from gateway.tokens.endpoints import TokenEndpoints
 from gateway.tokens.lineage import BASIC_IDP, Identities
 from gateway.tokens.mint import TokenIssuer
 from gateway.tokens.service import TokenService
-from gateway.web.asgi import Receive, Scope, Send, run_lifespan
+from gateway.web.asgi import ASGIApp, Receive, Scope, Send, run_lifespan
 from gateway.web.responses import send_error, send_json
 
 __all__ = ["Gateway", "Runtime", "build_runtime", "check_policies_against_upstreams", "create_app"]
@@ -146,7 +147,9 @@ def build_runtime(
         grace_s=settings.auth.leeway_s,
         identities=Identities.from_settings(settings),
     )
-    authorizer = Authorizer.from_settings(settings, policies=policies, is_revoked=tokens.is_revoked, metrics=metrics)
+    authorizer = Authorizer.from_settings(
+        settings, policies=policies, is_revoked=tokens.is_revoked, metrics=metrics, basic_metrics=metrics
+    )
     # Token exchanges cache provider tokens in the shared store (one login across instances on Redis,
     # and across reloads); their login clients close with the proxy (ProxyApp.aclose closes every injector).
     upstream_log = loggers.upstream if loggers else None
@@ -167,14 +170,14 @@ def build_runtime(
         tokens=tokens,
         authorizer=authorizer,
         proxy=proxy,
-        guarded=_guarded(proxy, authorizer),
+        guarded=_guarded(LimitsApp.wrap(proxy, policies, store, settings, metrics), authorizer),
         token_endpoints=TokenEndpoints(settings.tokens.mount, tokens, authorizer.authenticator, admin=settings.admin),
         jwks=issuer.jwks() if isinstance(issuer, TokenIssuer) else {"keys": []},
         observe=_observe_plan(settings, policies),
     )
 
 
-def _guarded(proxy: ProxyApp, authorizer: Authorizer) -> GuardMiddleware:
+def _guarded(proxy: ASGIApp, authorizer: Authorizer) -> GuardMiddleware:
     """The guard in front of the proxy: the Observer logs and counts (not the guard), no embedding hint."""
     guarded = GuardMiddleware(proxy, authorizer=authorizer, access_log="off")
     guarded.outside_hint = ""
@@ -460,7 +463,8 @@ class Gateway:
         admin = runtime.settings.admin
         if not admin.enabled or scope["method"] != "GET":
             raise NotFound(f"no route for {scope['method']} /admin/policy", code="no_route")
-        principal = await runtime.authorizer.authenticator.authenticate(scope["headers"])
+        authenticator = runtime.authorizer.authenticator
+        principal = await authenticator.authenticate(scope["headers"], peer=authenticator.peer(scope))
         note_principal(scope, principal)
         if principal is None:
             raise Unauthorized("authentication required")

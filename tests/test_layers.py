@@ -27,6 +27,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("observe",),
     ("guard",),
     ("tokens",),
+    ("limits",),
     ("proxy",),
     ("policytools",),
     ("app",),

@@ -19,11 +19,13 @@ import base64
 import binascii
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Any
 
 from gateway.auth.basic import BasicAuthenticator
 from gateway.auth.jwks import KeyRef
 from gateway.auth.jwt import Principal, TokenVerifier
+from gateway.auth.peer import Network, Peer, peer_of
 from gateway.errors import BadRequest, Unauthorized
 
 __all__ = ["Authenticator"]
@@ -47,8 +49,10 @@ class Authenticator:
         is_revoked: Callable[[Principal], Awaitable[bool]] | None = None,
         cache_size: int = 10_000,
         clock: Callable[[], float] = time.time,
+        trusted_proxies: Sequence[Network] = (),
     ) -> None:
         self.verifier = verifier
+        self.trusted_proxies = tuple(trusted_proxies)
         self.basic = basic
         self._max_header_bytes = max_header_bytes
         self._is_revoked = is_revoked
@@ -56,8 +60,17 @@ class Authenticator:
         self._cache: OrderedDict[str, tuple[Principal, KeyRef | None]] = OrderedDict()
         self._clock = clock
 
-    async def authenticate(self, headers: Sequence[tuple[bytes, bytes]]) -> Principal | None:
-        """The caller's Principal, None when no credentials were sent; invalid credentials raise."""
+    def peer(self, scope: Mapping[str, Any]) -> Peer:
+        """The request's client address (after `trusted_proxies`) and disconnect signal, for Basic's limits."""
+        return peer_of(scope, self.trusted_proxies)
+
+    async def authenticate(
+        self, headers: Sequence[tuple[bytes, bytes]], *, peer: Peer | None = None
+    ) -> Principal | None:
+        """The caller's Principal, None when no credentials were sent; invalid credentials raise.
+
+        `peer` (see `peer`) lets Basic auth limit failed logins per client address and drop work for
+        clients that have gone; without it only the per-username limit applies."""
         value = None
         for name, raw in headers:
             if len(name) == len(_AUTHORIZATION) and name.lower() == _AUTHORIZATION:
@@ -82,7 +95,7 @@ class Authenticator:
                 raise _malformed("the bearer token is empty")
             return await self._bearer(credentials)
         if scheme == "basic":
-            return await self._basic(credentials)
+            return await self._basic(credentials, peer)
         raise _malformed("use the Bearer or Basic authorization scheme", "invalid_token:unsupported_scheme")
 
     async def verify_refresh(self, token: str) -> Principal:
@@ -105,7 +118,7 @@ class Authenticator:
         await self._check_revoked(principal, token)
         return principal
 
-    async def _basic(self, credentials: str) -> Principal:
+    async def _basic(self, credentials: str, peer: Peer | None) -> Principal:
         if self.basic is None:
             raise Unauthorized("basic authentication is disabled", code="basic_disabled", token_presented=True)
         try:
@@ -118,7 +131,7 @@ class Authenticator:
         username, colon, password = decoded.partition(":")
         if not colon:
             raise _malformed("malformed basic credentials", "invalid_credentials:malformed")
-        return await self.basic.verify(username, password)
+        return await self.basic.verify(username, password, peer)
 
     async def _check_revoked(self, principal: Principal, token: str | None = None) -> None:
         if self._is_revoked is None or principal.kind == "basic":

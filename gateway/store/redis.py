@@ -27,8 +27,8 @@ from redis.exceptions import RedisError
 
 from gateway.store.base import Epoch, check_ttl, refuses
 from gateway.store.clients import redis_client
-from gateway.store.mirror import RevocationMirror, parse_revocation
 from gateway.store.gcra import US, RateCheck, RateResult
+from gateway.store.mirror import RevocationMirror, parse_revocation
 from gateway.store.scripts import GCRA, REVOKE, ROTATE, UNLOCK
 
 if TYPE_CHECKING:

@@ -275,7 +275,9 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         self._body_timer = None
         if self.transport.is_closing():
             return
-        if self.flow.read_paused:  # the gateway is not reading (the app has not consumed the body): not the peer's fault
+        if (
+            self.flow.read_paused
+        ):  # the gateway is not reading (the app has not consumed the body): not the peer's fault
             self._body_timer = self.loop.call_later(self.body_timeout_s, self._body_timed_out)
             return
         log.debug("closing a connection whose request body did not arrive in %.1f s", self.body_timeout_s)
@@ -314,9 +316,11 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         self.transport.close()
 
 
-def _cancelled(timer: asyncio.TimerHandle | None) -> None:
+def _cancelled(timer: asyncio.TimerHandle | None) -> asyncio.TimerHandle | None:
+    """Cancel `timer` if set; returns None, to clear the attribute that held it."""
     if timer is not None:
         timer.cancel()
+    return None
 
 
 def protocol_factory(
