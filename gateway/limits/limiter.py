@@ -60,6 +60,11 @@ class RulePlan:
     send: SendSpec | None
     destinations: Destinations | None
 
+    @property
+    def inert(self) -> bool:
+        """Only a send spec: nothing to check unless the caller's `sms` claim narrows it."""
+        return not self.limits and self.destinations is None
+
 
 def _plan(policy: Policy, rule: Rule) -> RulePlan | None:
     def covers(method: str, path: str) -> bool:
@@ -270,8 +275,9 @@ class LimitsApp:
         return cls(app, limiter, max_body_bytes=settings.proxy.max_body_bytes)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        plan = self.limiter.plan(scope.get("smsguard")) if scope["type"] == "http" else None
-        if plan is None:
+        decision: Decision | None = scope.get("smsguard") if scope["type"] == "http" else None
+        plan = self.limiter.plan(decision)
+        if plan is None or (plan.inert and not _narrowing(decision.principal if decision else None)):
             await self.app(scope, receive, send)
             return
         try:
