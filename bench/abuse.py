@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/abuse.py [--duration 8]        # needs wrk, nginx and redis-server
 
-Everything on loopback, 1 worker per gateway, the nginx upstream of bench/run.py (plus an 8 MB answer
+Everything on loopback, 1 worker per gateway, the nginx upstream of bench/run.py (plus a 64 MB answer
 at /3rdparty/v1/messages/big). Two gateways differ only in config:
 
 - `protected`: this branch's defaults (failed Basic logins limited per client and user, argon2 slots =
@@ -12,7 +12,7 @@ at /3rdparty/v1/messages/big). Two gateways differ only in config:
 
 Measured on each: bearer POST throughput alone and during a 16-connection wrong-password Basic flood
 (wrk), a legitimate cold Basic login from another address (127.0.0.2) during the flood, and 503s seen by
-a legitimate client while 12 never-reading clients each ask for 8 MB (`pool_size: 10`). Then, on a private
+a legitimate client while 12 never-reading clients each ask for 64 MB (`pool_size: 10`). Then, on a private
 redis-server: CPU per request of a send with no limits against one with 3 limits, destinations and
 prefix velocity (one Lua call). Figures are reported, never asserted.
 """
@@ -183,8 +183,9 @@ def stuck_clients(server: base.Server, count: int, duration: float) -> tuple[int
     Returns (503s, answers) in the first 5 s and after that."""
     sockets = []
     for _ in range(count):
-        sock = socket.create_connection(("127.0.0.1", server.port))
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # before connecting: a small window
+        sock.connect(("127.0.0.1", server.port))
         auth = f"Authorization: Bearer {server.token}\r\n"
         sock.sendall(f"GET /3rdparty/v1/messages/big HTTP/1.1\r\nHost: x\r\n{auth}\r\n".encode())
         sockets.append(sock)
@@ -236,7 +237,7 @@ def main() -> int:
         try:
             nginx_dir = workdir / "nginx"
             nginx_dir.mkdir()
-            (nginx_dir / "big.json").write_bytes(b"[" + b'"x",' * (2 * 1024 * 1024) + b'"x"]')
+            (nginx_dir / "big.json").write_bytes(b"[" + b'"x",' * (16 * 1024 * 1024) + b'"x"]')  # 64 MB
             port = base.free_port()
             template = (base.BENCH / "nginx.conf.template").read_text()
             big = f"location = /3rdparty/v1/messages/big {{{{ alias {nginx_dir}/big.json; }}}}\n\n        "
@@ -255,7 +256,7 @@ def main() -> int:
             cores = os.cpu_count() or 1
             open_extra = (
                 "  basic_limits: {failures_per_client: 1000000/s, failures_per_user: 1000000/s, "
-                f"hash_concurrency: {cores}, max_waiting: 100000}}\n"
+                f"hash_concurrency: {cores}, max_waiting: 100000, failure_delay_s: 0}}\n"
             )
             protected_cfg = config(workdir / "p.yaml", port, key, policy, "memory://", "", basic_hash)
             protected_cfg.write_text(protected_cfg.read_text() + "proxy: {client_write_timeout_s: 3}\n")

@@ -8,6 +8,7 @@ Counts are asserted, never timings: the figures are in bench/ABUSE.md.
 from __future__ import annotations
 
 import asyncio
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -107,7 +108,7 @@ def pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pair]:
                 "scopes: [messages:send, messages:read]}",
                 "scopes: [messages:send, messages:read], sms: {countries: [GB]}}",
             )
-            path.write_text(text)
+            path.write_text(text + "proxy: {client_write_timeout_s: 1, body_timeout_s: 1}\n")
             with (
                 gateway_process(path, cfg.env) as first,
                 gateway_process(path, cfg.env) as second,
@@ -213,6 +214,41 @@ def test_a_body_that_is_not_the_configured_shape_is_400(pair: Pair) -> None:
     assert pair.client.post(pair.a + MESSAGES, json={"phoneNumbers": "x"}, headers=headers).status_code == 403
     assert pair.client.post(pair.a + MESSAGES, json={"to": ["+12125550199"]}, headers=headers).status_code == 400
     assert pair.forwarded == before
+
+
+def _closed_by_gateway(sock: socket.socket, idle_s: float = 0.0) -> bool:
+    """Stay idle `idle_s` (not reading), then read everything: True when the gateway ended the connection
+    (EOF or reset) before the whole answer came, False when the answer completed or nothing happened."""
+    time.sleep(idle_s)
+    sock.settimeout(10)
+    received = 0
+    try:
+        while chunk := sock.recv(1 << 20):
+            received += len(chunk)
+    except TimeoutError:
+        return False  # still open: the answer completed (keep-alive) or nobody closed it
+    except OSError:
+        return True
+    return received < 8 * 1024 * 1024
+
+
+def test_a_client_that_never_reads_is_dropped_and_frees_its_slot(pair: Pair) -> None:
+    pair.upstream.queue(Reply(200, stream_bytes=8 * 1024 * 1024))
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # before connecting: the window stays small
+        sock.connect(("127.0.0.1", int(pair.a.rsplit(":", 1)[1])))
+        token = corp("slow-reader", scope="messages:read")
+        sock.sendall(
+            f"GET /3rdparty/v1/messages/big HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n\r\n".encode()
+        )
+        assert _closed_by_gateway(sock, idle_s=4.0)  # the write deadline is 1 s
+
+
+def test_a_slow_request_body_is_dropped(pair: Pair) -> None:
+    with socket.create_connection(("127.0.0.1", int(pair.b.rsplit(":", 1)[1]))) as sock:
+        head = f"POST {MESSAGES} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {corp('slow-body')}\r\n"
+        sock.sendall((head + "Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n{").encode())
+        assert _closed_by_gateway(sock)
 
 
 def test_basic_failed_logins_are_limited_per_client(pair: Pair) -> None:

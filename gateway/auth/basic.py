@@ -13,7 +13,9 @@ wrong-password flood is a denial of service unless the work is bounded. In order
    so one flooding address cannot lock a user out on its own);
 4. waits for one of `hash_concurrency` hashing slots (never more than the cores), or gets 503 with
    Retry-After when `max_waiting` logins already wait;
-5. is dropped before hashing when every client waiting for that check has disconnected.
+5. is dropped before hashing when every client waiting for that check has disconnected;
+6. when it fails, or is refused by a limit, is answered only after `failure_delay_s` (a tarpit: the
+   flooder's connection idles instead of asking again at once, and idling costs no CPU).
 
 An unknown username is checked against a dummy hash made with the same parameters as a real user's,
 so response time does not reveal which usernames exist. Failures count per process: they protect this
@@ -143,6 +145,7 @@ class BasicAuthenticator:
         self._slots = asyncio.Semaphore(hash_slots(limits.hash_concurrency))
         self._max_waiting = limits.max_waiting
         self._waiting = 0
+        self._failure_delay = limits.failure_delay_s
         self._failures = LocalGcra(max_keys=50_000, clock=time.time)
         per_client, per_user = parse_rate(limits.failures_per_client), parse_rate(limits.failures_per_user)
         self._per_client = (per_client.interval_us, per_client.count)
@@ -203,14 +206,15 @@ class BasicAuthenticator:
             checks.append(RateCheck("c:" + peer.address, *self._per_client))
         return checks
 
-    def _refuse_limited(self, username: str, peer: Peer | None) -> None:
-        """429 without hashing when the address or the username has failed too often lately."""
+    async def _refuse_limited(self, username: str, peer: Peer | None) -> None:
+        """429 without hashing when the address or the username has failed too often lately (after the tarpit)."""
         checks = self._limit_checks(username, peer)
         results = self._failures.check(checks, charge=False)
         for check, result in zip(checks, results, strict=True):
             if not result.allowed:
                 which = "user" if check.key.startswith("u:") else "client"
                 self._metrics.basic_login(f"limited_{which}")
+                await self._tarpit(peer)
                 raise TooManyRequests(
                     "too many failed logins; retry later",
                     retry_after_s=int(result.retry_after_s) + 1,
@@ -219,7 +223,7 @@ class BasicAuthenticator:
 
     async def _check(self, key: bytes, username: str, password: str, peer: Peer | None) -> bool:
         """Run one bounded argon2 check as the leader of its flight; failures are counted here."""
-        self._refuse_limited(username, peer)
+        await self._refuse_limited(username, peer)
         if self._waiting >= self._max_waiting and self._slots.locked():
             self._metrics.basic_login("busy")
             raise ServiceUnavailable("too many logins in progress; retry shortly", code="basic_busy")
@@ -243,7 +247,14 @@ class BasicAuthenticator:
             self._failures.check(
                 [RateCheck(c.key, c.interval_us, c.burst, 1) for c in self._limit_checks(username, peer)]
             )
+            await self._tarpit(peer)
         return ok and user is not None
+
+    async def _tarpit(self, peer: Peer | None) -> None:
+        """Answer a failed or refused login late: the flooder's connection idles (costing nothing) instead of
+        asking again at once. Only requests with a known connection wait (not embedded or in-process calls)."""
+        if self._failure_delay > 0 and peer is not None and peer.address:
+            await asyncio.sleep(self._failure_delay)
 
     async def _hash(self, flight: _Flight, password_hash: str, password: str) -> bool:
         self._waiting += 1

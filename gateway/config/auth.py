@@ -257,6 +257,9 @@ class BasicLimitSettings:
     max_waiting: Annotated[int, Min(0)] = Field(
         default=32, description="Logins waiting for a hashing slot; beyond that: 503 with Retry-After."
     )
+    failure_delay_s: Annotated[float, Finite(0.0)] = Field(
+        default=0.25, description="A failed or limited Basic login is answered after this delay (a tarpit for floods)."
+    )
     cache_ttl_s: Annotated[float, Finite(0.0)] = Field(
         default=60.0,
         description="A verified credential is remembered this long (under a keyed hash, never the password).",
