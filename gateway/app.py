@@ -38,6 +38,7 @@ from gateway.keys.endpoints import KeyEndpoints
 from gateway.keys.errors import ProviderErrors
 from gateway.keys.service import KeyService
 from gateway.keys.slots import KeySlots, slot_styles
+from gateway.limits import LimitsApp
 from gateway.observe.events import (
     RECORD_KEY,
     ObservePlan,
@@ -61,7 +62,7 @@ from gateway.tokens.endpoints import TokenEndpoints
 from gateway.tokens.lineage import BASIC_IDP, Identities
 from gateway.tokens.mint import TokenIssuer
 from gateway.tokens.service import TokenService
-from gateway.web.asgi import Receive, Scope, Send, header_values, run_lifespan
+from gateway.web.asgi import ASGIApp, Receive, Scope, Send, header_values, run_lifespan
 from gateway.web.responses import send_error, send_json
 
 __all__ = ["Gateway", "Runtime", "build_runtime", "check_policies_against_upstreams", "create_app"]
@@ -168,7 +169,9 @@ def build_runtime(
         grace_s=settings.auth.leeway_s,
         identities=Identities.from_settings(settings),
     )
-    authorizer = Authorizer.from_settings(settings, policies=policies, is_revoked=tokens.is_revoked, metrics=metrics)
+    authorizer = Authorizer.from_settings(
+        settings, policies=policies, is_revoked=tokens.is_revoked, metrics=metrics, basic_metrics=metrics
+    )
     # Token exchanges cache provider tokens in the shared store (one login across instances on Redis,
     # and across reloads); their login clients close with the proxy (ProxyApp.aclose closes every injector).
     upstream_log = loggers.upstream if loggers else None
@@ -205,7 +208,7 @@ def build_runtime(
         tokens=tokens,
         authorizer=authorizer,
         proxy=proxy,
-        guarded=_guarded(proxy, authorizer, styles),
+        guarded=_guarded(LimitsApp.wrap(proxy, policies, store, settings, metrics), authorizer, styles),
         token_endpoints=TokenEndpoints(settings.tokens.mount, tokens, authorizer.authenticator, admin=settings.admin),
         key_endpoints=KeyEndpoints(settings.tokens.mount, keys, authorizer.authenticator, styles),
         jwks=issuer.jwks() if isinstance(issuer, TokenIssuer) else {"keys": []},
@@ -233,7 +236,7 @@ def _keys(
     return service
 
 
-def _guarded(proxy: ProxyApp, authorizer: Authorizer, styles: Mapping[str, str]) -> GuardMiddleware:
+def _guarded(proxy: ASGIApp, authorizer: Authorizer, styles: Mapping[str, str]) -> GuardMiddleware:
     """The guard in front of the proxy: the Observer logs and counts (not the guard), no embedding hint;
     refusals on a mount with a key slot answer in that provider's error shape."""
     on_error = ProviderErrors(styles) if styles else None
@@ -552,7 +555,7 @@ class Gateway:
         if not runtime.settings.admin.enabled:
             return False
         try:
-            self._check_admin(runtime, scope, await runtime.authorizer.authenticator.authenticate(scope["headers"]))
+            self._check_admin(runtime, scope, await self._authenticate(runtime, scope))
         except HTTPError:
             return False
         return True
@@ -571,8 +574,14 @@ class Gateway:
         admin = runtime.settings.admin
         if not admin.enabled or scope["method"] != "GET":
             raise NotFound(f"no route for {scope['method']} /admin/policy", code="no_route")
-        self._check_admin(runtime, scope, await runtime.authorizer.authenticator.authenticate(scope["headers"]))
+        self._check_admin(runtime, scope, await self._authenticate(runtime, scope))
         await send_json(send, 200, self.policy_status(runtime), {"cache-control": "no-store"})
+
+    @staticmethod
+    async def _authenticate(runtime: Runtime, scope: Scope) -> Principal | None:
+        """The caller of a gateway endpoint, with its peer address for Basic's failed-login limits."""
+        authenticator = runtime.authorizer.authenticator
+        return await authenticator.authenticate(scope["headers"], peer=authenticator.peer(scope))
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         await run_lifespan(receive, send, self.startup, self.shutdown)

@@ -8,6 +8,7 @@
         ├── Forbidden          403  (insufficient scope; RFC 6750 challenge naming the scope)
         ├── NotFound           404  (no policy rule matches: default deny)
         ├── PayloadTooLarge    413
+        ├── TooManyRequests    429  (a rate limit, quota or failed-login limit; Retry-After)
         ├── NotImplementedHTTP 501  (a disabled feature)
         ├── BadGateway         502  (upstream refused, reset or sent garbage)
         ├── ServiceUnavailable 503  (upstream pool exhausted; Retry-After)
@@ -34,6 +35,7 @@ __all__ = [
     "ServiceUnavailable",
     "SmsguardError",
     "StoreUnavailable",
+    "TooManyRequests",
     "Unauthorized",
 ]
 
@@ -91,6 +93,7 @@ class HTTPError(SmsguardError):
         if code is not None:
             self.code = code
         self.headers: dict[str, str] = dict(headers or {})
+        self.extra: dict[str, object] = {}  # more fields of the JSON error body, next to "message"
 
 
 class BadRequest(HTTPError):
@@ -136,6 +139,16 @@ class NotFound(HTTPError):
 class PayloadTooLarge(HTTPError):
     status = 413
     code = "body_too_large"
+
+
+class TooManyRequests(HTTPError):
+    status = 429
+    code = "rate_limited"
+
+    def __init__(
+        self, message: str, *, retry_after_s: int = 1, code: str | None = None, headers: dict[str, str] | None = None
+    ) -> None:
+        super().__init__(message, code=code, headers={**(headers or {}), "retry-after": str(max(1, retry_after_s))})
 
 
 class NotImplementedHTTP(HTTPError):

@@ -75,13 +75,18 @@ def uvicorn_options(
     """The server settings: httptools + uvloop, no proxy-header trust, a drain longer than any upstream timeout.
 
     The protocol is httptools with a deadline and a size limit for request heads and origin-form targets
-    only (`gateway.server.GatewayHttpProtocol`; the limits default to its `DEFAULT_*`).
+    only, and deadlines for slow bodies and clients that do not read (`gateway.web.server.GatewayHttpProtocol`;
+    the limits are the `proxy:` section's `head_timeout_s`, `max_head_bytes`, `body_timeout_s` and
+    `client_write_timeout_s`).
     """
-    from gateway.web.server import DEFAULT_HEAD_TIMEOUT_S, DEFAULT_MAX_HEAD_BYTES, protocol_factory
+    from gateway.web.server import protocol_factory
 
+    proxy = settings.proxy
     protocol = protocol_factory(
-        head_timeout_s=DEFAULT_HEAD_TIMEOUT_S if head_timeout_s is None else head_timeout_s,
-        max_head_bytes=DEFAULT_MAX_HEAD_BYTES if max_head_bytes is None else max_head_bytes,
+        head_timeout_s=proxy.head_timeout_s if head_timeout_s is None else head_timeout_s,
+        max_head_bytes=proxy.max_head_bytes if max_head_bytes is None else max_head_bytes,
+        body_timeout_s=proxy.body_timeout_s,
+        client_write_timeout_s=proxy.client_write_timeout_s,
     )
     longest = max((up.read_timeout_s + up.connect_timeout_s for up in settings.upstreams.values()), default=30.0)
     return {

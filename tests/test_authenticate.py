@@ -249,5 +249,8 @@ async def test_cached_access_token_is_not_a_refresh_token(auth: Authenticator) -
 
 
 def test_only_headers_are_read() -> None:
-    """The Authenticator takes headers only: a token in the query string can never be honoured."""
-    assert list(inspect.signature(Authenticator.authenticate).parameters) == ["self", "headers"]
+    """The Authenticator takes headers only (and the peer's address, keyword-only, for Basic's failed-login
+    limits): a token in the query string can never be honoured."""
+    parameters = inspect.signature(Authenticator.authenticate).parameters
+    assert list(parameters) == ["self", "headers", "peer"]
+    assert parameters["peer"].kind is inspect.Parameter.KEYWORD_ONLY

@@ -107,7 +107,12 @@ def test_server_options_are_the_hardened_ones() -> None:
     settings = parse_settings("upstreams:\n  a: {url: 'https://x', read_timeout_s: 40, connect_timeout_s: 5}\n", env={})
     options = uvicorn_options(settings)
     assert issubclass(options["http"].func, HttpToolsProtocol)
-    assert options["http"].keywords == {"head_timeout_s": 10.0, "max_head_bytes": 65536}
+    assert options["http"].keywords == {
+        "head_timeout_s": 10.0,
+        "max_head_bytes": 65536,
+        "body_timeout_s": 15.0,
+        "client_write_timeout_s": 15.0,
+    }
     assert options["loop"] == "uvloop"
     assert options["proxy_headers"] is False
     assert options["timeout_graceful_shutdown"] > 45

@@ -28,6 +28,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("guard",),
     ("tokens",),
     ("keys",),  # gateway API keys: grants in the token lineage, read by the proxy (test twins, slots)
+    ("limits",),
     ("proxy",),
     # The studio is the policy tools' web front end: it imports them, and policytools.cli imports only
     # studio.cli (the `policy studio` sub-command's arguments; test_only_the_cli_reaches_the_studio).

@@ -81,9 +81,40 @@ VALID = {
     "null method beside methods": policy(rule(method=None, methods=["GET"])),
     "null methods beside method": policy(rule(methods=None)),
     "null scope beside any_of": policy(rule(scope=None, any_of=["messages:read"])),
+    "limits": policy(
+        rule(method="POST"),
+        limits=[
+            {"name": "a", "routes": ["POST /x"], "per": "client", "rate": "60/m", "burst": 5, "cost": "segments"},
+            {"name": "b", "rate": "1/d"},
+        ],
+    ),
+    "sms": policy(
+        rule(method="POST"),
+        sms={
+            "send": [{"route": "POST /x", "recipients": ["to", "messages[].destination"], "text": "messages[].text"}],
+            "destinations": {
+                "countries": ["GB"],
+                "deny_number_types": ["PREMIUM_RATE"],
+                "max_recipients": 3,
+                "prefix_velocity": {"limit": 2, "window": "1h"},
+            },
+        },
+    ),
+    "null limits and sms": policy(rule(), limits=None, sms=None),
 }
 
 INVALID = {
+    "limit without rate": policy(rule(), limits=[{"name": "a"}]),
+    "limit rate malformed": policy(rule(), limits=[{"name": "a", "rate": "60 per minute"}]),
+    "limit per unknown": policy(rule(), limits=[{"name": "a", "rate": "1/s", "per": "ip"}]),
+    "limit cost unknown": policy(rule(), limits=[{"name": "a", "rate": "1/s", "cost": "bytes"}]),
+    "limit burst 0": policy(rule(), limits=[{"name": "a", "rate": "1/s", "burst": 0}]),
+    "limit unknown key": policy(rule(), limits=[{"name": "a", "rate": "1/s", "window": 1}]),
+    "sms unknown key": policy(rule(), sms={"quota": 1}),
+    "send without recipients": policy(rule(method="POST"), sms={"send": [{"route": "POST /x"}]}),
+    "country lowercase": policy(rule(), sms={"destinations": {"countries": ["gb"]}}),
+    "number type unknown": policy(rule(), sms={"destinations": {"deny_number_types": ["PREMIUM"]}}),
+    "velocity without window": policy(rule(), sms={"destinations": {"prefix_velocity": {"limit": 2}}}),
     "not a mapping": ["rules"],
     "no rules": {"scopes": VOCABULARY},
     "null rules": {"rules": None},

@@ -24,11 +24,13 @@ import base64
 import binascii
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Any
 
 from gateway.auth.basic import BasicAuthenticator
 from gateway.auth.jwks import KeyRef
 from gateway.auth.jwt import Principal, TokenVerifier
+from gateway.auth.peer import Network, Peer, peer_of
 from gateway.errors import BadRequest, Unauthorized
 
 __all__ = ["Authenticator"]
@@ -58,10 +60,12 @@ class Authenticator:
         clock: Callable[[], float] = time.time,
         keys: KeyVerifier | None = None,
         key_pairs: KeyPairVerifier | None = None,
+        trusted_proxies: Sequence[Network] = (),
     ) -> None:
         """`keys` verifies a whole gateway key and `key_pairs` one given as (key id, secret); without them
         a gateway key is an invalid token."""
         self.verifier = verifier
+        self.trusted_proxies = tuple(trusted_proxies)
         self.basic = basic
         self._max_header_bytes = max_header_bytes
         self._is_revoked = is_revoked
@@ -71,8 +75,17 @@ class Authenticator:
         self.keys = keys
         self.key_pairs = key_pairs
 
-    async def authenticate(self, headers: Sequence[tuple[bytes, bytes]]) -> Principal | None:
-        """The caller's Principal, None when no credentials were sent; invalid credentials raise."""
+    def peer(self, scope: Mapping[str, Any]) -> Peer:
+        """The request's client address (after `trusted_proxies`) and disconnect signal, for Basic's limits."""
+        return peer_of(scope, self.trusted_proxies)
+
+    async def authenticate(
+        self, headers: Sequence[tuple[bytes, bytes]], *, peer: Peer | None = None
+    ) -> Principal | None:
+        """The caller's Principal, None when no credentials were sent; invalid credentials raise.
+
+        `peer` (see `peer`) lets Basic auth limit failed logins per client address and drop work for
+        clients that have gone; without it only the per-username limit applies."""
         value = None
         for name, raw in headers:
             if len(name) == len(_AUTHORIZATION) and name.lower() == _AUTHORIZATION:
@@ -99,7 +112,7 @@ class Authenticator:
                 return await self.key(credentials)
             return await self._bearer(credentials)
         if scheme == "basic":
-            return await self._basic(credentials)
+            return await self._basic(credentials, peer)
         raise _malformed("use the Bearer or Basic authorization scheme", "invalid_token:unsupported_scheme")
 
     async def key(self, key: str) -> Principal:
@@ -138,7 +151,7 @@ class Authenticator:
         await self._check_revoked(principal, token)
         return principal
 
-    async def _basic(self, credentials: str) -> Principal:
+    async def _basic(self, credentials: str, peer: Peer | None) -> Principal:
         if self.basic is None and self.key_pairs is None:
             raise Unauthorized("basic authentication is disabled", code="basic_disabled", token_presented=True)
         try:
@@ -155,7 +168,7 @@ class Authenticator:
             return await self.key_pair(username, password)
         if self.basic is None:
             raise Unauthorized("basic authentication is disabled", code="basic_disabled", token_presented=True)
-        return await self.basic.verify(username, password)
+        return await self.basic.verify(username, password, peer)
 
     async def _check_revoked(self, principal: Principal, token: str | None = None) -> None:
         if self._is_revoked is None or principal.kind == "basic":

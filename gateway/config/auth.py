@@ -9,6 +9,7 @@ is whichever of `secret`, `private_key`, `private_key_file` is given. Their entr
 from __future__ import annotations
 
 from dataclasses import dataclass as plain_dataclass
+from dataclasses import field
 from typing import Annotated, Any
 from urllib.parse import urlsplit
 
@@ -41,11 +42,13 @@ __all__ = [
     "MIN_HMAC_SECRET_BYTES",
     "SYMMETRIC",
     "AuthSettings",
+    "BasicLimitSettings",
     "BasicUser",
     "IssuerEntry",
     "IssuerSettings",
     "KeySettings",
     "SigningKeyEntry",
+    "SmsNarrowing",
     "TokenSettings",
 ]
 
@@ -207,11 +210,68 @@ def _user_scopes(scopes: frozenset[str]) -> frozenset[str]:
     return scopes
 
 
+def _rate(text: str) -> str:
+    from gateway.policy.rates import parse_rate
+
+    try:
+        parse_rate(text)
+    except ValueError as exc:
+        raise fail(str(exc)) from None
+    return text.strip()
+
+
+def _country(code: str) -> str:
+    if len(code) != 2 or not code.isascii() or not code.isalpha():
+        raise fail(f"not an ISO 3166-1 alpha-2 country code: {code!r}", hint="e.g. GB, US")
+    return code.upper()
+
+
+RateText = Annotated[Str, AfterValidator(_rate)]
+Country = Annotated[Str, AfterValidator(_country)]
+
+
+@dataclass(frozen=True, config=CONFIG)
+class SmsNarrowing:
+    """What a Basic user (or a token) may send at most: destination countries and recipients per request.
+
+    Absent keys narrow nothing; the policy's `sms.destinations` still apply on top."""
+
+    countries: tuple[Country, ...] | None = None
+    max_recipients: Annotated[int, Min(1)] | None = None
+
+
+@dataclass(frozen=True, config=CONFIG)
+class BasicLimitSettings:
+    """Basic auth cannot knock the gateway over: failed logins are limited, argon2 work is bounded."""
+
+    failures_per_client: RateText = Field(
+        default="10/m", description="Failed Basic logins per client address (burst = N); over it: 429, no hashing."
+    )
+    failures_per_user: RateText = Field(
+        default="30/m", description="Failed Basic logins per username from all addresses; over it: 429, no hashing."
+    )
+    hash_concurrency: Annotated[int, Min(0)] = Field(
+        default=0,
+        description="argon2 verifications at once; 0 = half the cores (at least 1), never more than the cores.",
+    )
+    max_waiting: Annotated[int, Min(0)] = Field(
+        default=32, description="Logins waiting for a hashing slot; beyond that: 503 with Retry-After."
+    )
+    failure_delay_s: Annotated[float, Finite(0.0)] = Field(
+        default=0.25, description="A failed or limited Basic login is answered after this delay (a tarpit for floods)."
+    )
+    cache_ttl_s: Annotated[float, Finite(0.0)] = Field(
+        default=60.0,
+        description="A verified credential is remembered this long (under a keyed hash, never the password).",
+    )
+
+
 @dataclass(frozen=True, config=CONFIG)
 class BasicUser:
     username: Annotated[Str, AfterValidator(_username)]
     password_hash: Annotated[SecretText, AfterValidator(_argon2id)]
     scopes: Annotated[frozenset[Str], BeforeValidator(one_or_many), AfterValidator(_user_scopes), STRING_OR_LIST]
+    sms: SmsNarrowing | None = None
 
 
 @dataclass(frozen=True, config=CONFIG)
@@ -222,6 +282,7 @@ class AuthSettings:
     issuers: tuple[Annotated[IssuerSettings, ReadAs(IssuerEntry)], ...] = ()
     basic_enabled: Bool = True
     basic_users: tuple[BasicUser, ...] = ()
+    basic_limits: BasicLimitSettings = field(default_factory=BasicLimitSettings)
 
     @model_validator(mode="after")
     def _unique_names(self) -> AuthSettings:

@@ -209,6 +209,24 @@ class ProxySettings:
         Annotated[ipaddress.IPv4Network | ipaddress.IPv6Network, BeforeValidator(_network)], ...
     ] = ()
     retry_buffer_bytes: Annotated[int, Min(0)] = 65_536
+    head_timeout_s: Annotated[float, Finite(0.01)] = Field(
+        default=10.0,
+        description="A request head (from the connection opening, or its first byte) must be in within this; "
+        "else the connection is closed (slowloris, idle sockets).",
+    )
+    max_head_bytes: Annotated[int, Min(1024)] = Field(
+        default=65_536, description="A larger request head is answered 431 and the connection closed."
+    )
+    body_timeout_s: Annotated[float, Finite(0.01)] = Field(
+        default=15.0,
+        description="The whole request body must arrive within this after its head; else the connection is "
+        "closed and any upstream slot it held is freed.",
+    )
+    client_write_timeout_s: Annotated[float, Finite(0.01)] = Field(
+        default=15.0,
+        description="A response write that waits this long for a client that does not read closes the "
+        "connection and frees the upstream slot.",
+    )
 
 
 @dataclass(frozen=True, config=CONFIG)

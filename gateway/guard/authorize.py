@@ -24,9 +24,10 @@ from urllib.parse import unquote_plus
 import httpx
 
 from gateway.auth.authenticate import Authenticator
-from gateway.auth.basic import BasicAuthenticator
+from gateway.auth.basic import BasicAuthenticator, BasicMetrics
 from gateway.auth.jwks import JwksMetrics
 from gateway.auth.jwt import Principal, TokenVerifier
+from gateway.auth.peer import Peer
 from gateway.config.settings import Settings
 from gateway.errors import BadRequest, Forbidden, HTTPError, NotFound, Unauthorized
 from gateway.policy.loader import load_policies
@@ -75,6 +76,7 @@ class Authorizer:
         http: httpx.AsyncClient | None = None,
         is_revoked: Callable[[Principal], Awaitable[bool]] | None = None,
         metrics: JwksMetrics | None = None,
+        basic_metrics: BasicMetrics | None = None,
     ) -> Authorizer:
         """Compile the policies and build the verifiers that `settings` describe (JWKS fetches go to `metrics`)."""
         auth = settings.auth
@@ -86,8 +88,16 @@ class Authorizer:
             http=http,
             metrics=metrics,
         )
-        basic = BasicAuthenticator(auth.basic_users, enabled=auth.basic_enabled)
-        authenticator = Authenticator(verifier, basic, max_header_bytes=auth.max_header_bytes, is_revoked=is_revoked)
+        basic = BasicAuthenticator(
+            auth.basic_users, enabled=auth.basic_enabled, limits=auth.basic_limits, metrics=basic_metrics
+        )
+        authenticator = Authenticator(
+            verifier,
+            basic,
+            max_header_bytes=auth.max_header_bytes,
+            is_revoked=is_revoked,
+            trusted_proxies=settings.proxy.trusted_proxies,
+        )
         loaded = load_policies(settings.policies) if policies is None else policies
         return cls(Matcher(loaded), authenticator, [policy.mount for policy in loaded])
 
@@ -103,6 +113,7 @@ class Authorizer:
         *,
         record: RequestRecord | None = None,
         websocket: bool = False,
+        peer: Peer | None = None,
     ) -> Decision:
         """Return the Decision for an allowed request; raise an HTTPError for any refusal.
 
@@ -116,19 +127,19 @@ class Authorizer:
             record.path = path
             record.rule = match.rule
         if match.rule.public:
-            principal = await self.identify(headers)
+            principal = await self.identify(headers, peer=peer)
         else:
-            principal = await self.authenticator.authenticate(headers)
+            principal = await self.authenticator.authenticate(headers, peer=peer)
             if principal is None and self.slot is not None:
                 principal = await self.slot(match.rule, headers, query)
         if record is not None:
             record.principal = principal
         return self.decide(path, match, principal)
 
-    async def identify(self, headers: Sequence[tuple[bytes, bytes]]) -> Principal | None:
+    async def identify(self, headers: Sequence[tuple[bytes, bytes]], *, peer: Peer | None = None) -> Principal | None:
         """Who is calling a public route: the principal of valid credentials, None for none or invalid ones."""
         try:
-            return await self.authenticator.authenticate(headers)
+            return await self.authenticator.authenticate(headers, peer=peer)
         except HTTPError:  # invalid, expired, revoked, malformed or unverifiable now: public all the same
             return None
 

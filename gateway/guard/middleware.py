@@ -167,6 +167,7 @@ class GuardMiddleware:
                 scope.get("query_string", b""),
                 record=record,
                 websocket=websocket,
+                peer=self.authorizer.authenticator.peer(scope),
             )
         except HTTPError as exc:
             await self._refuse(scope, receive, send, self._explained(exc, scope), record)

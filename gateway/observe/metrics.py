@@ -219,6 +219,25 @@ class Metrics:
             "Times the store's epoch changed (it lost its data): tokens minted before are refused.",
             registry=registry,
         )
+        self.basic_logins = Counter(
+            "smsguard_basic_logins",
+            "Basic logins by outcome: cached, verified, failed, limited_client, limited_user, busy, abandoned.",
+            ("outcome",),
+            registry=registry,
+        )
+        self.limit_refusals = Counter(
+            "smsguard_limit_refusals",
+            "Requests refused by limits: limit (its name, or destinations) and reason (rate, country, "
+            "number_type, unparseable, max_recipients, prefix_velocity, store_unavailable).",
+            ("limit", "reason"),
+            registry=registry,
+        )
+        self.sms_recipients = Counter(
+            "smsguard_sms_recipients",
+            "Recipients of send requests forwarded, by upstream and destination country.",
+            ("upstream", "country"),
+            registry=registry,
+        )
         self._aggregate: CollectorRegistry | None = None
         self._version: str | None = None
         self._request_series: dict[tuple[str, str, str, int], _Timings] = {}
@@ -276,6 +295,15 @@ class Metrics:
         """The issuer's usable key count and when its set was fetched (gateway.auth.jwks.JwksMetrics)."""
         self.jwks_keys_in_use.labels(issuer).set(keys)
         self.jwks_fetched_at.labels(issuer).set(fetched_at)
+
+    def basic_login(self, outcome: str) -> None:
+        self.basic_logins.labels(outcome).inc()
+
+    def limit_refused(self, limit: str, reason: str) -> None:
+        self.limit_refusals.labels(limit, reason).inc()
+
+    def sms_sent(self, upstream: str, country: str, recipients: int) -> None:
+        self.sms_recipients.labels(upstream, country).inc(recipients)
 
     def store_error(self, reason: str) -> None:
         self.store_errors.labels(reason).inc()

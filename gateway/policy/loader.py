@@ -32,6 +32,7 @@ from types import MappingProxyType
 from typing import Literal
 
 from gateway.errors import BadRequest, LoadError
+from gateway.policy.limits import read_limits, read_sms
 from gateway.policy.model import KEY_SLOTS, Policy, Rule
 from gateway.policy.paths import canonical_path, split_segments
 from gateway.policy.scopes import SUPERUSER, is_valid_scope
@@ -52,7 +53,7 @@ METHOD = re.compile(r"[A-Z][A-Z0-9_-]*")  # an HTTP method: uppercase, case-sens
 _PARAM = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _SCOPE_KEYS = ("scope", "any_of", "all_of")
 _SCOPE_HINT = "scopes look like resource:action, lowercase, e.g. messages:send"
-TOP_LEVEL_KEYS = ("upstream", "mount", "keys", "scopes", "rules", "version", "$schema")
+TOP_LEVEL_KEYS = ("upstream", "mount", "keys", "scopes", "rules", "limits", "sms", "version", "$schema")
 RULE_KEYS = (
     "method",
     "methods",
@@ -125,6 +126,7 @@ def read_policy(root: Node, errors: list[LoadError] | None = None) -> PolicyRead
     keys = None if keys_node is None else _key_slot(keys_node)
     vocabulary = _vocabulary(fields.get("scopes"))
     rules_node = fields.require("rules")
+    limits_node, sms_node = fields.get("limits"), fields.get("sms")
     fields.close(hint=f"top-level keys: {', '.join(TOP_LEVEL_KEYS)}")
     rules: list[Rule] = []
     indices: list[int] = []
@@ -137,6 +139,8 @@ def read_policy(root: Node, errors: list[LoadError] | None = None) -> PolicyRead
             errors.append(exc)
             continue
         indices.append(index)
+    limits = read_limits(limits_node, rules)
+    sms = read_sms(sms_node, rules)
     policy = Policy(
         file=root.file,
         upstream=upstream,
@@ -144,6 +148,8 @@ def read_policy(root: Node, errors: list[LoadError] | None = None) -> PolicyRead
         scopes=MappingProxyType(vocabulary),
         rules=tuple(rules),
         keys=keys,
+        limits=limits,
+        sms=sms,
     )
     return PolicyRead(policy, mount_node or root, tuple(indices))
 

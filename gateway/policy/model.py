@@ -16,9 +16,55 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from gateway.policy.rates import Rate
 from gateway.policy.scopes import satisfies
 
-__all__ = ["Policy", "Rule", "display_path", "rule_label"]
+__all__ = ["Destinations", "Limit", "Policy", "Rule", "SendSpec", "SmsPolicy", "display_path", "rule_label"]
+
+LimitPer = Literal["subject", "token", "client", "issuer"]
+LimitCost = Literal["requests", "recipients", "segments"]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Limit:
+    """A rate limit (`limits:` in a policy): `rate` units per period with a `burst`, kept `per` caller."""
+
+    name: str
+    routes: tuple[tuple[str, str], ...]  # (METHOD, path as in rules); () = every rule of the policy
+    per: LimitPer
+    rate: Rate
+    burst: int
+    cost: LimitCost = "requests"
+    line: int = 0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SendSpec:
+    """Where a send request keeps its recipients and text: dotted paths (JSON) or parameter names (forms)."""
+
+    method: str
+    path: str
+    recipients: tuple[str, ...]
+    text: str | None = None
+    line: int = 0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Destinations:
+    """Who may be sent to: countries (None = any), number types refused, recipients per request, prefix velocity."""
+
+    countries: frozenset[str] | None = None
+    deny_number_types: frozenset[str] = frozenset()
+    max_recipients: int | None = None
+    prefix_velocity: tuple[int, int] | None = None  # (recipients, window seconds) per number prefix, all callers
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SmsPolicy:
+    """A policy's `sms:` block."""
+
+    send: tuple[SendSpec, ...] = ()
+    destinations: Destinations | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -66,6 +112,8 @@ class Policy:
     scopes: Mapping[str, str]
     rules: tuple[Rule, ...]
     keys: str | None = None  # the provider slot gateway keys are read from on this mount (KEY_SLOTS)
+    limits: tuple[Limit, ...] = ()
+    sms: SmsPolicy | None = None
 
 
 # `keys:` in a policy: where gateway API keys are accepted besides `Authorization: Bearer sgk_...`.

@@ -33,12 +33,13 @@ import asyncio
 import contextlib
 import random
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar, runtime_checkable
 
 from gateway.errors import StoreUnavailable
 from gateway.store.base import Epoch, EpochSource, Store, check_ttl
+from gateway.store.gcra import RateCheck, RateLimiting, RateResult
 
 if TYPE_CHECKING:
     from gateway.store.base import RotateResult
@@ -332,6 +333,14 @@ class StoreGuard:
 
     async def rotate_refresh(self, family: str, presented: str, new: str, until: float) -> RotateResult:
         return await self._call("rotate_refresh", lambda: self.inner.rotate_refresh(family, presented, new, until))
+
+    async def rate_limit(self, checks: Sequence[RateCheck]) -> list[RateResult]:
+        """The inner store's GCRA buckets within the deadline; 503 (StoreUnavailable) when it is down: fail closed."""
+        inner = self.inner
+        if not isinstance(inner, RateLimiting):
+            raise StoreUnavailable("the store keeps no rate limits")
+        listed = list(checks)
+        return await self._call("rate_limit", lambda: inner.rate_limit(listed))
 
     async def get(self, key: str) -> bytes | None:
         return await self._call("get", lambda: self.inner.get(key))

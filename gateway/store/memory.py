@@ -7,12 +7,13 @@ import contextlib
 import heapq
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from gateway.store.base import Epoch, check_ttl, merge_cutoff, refuses
+from gateway.store.gcra import LocalGcra, RateCheck, RateResult
 
 if TYPE_CHECKING:
     from gateway.store.base import RotateResult
@@ -68,6 +69,7 @@ class MemoryStore:
         self._families: dict[str, tuple[str, float]] = {}  # family -> (live jti, until)
         self._values: dict[str, tuple[bytes, float]] = {}  # key -> (value, expires)
         self._locks: dict[str, _LockSlot] = {}
+        self._buckets = LocalGcra(max_keys=max_records, clock=clock)  # rate limits (per process)
 
     def size(self) -> int:
         """Entries held, expired or not (locks excluded): what a sweep can shrink.
@@ -186,6 +188,10 @@ class MemoryStore:
         self._revoked[family] = max(until, live_until)  # outlive every token the family handed out
         self._cutoffs.pop(family, None)
         return "replayed"
+
+    async def rate_limit(self, checks: Sequence[RateCheck]) -> list[RateResult]:
+        """GCRA buckets in this process (see `gateway.store.gcra`); at most `max_records` of them."""
+        return self._buckets.check(checks)
 
     async def get(self, key: str) -> bytes | None:
         entry = self._values.get(key)

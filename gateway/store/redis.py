@@ -13,10 +13,10 @@ import logging
 import math
 import random
 import secrets
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from types import MappingProxyType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
@@ -27,8 +27,9 @@ from redis.exceptions import RedisError
 
 from gateway.store.base import Epoch, check_ttl, refuses
 from gateway.store.clients import redis_client
+from gateway.store.gcra import US, RateCheck, RateResult
 from gateway.store.mirror import RevocationMirror, parse_revocation
-from gateway.store.scripts import REVOKE, ROTATE, UNLOCK
+from gateway.store.scripts import GCRA, REVOKE, ROTATE, UNLOCK
 
 if TYPE_CHECKING:
     from gateway.store.base import RotateResult
@@ -88,6 +89,7 @@ class RedisStore:
         self._revoke = client.register_script(REVOKE)
         self._rotate = client.register_script(ROTATE)
         self._unlock = client.register_script(UNLOCK)
+        self._gcra = client.register_script(GCRA)
         self._channel = f"{prefix}revocations"
         self._mirror = (
             RevocationMirror(
@@ -189,6 +191,36 @@ class RedisStore:
                 self._mirror.note([family], int(raw[1]) / 1000)
             return "replayed"
         return _ROTATE_RESULTS[raw]
+
+    async def rate_limit(self, checks: Sequence[RateCheck]) -> list[RateResult]:
+        """GCRA buckets `{prefix}rl:{key}`: one script call for all of them on one server.
+
+        On a Redis Cluster each key is its own hash tag (buckets spread over the cluster), so the keys are
+        grouped by slot and each group is one atomic call; when one group denies, the groups that charged
+        are refunded by a second call (all or nothing, but not isolated: a concurrent request may see the
+        charge in between). Most requests have one or two limits.
+        """
+        if not checks:
+            return []
+        keys = [self._key("rl", check.key) for check in checks]
+        groups = self._by_slot(keys)
+        answers = await asyncio.gather(*(self._gcra_call(keys, checks, group, 1) for group in groups))
+        results: list[RateResult] = [RateResult(True, 0, 0.0)] * len(checks)
+        for group, answer in zip(groups, answers, strict=True):
+            for index, row in zip(group, answer, strict=True):
+                allowed, remaining, reset_us, retry_us = (int(value) for value in row)
+                results[index] = RateResult(bool(allowed), remaining, reset_us / US, retry_us / US)
+        if len(groups) > 1 and not all(result.allowed for result in results):
+            charged = [group for group in groups if all(results[i].allowed for i in group)]
+            await asyncio.gather(*(self._gcra_call(keys, checks, group, 0) for group in charged))
+        return results
+
+    async def _gcra_call(self, keys: list[str], checks: Sequence[RateCheck], group: list[int], mode: int) -> Any:
+        args: list[int] = []
+        for index in group:
+            check = checks[index]
+            args += [check.interval_us, check.burst, check.cost]
+        return await self._gcra(keys=[keys[i] for i in group], args=[*args, mode])
 
     async def get(self, key: str) -> bytes | None:
         value = await self._client.get(self._key("kv", key))

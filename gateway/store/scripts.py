@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["REVOKE", "ROTATE", "UNLOCK"]
+__all__ = ["GCRA", "REVOKE", "ROTATE", "UNLOCK"]
 
 # Revocations store their `until` (unix ms) as the value so a later, shorter revoke never shortens one;
 # one with a cutoff stores `until:before` (both unix ms) and refuses only tokens issued before `before`.
@@ -76,4 +76,50 @@ return {'replayed', s}
 UNLOCK = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
+"""
+
+# GCRA rate limits (see gateway.store.gcra, whose `apply_gcra` this mirrors), all or nothing, on the
+# server's clock (TIME) so every instance agrees on now. Times are integer microseconds.
+# KEYS: the buckets. ARGV: interval_us, burst, cost per key (3 per key). ARGV[#]: 1 = charge, 0 = refund
+# (a cluster call whose other slots denied gives back what it took: TAT -= cost * interval, not below now).
+# Returns per key: allowed (1/0), remaining, reset_us, retry_after_us.
+GCRA = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local mode = tonumber(ARGV[#ARGV])
+local out = {}
+local tats = {}
+local denied = false
+for i, key in ipairs(KEYS) do
+  local interval = tonumber(ARGV[3 * i - 2])
+  local burst = tonumber(ARGV[3 * i - 1])
+  local cost = tonumber(ARGV[3 * i])
+  local tat = tonumber(redis.call('GET', key) or now)
+  local base = math.max(tat, now)
+  if mode == 0 then
+    local back = math.max(now, tat - interval * cost)
+    if back > now then
+      redis.call('SET', key, string.format('%d', back), 'PX', math.ceil((back - now) / 1000))
+    else
+      redis.call('DEL', key)
+    end
+  else
+    local new_tat = base + interval * cost
+    local allow_at = new_tat - interval * burst
+    if allow_at > now then
+      denied = true
+      local left = math.max(0, math.floor((now + interval * burst - base) / interval))
+      out[#out + 1] = {0, left, base - now, allow_at - now}
+    else
+      tats[i] = new_tat
+      out[#out + 1] = {1, math.floor((now + interval * burst - new_tat) / interval), new_tat - now, 0}
+    end
+  end
+end
+if mode == 1 and not denied then
+  for i, key in ipairs(KEYS) do
+    redis.call('SET', key, string.format('%d', tats[i]), 'PX', math.ceil((tats[i] - now) / 1000))
+  end
+end
+return out
 """

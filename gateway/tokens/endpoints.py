@@ -101,7 +101,7 @@ class TokenEndpoints:
             raise NotFound(f"no route for {method} {path}", code="no_route")
 
     async def _caller(self, scope: Scope) -> Principal:
-        principal = await self.authenticator.authenticate(scope["headers"])
+        principal = await self.authenticator.authenticate(scope["headers"], peer=self.authenticator.peer(scope))
         note_principal(scope, principal)
         if principal is None:
             raise Unauthorized("authentication required")
@@ -133,7 +133,7 @@ class TokenEndpoints:
 
     async def _revoke_subject(self, scope: Scope, send: Send, service: TokenService) -> None:
         """`?sub=S&issuer=NAME` (issuer defaults to basic): only the admin identity or an all:any caller."""
-        principal = await self.authenticator.authenticate(scope["headers"])
+        principal = await self.authenticator.authenticate(scope["headers"], peer=self.authenticator.peer(scope))
         note_principal(scope, principal)
         if principal is None:
             raise Unauthorized("authentication required")

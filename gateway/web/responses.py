@@ -24,8 +24,8 @@ async def send_json(send: Send, status: int, body: object, headers: Mapping[str,
     await send({"type": "http.response.body", "body": payload})
 
 
-def error_body(exc: HTTPError) -> dict[str, str]:
-    return {"message": exc.message}
+def error_body(exc: HTTPError) -> dict[str, object]:
+    return {"message": exc.message, **exc.extra} if exc.extra else {"message": exc.message}
 
 
 async def send_error(send: Send, exc: HTTPError) -> None:

@@ -24,9 +24,20 @@ And two things for speed, measured with `make bench`:
   for the client leaving mid-request (`DisconnectSignal`), instead of parking a task in `receive()`
   per request to hear `http.disconnect`; apps under other servers fall back to doing that.
 
+And two deadlines for slow peers, so that no client can hold an upstream slot (or a connection) by
+being slow on purpose:
+
+- a body deadline: once a request head is in, its whole body must arrive within `body_timeout_s`
+  (time during which the gateway itself paused reading does not count), else the connection is closed;
+  the app hears `http.disconnect`, so a forwarder streaming that body releases its upstream slot;
+- a write deadline: a response write that waits more than `client_write_timeout_s` for the client to
+  read (the transport paused writing: its buffers are full) closes the connection; the disconnect
+  signal fires and the forwarder drops its upstream exchange.
+
 Keep-alive between requests stays uvicorn's (`timeout_keep_alive`). Configure with
-`protocol_factory(head_timeout_s=..., max_head_bytes=...)`, which `serving.uvicorn_options` passes as
-uvicorn's `http` (a picklable `functools.partial`, so `--workers N` works).
+`protocol_factory(head_timeout_s=..., max_head_bytes=..., body_timeout_s=..., client_write_timeout_s=...)`,
+which `serving.uvicorn_options` passes as uvicorn's `http` (a picklable `functools.partial`, so
+`--workers N` works) from the `proxy:` section of config.yaml.
 """
 
 from __future__ import annotations
@@ -44,6 +55,8 @@ from typing import Any, cast
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 __all__ = [
+    "DEFAULT_BODY_TIMEOUT_S",
+    "DEFAULT_CLIENT_WRITE_TIMEOUT_S",
     "DEFAULT_HEAD_TIMEOUT_S",
     "DEFAULT_MAX_HEAD_BYTES",
     "DISCONNECT_EXTENSION",
@@ -54,6 +67,8 @@ __all__ = [
 
 DEFAULT_HEAD_TIMEOUT_S = 10.0
 DEFAULT_MAX_HEAD_BYTES = 64 * 1024
+DEFAULT_BODY_TIMEOUT_S = 15.0
+DEFAULT_CLIENT_WRITE_TIMEOUT_S = 15.0
 
 DISCONNECT_EXTENSION = "smsguard.disconnect"
 
@@ -147,11 +162,17 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         *args: Any,
         head_timeout_s: float = DEFAULT_HEAD_TIMEOUT_S,
         max_head_bytes: int = DEFAULT_MAX_HEAD_BYTES,
+        body_timeout_s: float = DEFAULT_BODY_TIMEOUT_S,
+        client_write_timeout_s: float = DEFAULT_CLIENT_WRITE_TIMEOUT_S,
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
         self.head_timeout_s = head_timeout_s
         self.max_head_bytes = max_head_bytes
+        self.body_timeout_s = body_timeout_s
+        self.client_write_timeout_s = client_write_timeout_s
+        self._body_timer: asyncio.TimerHandle | None = None
+        self._write_timer: asyncio.TimerHandle | None = None
         self._reading_head = True  # waiting for (the rest of) a request head
         self._head_bytes = 0  # bytes fed to the parser since this head started
         self._heads = 0  # heads completed on this connection
@@ -165,6 +186,8 @@ class GatewayHttpProtocol(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_head_timer()
+        self._body_timer = _cancelled(self._body_timer)
+        self._write_timer = _cancelled(self._write_timer)
         super().connection_lost(exc)
         signals, self._signals = self._signals, deque()
         for signal in signals:
@@ -212,11 +235,14 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         scope = cast(dict[str, Any], self.scope)
         scope["extensions"] = {**scope.get("extensions", {}), DISCONNECT_EXTENSION: signal}
         super().on_headers_complete()
+        self._body_timer = _cancelled(self._body_timer)
+        self._body_timer = self.loop.call_later(self.body_timeout_s, self._body_timed_out)
         cycle = self.cycle
         if cycle is not None and cycle.scope is self.scope:
             cycle.transport = cast(asyncio.Transport, _HeadHeldTransport(self.transport, self.loop))
 
     def on_message_complete(self) -> None:
+        self._body_timer = _cancelled(self._body_timer)
         super().on_message_complete()
         self._reading_head = True
         self._head_bytes = 0
@@ -245,6 +271,33 @@ class GatewayHttpProtocol(HttpToolsProtocol):
             log.debug("closing a connection that sent no complete request head in %.1f s", self.head_timeout_s)
             self.transport.close()
 
+    def _body_timed_out(self) -> None:
+        self._body_timer = None
+        if self.transport.is_closing():
+            return
+        if (
+            self.flow.read_paused
+        ):  # the gateway is not reading (the app has not consumed the body): not the peer's fault
+            self._body_timer = self.loop.call_later(self.body_timeout_s, self._body_timed_out)
+            return
+        log.debug("closing a connection whose request body did not arrive in %.1f s", self.body_timeout_s)
+        self.transport.close()
+
+    def pause_writing(self) -> None:
+        super().pause_writing()
+        if self._write_timer is None:
+            self._write_timer = self.loop.call_later(self.client_write_timeout_s, self._write_timed_out)
+
+    def resume_writing(self) -> None:
+        self._write_timer = _cancelled(self._write_timer)
+        super().resume_writing()
+
+    def _write_timed_out(self) -> None:
+        self._write_timer = None
+        if self.flow.write_paused and not self.transport.is_closing():
+            log.debug("closing a connection that did not read its response for %.1f s", self.client_write_timeout_s)
+            self.transport.abort()  # close() would wait for the buffered bytes the peer never reads
+
     def _reject(self, status: int, message: str) -> None:
         """Answer `{"message": ...}` with `status` and close the connection (nothing reaches the app)."""
         self._rejected = True
@@ -263,10 +316,29 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         self.transport.close()
 
 
+def _cancelled(timer: asyncio.TimerHandle | None) -> asyncio.TimerHandle | None:
+    """Cancel `timer` if set; returns None, to clear the attribute that held it."""
+    if timer is not None:
+        timer.cancel()
+    return None
+
+
 def protocol_factory(
-    *, head_timeout_s: float = DEFAULT_HEAD_TIMEOUT_S, max_head_bytes: int = DEFAULT_MAX_HEAD_BYTES
+    *,
+    head_timeout_s: float = DEFAULT_HEAD_TIMEOUT_S,
+    max_head_bytes: int = DEFAULT_MAX_HEAD_BYTES,
+    body_timeout_s: float = DEFAULT_BODY_TIMEOUT_S,
+    client_write_timeout_s: float = DEFAULT_CLIENT_WRITE_TIMEOUT_S,
 ) -> functools.partial[GatewayHttpProtocol]:
     """uvicorn's `http=` for the gateway: `GatewayHttpProtocol` with these limits (picklable for workers)."""
     if head_timeout_s <= 0 or max_head_bytes < 1024:
         raise ValueError("head_timeout_s must be positive and max_head_bytes at least 1024")
-    return functools.partial(GatewayHttpProtocol, head_timeout_s=head_timeout_s, max_head_bytes=max_head_bytes)
+    if body_timeout_s <= 0 or client_write_timeout_s <= 0:
+        raise ValueError("body_timeout_s and client_write_timeout_s must be positive")
+    return functools.partial(
+        GatewayHttpProtocol,
+        head_timeout_s=head_timeout_s,
+        max_head_bytes=max_head_bytes,
+        body_timeout_s=body_timeout_s,
+        client_write_timeout_s=client_write_timeout_s,
+    )
