@@ -5,10 +5,12 @@ from __future__ import annotations
 import asyncio
 import base64
 import socket
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
+import jwt
 import pytest
 from fakes import RecordingUpstream, Reply, UvicornServer
 from gatewayconfig import CANARIES, OPS_PASSWORD, UPSTREAM_PASSWORD, UPSTREAM_USER, GatewayConfig
@@ -195,16 +197,25 @@ async def test_readiness_reports_each_upstreams_reachability(tmp_path: Path) -> 
     with socket.socket() as closed:
         closed.bind(("127.0.0.1", 0))
         down_port = closed.getsockname()[1]  # bound, never listening: connections are refused
+        secret = "a" * 40
         settings = parse_settings(
             f"upstreams:\n  up: {{url: 'http://127.0.0.1:{up_port}/v1'}}\n"
-            f"  down: {{url: 'http://127.0.0.1:{down_port}/v1'}}\n",
+            f"  down: {{url: 'http://127.0.0.1:{down_port}/v1'}}\n"
+            "auth:\n  issuers:\n    - {name: ops, issuer: ops-idp, audience: sms-api, algorithms: [HS256], "
+            f"secret: {secret}}}\n"
+            "admin: {issuer: ops, scope: settings:read}\n",
             env={},
         )
+        now = int(time.time())
+        claims = {"iss": "ops-idp", "aud": "sms-api", "sub": "ops", "iat": now, "exp": now + 60}
+        claims["scope"] = "settings:read"
+        admin = {"authorization": "Bearer " + jwt.encode(claims, secret, algorithm="HS256")}  # details: admins only
         gateway = create_app(settings, log_sink=NullSink())
         async with UvicornServer(gateway, lifespan="on") as server, httpx.AsyncClient(base_url=server.url) as client:
-            answers = await asyncio.gather(*(client.get("/readyz") for _ in range(5)))
+            answers = await asyncio.gather(*(client.get("/readyz", headers=admin) for _ in range(5)))
             await asyncio.sleep(0.05)
-            again = await client.get("/readyz")
+            again = await client.get("/readyz", headers=admin)
+            anonymous = await client.get("/readyz")
     listening.close()
     await listening.wait_closed()
     for answer in (*answers, again):
@@ -218,3 +229,4 @@ async def test_readiness_reports_each_upstreams_reachability(tmp_path: Path) -> 
         assert (down["reachable"], down["error"]) == (False, "connection refused")
         assert 0 <= down["age_s"] < 5
     assert connections == 1  # six probes, one connect: shared while in flight, then cached
+    assert anonymous.json() == {"status": "degraded", "checks": {"config": True, "upstreams": True, "store": True}}
