@@ -478,24 +478,19 @@ class Gateway:
         elif runtime.key_endpoints is not None and runtime.key_endpoints.handles(path):
             await self._control(runtime.key_endpoints, scope, receive, send, record)
         elif runtime.token_endpoints.handles(path):
-            try:
-                canonical = canonical_path(scope.get("raw_path") or path.encode())
-            except HTTPError as exc:
-                if record is not None:
-                    record.refuse(exc)
-                await send_error(send, exc)
-                return
-            if record is not None:
-                record.path = canonical
-                record.route = route_label(scope["method"], runtime.token_endpoints.template(canonical))
-            await runtime.token_endpoints(scope, receive, send, canonical)
+            await self._control(runtime.token_endpoints, scope, receive, send, record)
         else:
             await runtime.guarded(scope, receive, send)
 
     async def _control(
-        self, endpoints: KeyEndpoints, scope: Scope, receive: Receive, send: Send, record: RequestRecord | None
+        self,
+        endpoints: TokenEndpoints | KeyEndpoints,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        record: RequestRecord | None,
     ) -> None:
-        """A request the key endpoints answer (canonical paths only), labelled like the token endpoints."""
+        """A request the token or key endpoints answer: canonical paths only, labelled by endpoint template."""
         try:
             canonical = canonical_path(scope.get("raw_path") or scope["path"].encode())
         except HTTPError as exc:

@@ -28,13 +28,12 @@ from xml.sax.saxutils import escape
 
 from gateway.auth.authenticate import Authenticator
 from gateway.auth.jwt import Principal
-from gateway.errors import BadRequest, Forbidden, HTTPError, NotFound, NotImplementedHTTP, Unauthorized
+from gateway.errors import BadRequest, HTTPError, NotFound, NotImplementedHTTP, Unauthorized
 from gateway.keys.errors import provider_error_body
 from gateway.keys.service import KEY_ID_CLAIM, KeyService
 from gateway.observe.events import note_principal, note_refusal
-from gateway.policy.scopes import satisfies
+from gateway.tokens.endpoints import token_manager
 from gateway.tokens.lineage import ancestors_of
-from gateway.tokens.service import MANAGE_SCOPE
 from gateway.web.asgi import Receive, Scope, Send, read_body
 from gateway.web.responses import send_json
 
@@ -118,13 +117,7 @@ class KeyEndpoints:
             raise NotFound(f"no route for {method} {path}", code="no_route")
 
     async def _manager(self, scope: Scope) -> Principal:
-        principal = await self.authenticator.authenticate(scope["headers"])
-        note_principal(scope, principal)
-        if principal is None:
-            raise Unauthorized("authentication required")
-        if principal.kind != "basic" and not satisfies(principal.scopes, (MANAGE_SCOPE,), "any", False):
-            raise Forbidden(f"insufficient scope: {MANAGE_SCOPE} required", required=MANAGE_SCOPE)
-        return principal
+        return await token_manager(self.authenticator, scope)
 
     # -------------------------------------------------------------------------------- provider logins
 

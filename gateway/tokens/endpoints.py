@@ -27,7 +27,7 @@ from gateway.web import jsonbody
 from gateway.web.asgi import Receive, Scope, Send, read_body
 from gateway.web.responses import send_error, send_json
 
-__all__ = ["TokenEndpoints", "token_response"]
+__all__ = ["TokenEndpoints", "token_manager", "token_response"]
 
 MAX_BODY = 16 * 1024
 _NO_STORE = {"cache-control": "no-store", "pragma": "no-cache"}
@@ -101,13 +101,7 @@ class TokenEndpoints:
             raise NotFound(f"no route for {method} {path}", code="no_route")
 
     async def _caller(self, scope: Scope) -> Principal:
-        principal = await self.authenticator.authenticate(scope["headers"], peer=self.authenticator.peer(scope))
-        note_principal(scope, principal)
-        if principal is None:
-            raise Unauthorized("authentication required")
-        if principal.kind != "basic" and not satisfies(principal.scopes, (MANAGE_SCOPE,), "any", False):
-            raise Forbidden(f"insufficient scope: {MANAGE_SCOPE} required", required=MANAGE_SCOPE)
-        return principal
+        return await token_manager(self.authenticator, scope)
 
     async def _issue(self, scope: Scope, receive: Receive, send: Send, service: TokenService) -> None:
         caller = await self._caller(scope)
@@ -169,6 +163,17 @@ def _parse_subject_query(query: bytes) -> tuple[str, str]:
     if not values.get("sub"):
         raise BadRequest("sub is required: DELETE .../auth/token?sub=SUBJECT&issuer=NAME")
     return values["sub"], values.get("issuer") or BASIC_IDP
+
+
+async def token_manager(authenticator: Authenticator, scope: Scope) -> Principal:
+    """The caller of a token or key endpoint: a Basic user, or a bearer holding tokens:manage (401/403)."""
+    principal = await authenticator.authenticate(scope["headers"], peer=authenticator.peer(scope))
+    note_principal(scope, principal)
+    if principal is None:
+        raise Unauthorized("authentication required")
+    if principal.kind != "basic" and not satisfies(principal.scopes, (MANAGE_SCOPE,), "any", False):
+        raise Forbidden(f"insufficient scope: {MANAGE_SCOPE} required", required=MANAGE_SCOPE)
+    return principal
 
 
 def _bearer(headers: list[tuple[bytes, bytes]]) -> str:
