@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import jwt
 import pytest
 from fakes import FakeBSG, FakeSMSGatewayCenter, FakeSMSPortal, UvicornServer
 from fakes.bsg_one_api import FakeBsgOneApi
@@ -24,6 +25,8 @@ from gatewayconfig import cheap_hash
 
 from gateway.app import Gateway, create_app
 from gateway.config.settings import Settings, load_settings
+from gateway.errors import BadRequest, Forbidden
+from gateway.keys.endpoints import _parse_create
 from gateway.keys.format import parse_key
 from gateway.keys.service import KeyService
 
@@ -138,6 +141,36 @@ async def test_keys_are_stored_only_as_keyed_hashes(tmp_path: Path) -> None:
     assert [item["id"] for item in listed] == [key.key_id]
     assert "secret" not in json.dumps(listed)
     assert key.secret not in json.dumps(listed)
+    await gateway.shutdown()
+
+
+async def test_a_key_carries_an_sms_narrowing_never_wider_than_its_creator(tmp_path: Path) -> None:
+    """`sms` on key creation: on the key's principal as the `sms` claim the limiter reads; a key (or a token
+    minted from it) creates narrower keys only, inherits the narrowing when it asks for none."""
+    config = KeysConfig(tmp_path).add("bsg_v1", "http://127.0.0.1:9/rest", "{type: bsg_v1, api_key: x}")
+    gateway = create_app(config.settings())
+    endpoints = gateway.runtime.key_endpoints
+    assert endpoints is not None
+    service = endpoints.service
+    narrowed = {"countries": ["GB"], "max_recipients": 5}
+    created = await service.create(None, subject="crm-n", scopes=["messages:send"], sms=narrowed)
+    assert created.answer()["sms"] == narrowed
+    key = await service.verify(created.key.full)
+    assert key.claims["sms"] == narrowed
+    for wider in ({"countries": ["GB", "US"]}, {"max_recipients": 6}):
+        with pytest.raises(Forbidden, match="cannot grant sms"):
+            await service.create(key, scopes=["messages:send"], sms=wider)
+    inherited = await service.create(key, scopes=["messages:send"])
+    assert (await service.verify(inherited.key.full)).claims["sms"] == narrowed
+    fewer = await service.create(key, scopes=["messages:send"], sms={"max_recipients": 1})
+    assert fewer.record.sms == {"countries": ["GB"], "max_recipients": 1}
+    pair = await service.tokens.issue("crm-n", ["messages:send"], None, caller=key)
+    assert jwt.decode(pair.access.token, options={"verify_signature": False})["sms"] == narrowed
+    with pytest.raises(BadRequest, match="unknown sms field"):
+        _parse_create(json.dumps({"scopes": ["messages:send"], "sms": {"regions": ["EU"]}}).encode())
+    assert _parse_create(json.dumps({"scopes": ["x:y"], "sms": {"countries": ["us"]}}).encode())[4] == {
+        "countries": ["US"]
+    }
     await gateway.shutdown()
 
 

@@ -261,3 +261,123 @@ def test_basic_failed_logins_are_limited_per_client(pair: Pair) -> None:
     metrics = pair.client.get(pair.b + "/metrics").text
     assert 'smsguard_basic_logins_total{outcome="limited_client"}' in metrics
     assert 'smsguard_limit_refusals_total{limit="destinations"' in pair.client.get(pair.a + "/metrics").text
+
+
+# ------------------------------------------------------------------------- tokens narrower than their holder
+
+TOKEN = "/3rdparty/v1/auth/token"
+MANAGER = "messages:send tokens:manage"
+
+
+def gb(i: int) -> str:
+    """A GB mobile number of its own prefix."""
+    return f"+4477{20 + i:02d}123456"
+
+
+def mint(pair: Pair, base: str, body: dict[str, Any], **auth: Any) -> httpx.Response:
+    return pair.client.post(base + TOKEN, json=body, **auth)
+
+
+def minted(pair: Pair, base: str, body: dict[str, Any], **auth: Any) -> dict[str, Any]:
+    response = mint(pair, base, body, **auth)
+    assert response.status_code == 201, response.text
+    answer: dict[str, Any] = response.json()
+    return answer
+
+
+def bearer(token: str) -> dict[str, dict[str, str]]:
+    return {"headers": {"authorization": f"Bearer {token}"}}
+
+
+def claims_of(token: str) -> dict[str, Any]:
+    decoded: dict[str, Any] = jwt.decode(token, options={"verify_signature": False})
+    return decoded
+
+
+def test_a_token_narrowed_to_gb_cannot_send_to_the_us_while_its_holder_can(pair: Pair) -> None:
+    holder = corp("narrowing-holder", scope=MANAGER)
+    body = {"scopes": ["messages:send"], "sms": {"countries": ["gb"], "max_recipients": 2}}
+    token = minted(pair, pair.a, body, **bearer(holder))["access_token"]
+    assert claims_of(token)["sms"] == {"countries": ["GB"], "max_recipients": 2}
+    before = pair.forwarded
+    refused = pair.send(pair.b, token, [us(1, "646")])
+    assert refused.status_code == 403
+    assert refused.json()["code"] == "destination_not_allowed"
+    assert "countries" in refused.json()["message"]
+    too_many = pair.send(pair.a, token, [gb(1), gb(2), gb(3)])  # the policy allows 30, the token 2
+    assert too_many.status_code == 403
+    assert "at most 2" in too_many.json()["message"]
+    assert pair.forwarded == before
+    assert pair.send(pair.a, token, [gb(4)]).status_code == 202
+    assert pair.send(pair.b, holder, [us(2, "646")]).status_code == 202
+
+
+def test_a_narrowing_wider_than_the_caller_is_403_never_widened(pair: Pair) -> None:
+    sender = {"auth": ("sender", SENDER_PASSWORD)}  # the Basic user carries `sms: {countries: [GB]}`
+    wider = mint(pair, pair.a, {"scopes": ["messages:send"], "sms": {"countries": ["GB", "US"]}}, **sender)
+    assert wider.status_code == 403
+    assert wider.json()["code"] == "sms_wider_than_caller"
+    assert "US" in wider.json()["message"]
+    inherited = minted(pair, pair.b, {"scopes": ["messages:send"]}, **sender)["access_token"]
+    assert claims_of(inherited)["sms"] == {"countries": ["GB"]}  # no request: the caller's own narrowing
+    assert pair.send(pair.a, inherited, ["+12125550199"]).status_code == 403
+    capped = corp("narrowing-capped", scope=MANAGER, sms={"max_recipients": 3})
+    more = mint(pair, pair.b, {"scopes": ["messages:send"], "sms": {"max_recipients": 4}}, **bearer(capped))
+    assert more.status_code == 403
+    assert "at most 3" in more.json()["message"]
+    fewer = minted(pair, pair.b, {"scopes": ["messages:send"], "sms": {"max_recipients": 1}}, **bearer(capped))
+    assert claims_of(fewer["access_token"])["sms"] == {"max_recipients": 1}
+
+
+@pytest.mark.parametrize(
+    ("sms", "reason"),
+    [
+        ({"countries": ["GB"], "regions": ["EU"]}, "unknown sms field"),
+        ({"countries": ["GBR"]}, "alpha-2"),
+        ({"countries": []}, "alpha-2"),
+        ({"countries": "GB"}, "alpha-2"),
+        ({"max_recipients": 0}, "positive"),
+        ({"max_recipients": True}, "positive"),
+        (["GB"], "object"),
+    ],
+)
+def test_a_malformed_narrowing_is_400(pair: Pair, sms: Any, reason: str) -> None:
+    refused = mint(
+        pair, pair.a, {"scopes": ["messages:send"], "sms": sms}, **bearer(corp("narrowing-bad", scope=MANAGER))
+    )
+    assert refused.status_code == 400
+    assert reason in refused.json()["message"]
+
+
+def test_a_refresh_keeps_the_narrowing(pair: Pair) -> None:
+    holder = corp("narrowing-refresh", scope=MANAGER)
+    first = minted(pair, pair.a, {"scopes": ["messages:send"], "sms": {"countries": ["GB"]}}, **bearer(holder))
+    assert claims_of(first["refresh_token"])["sms"] == {"countries": ["GB"]}
+    refreshed = pair.client.post(pair.b + TOKEN + "/refresh", **bearer(first["refresh_token"]))
+    assert refreshed.status_code == 201, refreshed.text
+    token = refreshed.json()["access_token"]
+    assert claims_of(token)["sms"] == {"countries": ["GB"]}
+    before = pair.forwarded
+    assert pair.send(pair.a, token, [us(3, "646")]).status_code == 403
+    assert pair.forwarded == before
+    assert pair.send(pair.a, token, [gb(5)]).status_code == 202
+
+
+def test_a_child_of_a_narrowed_token_cannot_widen_it(pair: Pair) -> None:
+    holder = corp("narrowing-parent", scope=MANAGER)
+    body = {"scopes": ["messages:send", "tokens:manage"], "sms": {"countries": ["GB"], "max_recipients": 2}}
+    parent = minted(pair, pair.a, body, **bearer(holder))["access_token"]
+    for wider in ({"countries": ["GB", "US"]}, {"countries": ["US"]}, {"max_recipients": 3}):
+        refused = mint(pair, pair.b, {"scopes": ["messages:send"], "sms": wider}, **bearer(parent))
+        assert refused.status_code == 403, wider
+        assert refused.json()["code"] == "sms_wider_than_caller"
+    inherited = minted(pair, pair.b, {"scopes": ["messages:send"]}, **bearer(parent))["access_token"]
+    assert claims_of(inherited)["sms"] == {"countries": ["GB"], "max_recipients": 2}
+    child = minted(pair, pair.a, {"scopes": ["messages:send"], "sms": {"max_recipients": 1}}, **bearer(parent))
+    token = child["access_token"]
+    assert claims_of(token)["sms"] == {"countries": ["GB"], "max_recipients": 1}  # countries inherited
+    before = pair.forwarded
+    assert pair.send(pair.a, token, [us(4, "646")]).status_code == 403
+    assert pair.send(pair.b, token, [gb(6), gb(7)]).status_code == 403
+    assert pair.forwarded == before
+    assert pair.send(pair.b, token, [gb(8)]).status_code == 202

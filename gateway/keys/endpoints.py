@@ -1,6 +1,7 @@
 """The key API under the token mount, and the provider-shaped logins on mounts with a key slot.
 
     POST   {tokens.mount}/auth/keys               {"name", "scopes", "mode": live|test, "ttl"}  → 201 + the key
+           optional "sms": {"countries": [...], "max_recipients": N}, never wider than the caller's
     GET    {tokens.mount}/auth/keys               → 200 {"keys": [...]} (the caller's own; never a secret)
     POST   {tokens.mount}/auth/keys/{id}/rotate   {"overlap_s": N}                              → 201 + the key
     DELETE {tokens.mount}/auth/keys/{id}          → 204 (the key and every token minted from it end)
@@ -32,8 +33,10 @@ from gateway.errors import BadRequest, HTTPError, NotFound, NotImplementedHTTP, 
 from gateway.keys.errors import provider_error_body
 from gateway.keys.service import KEY_ID_CLAIM, KeyService
 from gateway.observe.events import note_principal, note_refusal
+from gateway.tokens import narrowing
 from gateway.tokens.endpoints import token_manager
 from gateway.tokens.lineage import ancestors_of
+from gateway.tokens.narrowing import Narrowing
 from gateway.web.asgi import Receive, Scope, Send, read_body
 from gateway.web.responses import send_json
 
@@ -98,8 +101,8 @@ class KeyEndpoints:
         tail = path[len(self.base) :].strip("/").split("/") if path != self.base else []
         if not tail and method == "POST":
             caller = await self._manager(scope)
-            name, scopes, mode, ttl = _parse_create(await read_body(receive, MAX_BODY))
-            created = await service.create(caller, name=name, scopes=scopes, mode=mode, ttl_s=ttl)
+            name, scopes, mode, ttl, sms = _parse_create(await read_body(receive, MAX_BODY))
+            created = await service.create(caller, name=name, scopes=scopes, mode=mode, ttl_s=ttl, sms=sms)
             await send_json(send, 201, created.answer(), _NO_STORE)
         elif not tail and method == "GET":
             caller = await self._manager(scope)
@@ -235,10 +238,10 @@ async def _send_sgc_key(send: Send, key: str, fmt: str) -> None:
     await send({"type": "http.response.body", "body": payload})
 
 
-def _parse_create(body: bytes) -> tuple[str, list[str], str, int | None]:
-    """Validate `{"name", "scopes", "mode", "ttl"}`; anything else is a 400 naming the problem."""
+def _parse_create(body: bytes) -> tuple[str, list[str], str, int | None, Narrowing | None]:
+    """Validate `{"name", "scopes", "mode", "ttl", "sms"}`; anything else is a 400 naming the problem."""
     data = _object(body, '{"name": "crm", "scopes": ["messages:send"], "mode": "live"}')
-    unknown = sorted(set(data) - {"name", "scopes", "mode", "ttl"})
+    unknown = sorted(set(data) - {"name", "scopes", "mode", "ttl", "sms"})
     if unknown:
         raise BadRequest(f"unknown field(s): {', '.join(unknown)}")
     name, scopes, mode, ttl = data.get("name", ""), data.get("scopes"), data.get("mode", "live"), data.get("ttl")
@@ -250,7 +253,7 @@ def _parse_create(body: bytes) -> tuple[str, list[str], str, int | None]:
         raise BadRequest("mode must be live or test")
     if ttl is not None and (not isinstance(ttl, int) or isinstance(ttl, bool)):
         raise BadRequest("ttl must be an integer number of seconds")
-    return name, scopes, mode, ttl
+    return name, scopes, mode, ttl, narrowing.parse(data.get("sms"))
 
 
 def _parse_rotate(body: bytes) -> int | None:

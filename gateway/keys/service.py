@@ -46,6 +46,7 @@ from gateway.tokens.lineage import (
     grant_of,
     is_test,
 )
+from gateway.tokens.narrowing import SMS_CLAIM, Narrowing, narrow
 from gateway.tokens.service import EPOCH_CLAIM, TokenService
 
 if TYPE_CHECKING:
@@ -84,6 +85,7 @@ class KeyRecord:
     created_at: float
     expires_at: float | None
     secrets: list[tuple[str, float | None]]  # (hmac hex, valid until; None: the current secret)
+    sms: Narrowing | None = None  # the key's SMS narrowing (gateway/tokens/narrowing.py), its `sms` claim
 
     @property
     def mode(self) -> Mode:
@@ -102,6 +104,7 @@ class KeyRecord:
                 "created_at": self.created_at,
                 "expires_at": self.expires_at,
                 "secrets": [[digest, until] for digest, until in self.secrets],
+                "sms": self.sms,
             }
         ).encode()
 
@@ -119,6 +122,7 @@ class KeyRecord:
             created_at=data["created_at"],
             expires_at=data["expires_at"],
             secrets=[(digest, until) for digest, until in data["secrets"]],
+            sms=data.get("sms"),  # absent in records written before keys could be narrowed
         )
 
     def public(self, last_used: float | None) -> dict[str, Any]:
@@ -133,6 +137,7 @@ class KeyRecord:
             "expires_at": self.expires_at,
             "last_used_at": last_used,
             "rotating_until": max((until for _, until in self.secrets if until is not None), default=None),
+            "sms": self.sms,
         }
 
     def principal(self, until: float | None, epoch: str | None = None) -> Principal:
@@ -150,6 +155,8 @@ class KeyRecord:
             claims[CAP_CLAIM] = self.cap
         if self.mode == "test":
             claims[MODE_CLAIM] = TEST_MODE
+        if self.sms:
+            claims[SMS_CLAIM] = dict(self.sms)
         if epoch is not None:  # the store epoch the record was read in: a reset store refuses cached keys too
             claims[EPOCH_CLAIM] = epoch
         return Principal(
@@ -215,11 +222,13 @@ class KeyService:
         scopes: Sequence[str],
         mode: str = "live",
         ttl_s: int | None = None,
+        sms: Narrowing | None = None,
     ) -> CreatedKey:
         """A new key for the caller's own identity (None: the CLI, for `subject` under `idp`, default `cli`).
 
         Never wider than the caller: its scopes, its `exp` (a key created with a token ends with it), its
-        mode (a test caller creates test keys only).
+        mode (a test caller creates test keys only), its SMS narrowing (`sms`, parsed by narrowing.parse:
+        403 when wider than the caller's; None inherits it).
         """
         if mode not in ("live", "test"):
             raise BadRequest("mode must be live or test")
@@ -231,6 +240,7 @@ class KeyService:
         if is_test(caller) and mode != TEST_MODE:
             raise Forbidden("a test key or a token minted from one can create test keys only")
         grant = self._grant(caller, subject, idp)
+        narrowed = narrow(grant.sms, sms)
         now = self._clock()
         expires_at = _earliest(now + ttl_s if ttl_s is not None else None, grant.cap)
         if expires_at is not None and expires_at - now < 1:
@@ -247,6 +257,7 @@ class KeyService:
             created_at=now,
             expires_at=expires_at,
             secrets=[(key_hash(self._server_secret, parts), None)],
+            sms=narrowed,
         )
         await self._save(record)
         await self._index(record, add=True)
@@ -259,6 +270,7 @@ class KeyService:
             mode=record.mode,
             scopes=list(record.scopes),
             expires_at=expires_at,
+            sms=narrowed,
             **_by(caller),
         )
         return CreatedKey(record, parts)

@@ -1,6 +1,8 @@
 """The token endpoints, shaped like SMSGate's so its clients work against the gateway unchanged.
 
     POST   {mount}/auth/token          Basic, or Bearer holding tokens:manage   → 201 token pair
+           body {"scopes": [...], "ttl": N, "sms": {"countries": [...], "max_recipients": N}} (ttl, sms optional;
+           sms never wider than the caller's own: tokens/narrowing.py)
     POST   {mount}/auth/token/refresh  Bearer refresh token                     → 201 new pair
     DELETE {mount}/auth/token/{jti}    Bearer holding tokens:manage             → 204
     DELETE {mount}/auth/token?sub=S&issuer=NAME   the admin identity, or all:any → 204 (subject revocation)
@@ -20,8 +22,10 @@ from gateway.config.settings import AdminSettings
 from gateway.errors import BadRequest, Forbidden, HTTPError, NotFound, NotImplementedHTTP, Unauthorized
 from gateway.observe.events import RECORD_KEY, RequestRecord, note_principal, note_refusal
 from gateway.policy.scopes import SUPERUSER, satisfies
+from gateway.tokens import narrowing
 from gateway.tokens.lineage import BASIC_IDP
 from gateway.tokens.mint import TokenPair
+from gateway.tokens.narrowing import Narrowing
 from gateway.tokens.service import MANAGE_SCOPE, TokenService
 from gateway.web import jsonbody
 from gateway.web.asgi import Receive, Scope, Send, read_body
@@ -109,8 +113,8 @@ class TokenEndpoints:
         record: RequestRecord | None = scope.get(RECORD_KEY)
         if record is not None:
             record.bytes_in = len(body)
-        scopes, ttl = _parse_request(body)
-        pair = await service.issue(caller.subject, scopes, ttl, caller=caller)
+        scopes, ttl, sms = _parse_request(body)
+        pair = await service.issue(caller.subject, scopes, ttl, caller=caller, sms=sms)
         await send_json(send, 201, token_response(pair), _NO_STORE)
 
     async def _refresh(self, scope: Scope, send: Send, service: TokenService) -> None:
@@ -190,8 +194,8 @@ def _bearer(headers: list[tuple[bytes, bytes]]) -> str:
     return token.strip()
 
 
-def _parse_request(body: bytes) -> tuple[list[str], int | None]:
-    """Validate `{"scopes": [...], "ttl": N}`; anything else is a 400 naming the problem."""
+def _parse_request(body: bytes) -> tuple[list[str], int | None, Narrowing | None]:
+    """Validate `{"scopes": [...], "ttl": N, "sms": {...}}`; anything else is a 400 naming the problem."""
     try:
         data = jsonbody.loads(body)
     except jsonbody.TooDeep as exc:
@@ -200,7 +204,7 @@ def _parse_request(body: bytes) -> tuple[list[str], int | None]:
         raise BadRequest('body must be JSON like {"scopes": ["messages:send"], "ttl": 900}') from None
     if not isinstance(data, dict):
         raise BadRequest("body must be a JSON object")
-    unknown = sorted(set(data) - {"scopes", "ttl"})
+    unknown = sorted(set(data) - {"scopes", "ttl", "sms"})
     if unknown:
         raise BadRequest(f"unknown field(s): {', '.join(unknown)}")
     scopes = data.get("scopes")
@@ -209,4 +213,4 @@ def _parse_request(body: bytes) -> tuple[list[str], int | None]:
     ttl = data.get("ttl")
     if ttl is not None and (not isinstance(ttl, int) or isinstance(ttl, bool)):
         raise BadRequest("ttl must be an integer number of seconds")
-    return scopes, ttl
+    return scopes, ttl, narrowing.parse(data.get("sms"))

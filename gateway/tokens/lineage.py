@@ -16,6 +16,8 @@ refresh copies:
     cap   the latest `exp` any token of this lineage may have: the parent's (gateway or external) `exp`.
     kmode `test` when the lineage descends from a test gateway key (`sgk_test_`): such tokens reach an
           upstream only with its test credentials or test URL (gateway/keys/). Absent: live.
+    sms   the SMS narrowing (countries, max_recipients: narrowing.py), the parent's or narrower; absent:
+          none beyond the policy's.
 
 A gateway API key is a grant too: its principal has the jti `key:<key id>` (its revocation id), so
 tokens minted from it carry `key:<key id>` in `anc` and die with it.
@@ -36,6 +38,7 @@ from urllib.parse import quote
 from gateway.auth.jwt import Principal
 from gateway.errors import Forbidden, Unauthorized
 from gateway.policy.scopes import SUPERUSER, split_scope
+from gateway.tokens.narrowing import SMS_CLAIM, Narrowing, narrowing_of
 
 if TYPE_CHECKING:
     from gateway.config.settings import Settings
@@ -78,6 +81,7 @@ class Grant:
     ancestors: tuple[str, ...] = ()
     cap: int | None = None
     test: bool = False  # descends from a test gateway key
+    sms: Narrowing | None = None  # the SMS narrowing every token of the lineage carries (narrowing.py)
 
     def claims(self) -> dict[str, Any]:
         """The grant claims every token of the pair carries."""
@@ -88,6 +92,8 @@ class Grant:
             claims[CAP_CLAIM] = self.cap
         if self.test:
             claims[MODE_CLAIM] = TEST_MODE
+        if self.sms:
+            claims[SMS_CLAIM] = dict(self.sms)
         return claims
 
 
@@ -194,11 +200,12 @@ def grant_of(caller: Principal | None, subject: str) -> Grant:
     """The grant a token minted by `caller` (None: the local operator, for `subject`) descends from."""
     if caller is None:
         return Grant(CLI_IDP, subject)
+    sms = narrowing_of(caller)  # a Basic user's `sms:`, an external token's or a gateway token's `sms` claim
     if caller.kind == "basic":
-        return Grant(BASIC_IDP, caller.subject, (f"basic:{caller.subject}",))
+        return Grant(BASIC_IDP, caller.subject, (f"basic:{caller.subject}",), sms=sms)
     exp = None if caller.expires_at is None else int(caller.expires_at)
     if caller.issuer != OWN_ISSUER:
-        return Grant(caller.issuer, caller.subject, (external_id(caller),), exp)
+        return Grant(caller.issuer, caller.subject, (external_id(caller),), exp, sms=sms)
     family = caller.claims.get("fam")
     own = (caller.token_id,) if caller.token_id else ()
     ancestors = ancestors_of(caller) + own + ((family,) if isinstance(family, str) else ())
@@ -213,7 +220,7 @@ def grant_of(caller: Principal | None, subject: str) -> Grant:
         exp = cap
     elif cap is not None:
         exp = min(cap, exp)
-    return Grant(idp, caller.subject, ancestors, exp, is_test(caller))
+    return Grant(idp, caller.subject, ancestors, exp, is_test(caller), sms)
 
 
 def revocation_ids(principal: Principal) -> Sequence[str]:

@@ -17,7 +17,7 @@ import json
 import math
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 from gateway.auth.jwt import Principal
@@ -38,6 +38,7 @@ from gateway.tokens.lineage import (
     subject_key,
 )
 from gateway.tokens.mint import REFRESH_SCOPE, TokenIssuer, TokenPair
+from gateway.tokens.narrowing import Narrowing, narrow, narrowing_of
 
 if TYPE_CHECKING:
     from structlog.typing import FilteringBoundLogger
@@ -112,17 +113,25 @@ class TokenService:
         return min(ttl_s, self.settings.max_ttl_s)
 
     async def issue(
-        self, subject: str, scopes: Sequence[str], ttl_s: int | None, *, caller: Principal | None
+        self,
+        subject: str,
+        scopes: Sequence[str],
+        ttl_s: int | None,
+        *,
+        caller: Principal | None,
+        sms: Narrowing | None = None,
     ) -> TokenPair:
         """Mint an access/refresh pair; `caller=None` is the local operator (CLI) who may grant anything.
 
         A caller mints for its own identity only (`subject` must be its subject), never beyond its own
-        scopes or `exp`, and records itself as the new tokens' grant (lineage.py).
+        scopes, `exp` or SMS narrowing (`sms`, parsed by narrowing.parse: 403 when wider than the caller's;
+        None inherits it), and records itself as the new tokens' grant (lineage.py).
         """
         if caller is not None and subject != caller.subject:
             raise ValueError("a caller mints tokens for its own subject only")
         ttl = self.check_request(caller, scopes, ttl_s)
         grant = grant_of(caller, subject)
+        grant = replace(grant, sms=narrow(grant.sms, sms))
         self._check_cap(grant.cap)
         claims = await self._grant_claims(grant)
         pair = self._issuer().mint_pair(subject, scopes, ttl, grant=claims, cap=grant.cap)
@@ -141,6 +150,7 @@ class TokenService:
             ttl_s=ttl,
             expires_at=pair.access.expires_at,
             cap=grant.cap,
+            sms=grant.sms,
             **_by(caller),
         )
         return pair
@@ -191,7 +201,9 @@ class TokenService:
         idp, subject = principal.identity
         try:
             self.check_identity(principal)  # the identity behind the grant still exists and holds the scopes
-            grant = Grant(idp, subject, ancestors_of(principal), cap_of(principal), is_test(principal))
+            grant = Grant(
+                idp, subject, ancestors_of(principal), cap_of(principal), is_test(principal), narrowing_of(principal)
+            )
             self._check_cap(grant.cap)
         except HTTPError as exc:
             self.log.warning(
