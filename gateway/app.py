@@ -232,7 +232,10 @@ def _keys(
     authenticator = authorizer.authenticator
     authenticator.keys, authenticator.key_pairs = service.verify, service.verify_pair
     if styles:
-        authorizer.slot = KeySlots(styles, authenticator)
+        proxy = settings.proxy
+        authorizer.slot = KeySlots(
+            styles, authenticator, form_bytes=min(proxy.retry_buffer_bytes, proxy.max_body_bytes)
+        )
     return service
 
 

@@ -19,7 +19,7 @@ from typing import Any
 import httpx
 import jwt
 import pytest
-from fakes import FakeBSG, FakeSMSGatewayCenter, FakeSMSPortal, UvicornServer
+from fakes import FakeBSG, FakeSMSGatewayCenter, FakeSMSPortal, RecordingUpstream, UvicornServer
 from fakes.bsg_one_api import FakeBsgOneApi
 from gatewayconfig import cheap_hash
 
@@ -35,11 +35,12 @@ POLICIES = ROOT / "policies"
 BSG_KEY = "live_canaryKeysBsg51c0e2"
 BSG_TEST_KEY = "test_canaryKeysBsgTest7d"
 SGC_KEY = "canary-keys-sgc-key-3e8a"
+SGC_USER, SGC_PASSWORD = "canary-keys-sgc-user-5f", "canary-keys-sgc-password-6a"
 PORTAL_ID, PORTAL_SECRET = "canary-keys-portal-id-11", "canary-keys-portal-secret-22"
 OPS_PASSWORD = "canary-keys-ops-password"
 APP_PASSWORD = "canary-keys-app-password"
 KEY_SECRET = "canary-keys-server-secret-" + "k" * 16
-CANARIES = (BSG_KEY, BSG_TEST_KEY, SGC_KEY, PORTAL_ID, PORTAL_SECRET, KEY_SECRET)
+CANARIES = (BSG_KEY, BSG_TEST_KEY, SGC_KEY, SGC_USER, SGC_PASSWORD, PORTAL_ID, PORTAL_SECRET, KEY_SECRET)
 ENV = {
     "T_TOKEN_SECRET": "canary-keys-token-secret-" + "t" * 16,
     "T_KEY_SECRET": KEY_SECRET,
@@ -340,6 +341,101 @@ async def test_smsgatewaycenter_slots_and_regenerate(tmp_path: Path) -> None:
     assert all(seen.values("apikey") == [SGC_KEY] for seen in sgc.requests)
     assert all("userId" not in seen.query and "sgk_" not in seen.raw_path for seen in sgc.requests)
     assert len(sgc.requests) == 3  # regenerateAPIKey never reached the provider
+
+
+@pytest.mark.parametrize("preset", ["api_key", "user_password"])
+async def test_smsgatewaycenter_form_body_slot(tmp_path: Path, preset: str) -> None:
+    """userId/password in a form POST body (SMSGatewayCenter's POST samples) carry a gateway key: the fake sees
+    only the gateway's credential (its apiKey header, or its userId/password in the body); a wrong secret is a
+    401 in SMSGatewayCenter's shape, nothing forwarded; multipart and oversize forms are clear 4xx."""
+    async with FakeSMSGatewayCenter(api_key=SGC_KEY, user_id=SGC_USER, password=SGC_PASSWORD) as sgc:
+        credentials = (
+            f"{{type: smsgatewaycenter, api_key: '{SGC_KEY}'}}"
+            if preset == "api_key"
+            else f"{{type: smsgatewaycenter, user_id: '{SGC_USER}', password: '{SGC_PASSWORD}'}}"
+        )
+        config = KeysConfig(tmp_path).add("smsgatewaycenter", sgc.url + "/SMSApi", credentials)
+        async with serve(config) as (client, _):
+            created = await create_key(client, ["messages:send", "balance:read"])
+            key_id, secret = created["id"], created["secret"]
+            form = {"userId": key_id, "password": secret, "mobile": "919999999999", "msg": "hi", "format": "json"}
+            sent = await client.post("/smsgatewaycenter/rest/send", data=form)
+            assert sent.status_code == 200, sent.text
+            assert sent.json()["status"] == "success"
+            assert_no_canary(sent.text)
+            forwarded = len(sgc.requests)
+            assert forwarded == 1
+            wrong = await client.post("/smsgatewaycenter/rest/send", data={**form, "password": secret[:-1] + "x"})
+            assert wrong.status_code == 401
+            assert wrong.json()["status"] == "error"
+            assert "reason" in wrong.json()
+            not_a_key = await client.post("/smsgatewaycenter/rest/send", data={**form, "userId": SGC_USER})
+            assert not_a_key.status_code == 401
+            half = await client.post("/smsgatewaycenter/rest/send", data={"userId": key_id, "mobile": "91999"})
+            assert half.status_code == 401
+            multipart = await client.post(
+                "/smsgatewaycenter/rest/send", data=form, files={"file": ("a.txt", b"x", "text/plain")}
+            )
+            assert multipart.status_code == 400
+            assert multipart.json()["status"] == "error"
+            oversize = await client.post("/smsgatewaycenter/rest/send", data={**form, "msg": "x" * 70_000})
+            assert oversize.status_code == 413
+            assert oversize.json()["status"] == "error"
+            # chunked (no Content-Length) and bigger than the buffer: read up to it, then refused
+            chunked = await client.post(
+                "/smsgatewaycenter/rest/send",
+                content=_chunks(b"userId=" + key_id.encode() + b"&msg=" + b"x" * 70_000),
+                headers={"content-type": "application/x-www-form-urlencoded"},
+            )
+            assert chunked.status_code == 413
+            # query credentials win; the form's copies are dropped all the same
+            both = await client.post(f"/smsgatewaycenter/rest/balance?userId={key_id}&password={secret}", data=form)
+            assert both.status_code == 200, both.text
+            # a form without the slot's parameters is no credential
+            bare = await client.post("/smsgatewaycenter/rest/send", data={"mobile": "91999", "msg": "hi"})
+            assert bare.status_code == 401
+    assert len(sgc.requests) == forwarded + 1
+    for seen in sgc.requests:
+        assert "sgk_" not in seen.raw_path
+        assert key_id not in seen.body.decode()
+        assert secret not in seen.body.decode()
+        assert "userId" not in seen.query
+        if preset == "api_key":
+            assert seen.values("apikey") == [SGC_KEY]
+            assert b"userId" not in seen.body
+            assert b"password" not in seen.body
+        else:
+            assert seen.values("apikey") == []
+            assert seen.body.count(b"userId=") == 1
+            assert seen.body.count(b"password=") == 1
+            assert SGC_PASSWORD.encode() in seen.body
+
+
+async def _chunks(data: bytes) -> AsyncIterator[bytes]:
+    for start in range(0, len(data), 8192):
+        yield data[start : start + 8192]
+
+
+async def test_test_key_in_a_form_body_reaches_the_test_url_without_it(tmp_path: Path) -> None:
+    """A test key in a form body goes to the upstream's test_url (no test credentials): userId/password are
+    dropped from the body there too, whatever the twin injects (nothing)."""
+    async with (
+        FakeSMSGatewayCenter(api_key=SGC_KEY, user_id="u", password="p") as sgc,
+        RecordingUpstream() as sandbox,
+    ):
+        config = KeysConfig(tmp_path).add(
+            "smsgatewaycenter",
+            sgc.url + "/SMSApi",
+            f"{{type: smsgatewaycenter, api_key: '{SGC_KEY}'}}",
+            f"    test_url: {sandbox.url}/SMSApi\n",
+        )
+        async with serve(config) as (client, _):
+            test = await create_key(client, ["messages:send"], mode="test")
+            form = {"userId": test["id"], "password": test["secret"], "mobile": "919999999999", "msg": "hi"}
+            sent = await client.post("/smsgatewaycenter/rest/send", data=form)
+            assert sent.status_code == 200, sent.text
+    assert sgc.requests == []
+    assert [seen.body for seen in sandbox.requests] == [b"mobile=919999999999&msg=hi"]
 
 
 async def test_smsportal_authentication_with_a_key(tmp_path: Path) -> None:

@@ -11,7 +11,9 @@ means anyone may call, and a stale token must not turn a health check or the doc
 
 A request without an `Authorization` header may carry a gateway key in its provider's own slot
 (`X-API-KEY`, `apiKey`, `userId`/`password`) where the rule's policy enables one: `slot`, when set
-(gateway/keys/slots.py), reads it.
+(gateway/keys/slots.py), reads it. For a slot that a form body may hold (SMSGatewayCenter's `userId`/`password`
+in a POST form), the caller passes `body`, a `BodyReader`: the guard middleware reads the body once and
+replays it to the app.
 """
 
 from __future__ import annotations
@@ -38,10 +40,13 @@ from gateway.policy.paths import canonical_path
 if TYPE_CHECKING:
     from gateway.observe.events import RequestRecord
 
-__all__ = ["Authorizer", "CredentialSlot", "Decision"]
+__all__ = ["Authorizer", "BodyReader", "CredentialSlot", "Decision"]
 
-# (rule, headers, raw query) → the principal of a credential in the rule's provider slot, None if none
-CredentialSlot = Callable[[Rule, Sequence[tuple[bytes, bytes]], bytes], Awaitable[Principal | None]]
+# (limit) → the whole request body, or None when it is longer than `limit` bytes; the app still receives it
+BodyReader = Callable[[int], Awaitable[bytes | None]]
+# (rule, headers, raw query, body reader or None) → the principal of a credential in the rule's provider
+# slot, None if none
+CredentialSlot = Callable[[Rule, Sequence[tuple[bytes, bytes]], bytes, BodyReader | None], Awaitable[Principal | None]]
 
 _TOKEN_QUERY_NAME = b"access_token"  # RFC 6750 section 2.3, refused: URLs end up in logs
 
@@ -114,13 +119,15 @@ class Authorizer:
         record: RequestRecord | None = None,
         websocket: bool = False,
         peer: Peer | None = None,
+        body: BodyReader | None = None,
     ) -> Decision:
         """Return the Decision for an allowed request; raise an HTTPError for any refusal.
 
         `websocket`: the request is a websocket handshake (`method` is then GET), allowed only by a rule
         with `websocket: true`. `record` (the access log's) learns the canonical path, the rule and the
         principal as soon as each is known, so a refusal is logged with what was known: who lacked which
-        scope for which rule.
+        scope for which rule. `body` reads the request body for a key slot that a form may hold (none: the
+        body is not read).
         """
         path, match = self.route(method, raw_path, query, websocket=websocket)
         if record is not None:
@@ -131,7 +138,7 @@ class Authorizer:
         else:
             principal = await self.authenticator.authenticate(headers, peer=peer)
             if principal is None and self.slot is not None:
-                principal = await self.slot(match.rule, headers, query)
+                principal = await self.slot(match.rule, headers, query, body)
         if record is not None:
             record.principal = principal
         return self.decide(path, match, principal)

@@ -24,6 +24,10 @@ placed at all: a non-canonical one is refused (400) wherever it points.
 Refusals (`access_log="refusals"`, the default), or every request (`"all"`), write the gateway's own
 `request` access event to the stdlib logger `smsguard.access`, i.e. through the app's logging;
 `metrics_registry=` registers the gateway's Prometheus metrics on the app's registry.
+
+A key slot that a form body may hold (SMSGatewayCenter's `userId`/`password`) is the one case where the
+guard reads the body before deciding: only then, only up to the slot's limit, and the app receives the
+same body afterwards (`_Replay`).
 """
 
 from __future__ import annotations
@@ -159,6 +163,7 @@ class GuardMiddleware:
         if seen is not scope and record is not None:
             scope[RECORD_KEY] = record
         websocket = scope["type"] == "websocket"
+        replay = None if websocket else _Replay(receive)
         try:
             decision = await self.authorizer.authorize(
                 "GET" if websocket else scope["method"],
@@ -168,6 +173,7 @@ class GuardMiddleware:
                 record=record,
                 websocket=websocket,
                 peer=self.authorizer.authenticator.peer(scope),
+                body=None if replay is None else replay.read,
             )
         except HTTPError as exc:
             await self._refuse(scope, receive, send, self._explained(exc, scope), record)
@@ -175,6 +181,8 @@ class GuardMiddleware:
         annotate(scope, decision)
         if websocket and record is not None:
             send = _noting_handshake(send, record)
+        if replay is not None and replay.body is not None:
+            receive = replay.receive
         await self.app(scope, receive, send)
 
     def _explained(self, exc: HTTPError, scope: Scope) -> HTTPError:
@@ -215,6 +223,43 @@ class GuardMiddleware:
     async def aclose(self) -> None:
         """Close the JWKS client, if one was opened (done for you when the app's lifespan ends)."""
         await self.authorizer.aclose()
+
+
+class _Replay:
+    """The request body, read whole by the guard when a key slot needs it, then handed to the app as sent."""
+
+    __slots__ = ("body", "client", "replayed")
+
+    def __init__(self, receive: Receive) -> None:
+        self.client = receive
+        self.body: bytes | None = None  # set once read
+        self.replayed = False
+
+    async def read(self, limit: int) -> bytes | None:
+        """The whole body, or None when it is longer than `limit` bytes (the request is then refused)."""
+        if self.body is not None:
+            return self.body
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await self.client()
+            if message["type"] != "http.request":
+                raise BadRequest("the client left before its request body was read", code="client_disconnected")
+            chunk: bytes = message.get("body", b"")
+            size += len(chunk)
+            if size > limit:
+                return None
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                self.body = b"".join(chunks)
+                return self.body
+
+    async def receive(self) -> Message:
+        """The app's `receive`: the body read, in one message, then whatever the client says next."""
+        if self.replayed or self.body is None:
+            return await self.client()
+        self.replayed = True
+        return {"type": "http.request", "body": self.body, "more_body": False}
 
 
 def _noting_handshake(send: Send, record: RequestRecord) -> Send:

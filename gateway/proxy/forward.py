@@ -22,7 +22,8 @@ used as a plain pipe:
 - an upstream whose credentials are parameters gets no client copy of them: they are dropped from the
   query (`;` read as a separator too) and from a form-encoded body (`params.py`; such a body must fit
   `retry_buffer_bytes`, else 413, and multipart is refused with 400), and the injector may put its own
-  parameters in that body (SMSGatewayCenter's POST samples);
+  parameters in that body (SMSGatewayCenter's POST samples); the names in `scope[STRIP_PARAMS]` (a key
+  slot's `userId`/`password`, set by `modes.KeyedProxy`) are dropped the same way, whatever the upstream;
 - an upstream status the injector names in `refused` (401 wherever the gateway injects credentials; also
   403 for smsgate_jwt) is the provider refusing the gateway's own credentials: a logged 502
   `upstream_credentials`, never the client's 401 (`responses.credentials_refused`);
@@ -74,6 +75,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "INSPECT_BYTES",
+    "STRIP_PARAMS",
     "ProxyApp",
     "ResponseAborted",
     "Upstream",
@@ -83,6 +85,7 @@ __all__ = [
 ]
 
 _NO_EXTENSIONS: Mapping[str, object] = {}
+STRIP_PARAMS = "smsguard.strip_params"  # scope key: more parameter names (lowercase) to drop from query and form
 
 
 class _Forwarding:
@@ -109,6 +112,7 @@ class _Forwarding:
         "send",
         "signal",
         "started",
+        "strip",
         "target",
         "task",
         "upstream",
@@ -123,6 +127,7 @@ class _Forwarding:
     target: str
     headers: list[tuple[str, str]]
     body: Body
+    strip: frozenset[str]
 
     def __init__(self, app: ProxyApp, scope: Scope, receive: Receive, send: Send) -> None:
         self.app = app
@@ -204,17 +209,18 @@ class _Forwarding:
         if upstream.pool is None:
             raise ServiceUnavailable("the gateway is not ready", code="not_ready")
         raw_query = self.scope.get("query_string", b"").decode("latin-1")
-        if upstream.strip_query:
-            raw_query = drop_params(raw_query, upstream.strip_query)
+        self.strip = upstream.strip_query | self.scope.get(STRIP_PARAMS, frozenset())
+        if self.strip:
+            raw_query = drop_params(raw_query, self.strip)
         self.upstream, self.mount, self.raw_query = upstream, rule.mount, raw_query
         self.target = upstream_target(upstream.base_path, rule.mount, decision.path, raw_query)
         return method
 
     def form(self) -> str | None:
         """A form-encoded body, minus the client's copies of the credential parameters, when the upstream's
-        credentials are parameters (else None: the body goes as it came). Such a body must fit the buffer
-        (413 otherwise) and may not be multipart (400): neither could be cleaned."""
-        strip = self.upstream.strip_query
+        credentials (or the mount's key slot) are parameters (else None: the body goes as it came). Such a
+        body must fit the buffer (413 otherwise) and may not be multipart (400): neither could be cleaned."""
+        strip = self.strip
         if not strip:
             return None
         kind = form_kind(self.headers)

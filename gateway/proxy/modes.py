@@ -9,7 +9,8 @@ upstream that has `test_url` and/or `test_credentials`:
 
 A twin is named `<upstream>:test`, so a token exchange caches its provider token apart from the live one.
 On a mount whose policy enables a key slot, the slot's header (any spelling) and query parameters are
-dropped from the request before it is forwarded, whatever the upstream injects.
+dropped from the request before it is forwarded (the parameters from the query and from a form body),
+whatever the upstream injects.
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
-from urllib.parse import unquote_plus
 
 from gateway.config.credentials import NoneCredentialSettings
 from gateway.config.settings import ProxySettings, UpstreamSettings
@@ -25,7 +25,7 @@ from gateway.errors import Forbidden
 from gateway.keys.errors import provider_error_body
 from gateway.keys.slots import SLOT_HEADERS, SLOT_PARAMS
 from gateway.proxy.credentials import Credentials, build_credentials
-from gateway.proxy.forward import ProxyApp
+from gateway.proxy.forward import STRIP_PARAMS, ProxyApp
 from gateway.proxy.headers import normalize_header_name, normalized_names
 from gateway.tokens.lineage import is_test
 from gateway.web.asgi import Receive, Scope, Send
@@ -124,7 +124,7 @@ class KeyedProxy(ProxyApp):
         await self.test(scope, receive, send)
 
     def _strip(self, scope: Scope, mount: str) -> None:
-        """Drop the slot's header (every spelling) and query parameters: a client key never goes upstream."""
+        """Drop the slot's header (every spelling) and parameters: a client key never goes upstream."""
         names = self._strip_headers[mount]
         if names:
             scope["headers"] = [
@@ -133,11 +133,5 @@ class KeyedProxy(ProxyApp):
                 if normalize_header_name(name.decode("latin-1")) not in names
             ]
         params = self._strip_params[mount]
-        query: bytes = scope.get("query_string", b"")
-        if params and query:
-            kept = [
-                part
-                for part in query.split(b"&")
-                if unquote_plus(part.partition(b"=")[0].decode("latin-1")).lower() not in params
-            ]
-            scope["query_string"] = b"&".join(kept)
+        if params:  # the forwarder drops them from the query and from a form body
+            scope[STRIP_PARAMS] = params
