@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test lint typecheck schema bench fuzz clean data browser
+.PHONY: install run test lint typecheck schema bench fuzz clean data browser nginx
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -32,7 +32,7 @@ schema: $(STAMP)
 	$(BIN)/python -c "from gateway.config.schema import render_config_schema as r; print(r(), end='')" \
 	  > gateway/config.schema.json
 
-test: $(STAMP) redis browser
+test: $(STAMP) redis browser nginx
 	$(BIN)/ruff check gateway tests bench
 	$(BIN)/mypy
 	$(BIN)/xenon --max-absolute C gateway
@@ -45,6 +45,12 @@ redis:
 
 # The policy studio's browser tests (tests/test_studio_browser.py) drive Debian's chromium through its
 # chromedriver (selenium, no browser download): installed here when missing (needs root), like bench's nginx.
+# tests/test_deploy.py runs deploy/nginx.conf in front of the gateway: nginx from Debian's packages.
+nginx:
+	@command -v nginx >/dev/null || { apt-get update -q && \
+	  { DEBIAN_FRONTEND=noninteractive apt-get install -y -q nginx-light || \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -q nginx; }; }
+
 browser:
 	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || { apt-get update -q && \
 	  DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver; }
