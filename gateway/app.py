@@ -4,6 +4,9 @@
                          ├─ {tokens.mount}/auth/token...                     TokenEndpoints
                          └─ everything else ── GuardMiddleware ── ProxyApp ── upstream (credentials injected)
 
+With a `cors:` section, `guard/cors.py` sits between the Observer and this dispatch: it answers CORS
+preflights itself (route `OPTIONS cors-preflight`) and adds the CORS headers to every other answer.
+
 Everything derived from one version of config.yaml and the policies lives in a `Runtime`. Hot reload
 (file change or SIGHUP) builds and validates a whole new Runtime and swaps it in with one assignment;
 a request keeps the Runtime it started with, and a replaced Runtime's pools close once its last request
@@ -22,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import signal
 import time
@@ -33,6 +37,7 @@ from gateway.auth.jwt import Principal
 from gateway.config.settings import Settings, load_settings
 from gateway.errors import Forbidden, HTTPError, LoadError, NotFound, Unauthorized
 from gateway.guard.authorize import Authorizer
+from gateway.guard.cors import Cors
 from gateway.guard.middleware import GuardMiddleware
 from gateway.keys.endpoints import KeyEndpoints
 from gateway.keys.errors import ProviderErrors
@@ -142,6 +147,7 @@ class Runtime:
     key_endpoints: KeyEndpoints | None = None
     in_flight: int = 0
     observe: ObservePlan | None = None  # None: neither access log nor metrics, requests are not wrapped
+    cors: Cors | None = None  # None: no `cors:` section, OPTIONS goes through the policies like any method
 
     async def aclose(self) -> None:
         await self.proxy.aclose()
@@ -214,6 +220,7 @@ def build_runtime(
         jwks=issuer.jwks() if isinstance(issuer, TokenIssuer) else {"keys": []},
         reach=Reachability(settings.upstreams),
         observe=_observe_plan(settings, policies),
+        cors=Cors(settings.cors) if settings.cors is not None else None,
     )
 
 
@@ -449,6 +456,12 @@ class Gateway:
             await send({"type": "websocket.close", "code": 1008})
 
     async def _http(self, runtime: Runtime, scope: Scope, receive: Receive, send: Send) -> None:
+        if runtime.cors is None:
+            await self._dispatch(runtime, scope, receive, send)
+        else:  # preflights answered here; CORS headers on every other answer
+            await runtime.cors(scope, receive, send, functools.partial(self._dispatch, runtime))
+
+    async def _dispatch(self, runtime: Runtime, scope: Scope, receive: Receive, send: Send) -> None:
         path = scope["path"]
         record: RequestRecord | None = scope.get(RECORD_KEY)
         if path == "/healthz":

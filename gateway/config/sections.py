@@ -41,6 +41,7 @@ from gateway.config.credentials import (
 )
 from gateway.config.fields import (
     CONFIG,
+    HEADER_NAME,
     ON_WHEN_PRESENT,
     Bool,
     Finite,
@@ -70,6 +71,7 @@ __all__ = [
     "ApiKeySettings",
     "AuthSettings",
     "BasicUser",
+    "CorsSettings",
     "IssuerSettings",
     "KeySettings",
     "ListenSettings",
@@ -297,6 +299,56 @@ class MetricsSettings:
         return self.path if self.enabled and self.port is None else None
 
 
+_CORS_SCHEMES = ("http", "https")
+
+
+def _cors_origin(origin: str) -> str:
+    if origin == "*":
+        return origin
+    parts = urlsplit(origin.lower())
+    bare = f"{parts.scheme}://{parts.netloc}"
+    if parts.scheme not in _CORS_SCHEMES or not parts.hostname or "@" in parts.netloc or origin.lower() != bare:
+        raise fail(f"not an origin: {origin!r}", hint="scheme://host[:port], e.g. https://app.example.com, or *")
+    return bare
+
+
+def _cors_method(method: str) -> str:
+    if not HEADER_NAME.fullmatch(method):
+        raise fail(f"not an HTTP method: {method!r}", hint="e.g. GET, POST")
+    return method.upper()
+
+
+def _cors_header(name: str) -> str:
+    if not HEADER_NAME.fullmatch(name):
+        raise fail(f"not a header name: {name!r}", hint="e.g. authorization, content-type")
+    return name.lower()
+
+
+@dataclass(frozen=True, config=CONFIG)
+class CorsSettings:
+    """CORS for browser clients, answered by the gateway itself: preflights are never forwarded."""
+
+    origins: Annotated[tuple[Annotated[Str, AfterValidator(_cors_origin)], ...], Field(min_length=1)] = Field(
+        description="Origins allowed to call the API from a browser (scheme://host[:port]); * allows any "
+        "(not with credentials: true). The response names the caller's exact origin, never *."
+    )
+    methods: tuple[Annotated[Str, AfterValidator(_cors_method)], ...] = ("GET", "POST", "PUT", "PATCH", "DELETE")
+    headers: tuple[Annotated[Str, AfterValidator(_cors_header)], ...] = ("authorization", "content-type")
+    expose_headers: tuple[Annotated[Str, AfterValidator(_cors_header)], ...] = ("x-request-id", "retry-after")
+    max_age_s: Annotated[int, Min(0)] = 600
+    credentials: Bool = False
+
+    @model_validator(mode="after")
+    def _no_wildcard_with_credentials(self) -> CorsSettings:
+        if self.credentials and "*" in self.origins:
+            raise fail(
+                "cors.origins cannot be * with credentials: true",
+                hint="list the origins that may send credentials",
+                at=("origins",),
+            )
+        return self
+
+
 def _store(url: str) -> str:
     try:
         check_store_url(url)
@@ -349,6 +401,10 @@ class Settings:
     keys: ApiKeySettings = Field(
         default_factory=ApiKeySettings,
         description="Gateway API keys (sgk_live_/sgk_test_), stored as keyed hashes; see README 'Gateway keys'.",
+    )
+    cors: CorsSettings | None = Field(
+        default=None,
+        description="CORS for browser clients, answered by the gateway (off unless present).",
     )
 
     @model_validator(mode="after")
