@@ -75,6 +75,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "INSPECT_BYTES",
+    "STRIP_HEADERS",
     "STRIP_PARAMS",
     "ProxyApp",
     "ResponseAborted",
@@ -86,6 +87,7 @@ __all__ = [
 
 _NO_EXTENSIONS: Mapping[str, object] = {}
 STRIP_PARAMS = "smsguard.strip_params"  # scope key: more parameter names (lowercase) to drop from query and form
+STRIP_HEADERS = "smsguard.strip_headers"  # scope key: more header names (normalized_names) to drop, every spelling
 
 
 class _Forwarding:
@@ -241,10 +243,10 @@ class _Forwarding:
         """The client's headers sanitized, then the request id (when observed) and `X-Forwarded-*`."""
         raw_headers: list[tuple[bytes, bytes]] = self.scope["headers"]
         record = self.record
-        if record is None:
-            headers = sanitize_request_headers(raw_headers, self.upstream.strip_headers)
-        else:
-            headers = sanitize_request_headers(raw_headers, self.upstream.strip_headers_observed)
+        strip = self.upstream.strip_headers if record is None else self.upstream.strip_headers_observed
+        more: frozenset[str] | None = self.scope.get(STRIP_HEADERS)
+        headers = sanitize_request_headers(raw_headers, strip | more if more else strip)
+        if record is not None:
             headers.append(("X-Request-ID", record.request_id))
         headers.extend(forwarded_headers(self.scope, self.app.trusted))
         return headers

@@ -25,8 +25,8 @@ from gateway.errors import Forbidden
 from gateway.keys.errors import provider_error_body
 from gateway.keys.slots import SLOT_HEADERS, SLOT_PARAMS
 from gateway.proxy.credentials import Credentials, build_credentials
-from gateway.proxy.forward import STRIP_PARAMS, ProxyApp
-from gateway.proxy.headers import normalize_header_name, normalized_names
+from gateway.proxy.forward import STRIP_HEADERS, STRIP_PARAMS, ProxyApp
+from gateway.proxy.headers import normalized_names
 from gateway.tokens.lineage import is_test
 from gateway.web.asgi import Receive, Scope, Send
 from gateway.web.responses import send_json
@@ -126,12 +126,8 @@ class KeyedProxy(ProxyApp):
     def _strip(self, scope: Scope, mount: str) -> None:
         """Drop the slot's header (every spelling) and parameters: a client key never goes upstream."""
         names = self._strip_headers[mount]
-        if names:
-            scope["headers"] = [
-                (name, value)
-                for name, value in scope["headers"]
-                if normalize_header_name(name.decode("latin-1")) not in names
-            ]
+        if names:  # the forwarder drops them with the injected header's aliases, in its one pass
+            scope[STRIP_HEADERS] = names
         params = self._strip_params[mount]
         if params:  # the forwarder drops them from the query and from a form body
             scope[STRIP_PARAMS] = params
