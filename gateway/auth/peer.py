@@ -11,7 +11,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["DISCONNECT_EXTENSION", "Network", "Peer", "peer_of"]
+__all__ = ["DISCONNECT_EXTENSION", "Network", "Peer", "is_trusted", "peer_of"]
 
 DISCONNECT_EXTENSION = "smsguard.disconnect"  # gateway.web.server.DisconnectSignal, when the server offers it
 
@@ -30,7 +30,8 @@ class Peer:
         return bool(getattr(self.signal, "fired", False))
 
 
-def _trusted(address: str, networks: Sequence[Network]) -> bool:
+def is_trusted(address: str, networks: Sequence[Network]) -> bool:
+    """Whether `address` (an IP literal; anything else is not) lies inside one of `networks`."""
     try:
         parsed = ipaddress.ip_address(address)
     except ValueError:
@@ -43,14 +44,14 @@ def peer_of(scope: Mapping[str, Any], trusted_proxies: Sequence[Network] = ()) -
     `X-Forwarded-For` that is not itself a trusted proxy (what the proxies vouch for, nothing the client wrote)."""
     client = scope.get("client")
     address = str(client[0]) if client else ""
-    if trusted_proxies and address and _trusted(address, trusted_proxies):
+    if trusted_proxies and address and is_trusted(address, trusted_proxies):
         chain: list[str] = []
         for name, value in scope.get("headers", ()):
             if name == b"x-forwarded-for":
                 chain += [part.strip() for part in value.decode("latin-1").split(",") if part.strip()]
         for hop in reversed(chain):
             address = hop
-            if not _trusted(hop, trusted_proxies):
+            if not is_trusted(hop, trusted_proxies):
                 break
     extensions = scope.get("extensions") or {}
     return Peer(address, extensions.get(DISCONNECT_EXTENSION))

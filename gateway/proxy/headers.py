@@ -13,9 +13,9 @@ Response side: hop-by-hop and `Connection`-named headers are dropped; everything
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import Iterable, Sequence
 
+from gateway.auth.peer import Network, is_trusted
 from gateway.web.asgi import Scope
 
 __all__ = [
@@ -29,7 +29,6 @@ __all__ = [
     "sanitize_response_headers",
 ]
 
-Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 # RFC 9110 section 7.6.1, plus the non-standard ones proxies still see.
 HOP_BY_HOP = frozenset(
@@ -133,14 +132,6 @@ def sanitize_response_headers(raw: Iterable[tuple[bytes, bytes]]) -> list[tuple[
     return kept
 
 
-def _trusted(peer: str, networks: Sequence[Network]) -> bool:
-    try:
-        address = ipaddress.ip_address(peer)
-    except ValueError:
-        return False
-    return any(address in network for network in networks)
-
-
 def forwarded_headers(scope: Scope, trusted_proxies: Sequence[Network]) -> list[tuple[str, str]]:
     """`X-Forwarded-For/-Proto/-Host` describing the real connection.
 
@@ -150,7 +141,7 @@ def forwarded_headers(scope: Scope, trusted_proxies: Sequence[Network]) -> list[
     """
     client = scope.get("client")
     peer: str | None = client[0] if client else None
-    trusted = bool(trusted_proxies) and peer is not None and _trusted(peer, trusted_proxies)
+    trusted = bool(trusted_proxies) and peer is not None and is_trusted(peer, trusted_proxies)
     host, claims = _host_and_claims(scope["headers"], trusted)
     prior_for = claims.get(_FORWARDED_FOR, [])
     chain = [*prior_for, peer] if peer is not None else prior_for
