@@ -163,7 +163,8 @@ class GuardMiddleware:
         if seen is not scope and record is not None:
             scope[RECORD_KEY] = record
         websocket = scope["type"] == "websocket"
-        replay = None if websocket else _Replay(receive)
+        # only a key slot may read the body (a form's userId/password); no slot, nothing to replay
+        replay = None if websocket or self.authorizer.slot is None else _Replay(receive)
         try:
             decision = await self.authorizer.authorize(
                 "GET" if websocket else scope["method"],
