@@ -32,6 +32,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from gateway.auth.jwt import Principal
 from gateway.config.settings import Settings, load_settings
@@ -54,6 +55,7 @@ from gateway.observe.events import (
 )
 from gateway.observe.logs import Loggers, LogSink, Redactor
 from gateway.observe.metrics import Metrics
+from gateway.observe.tracing import OFF, Tracer, build_tracer
 from gateway.policy.loader import load_policies
 from gateway.policy.model import Policy, display_path, rule_label
 from gateway.policy.paths import canonical_path
@@ -69,6 +71,9 @@ from gateway.tokens.mint import TokenIssuer
 from gateway.tokens.service import TokenService
 from gateway.web.asgi import ASGIApp, Receive, Scope, Send, header_values, run_lifespan
 from gateway.web.responses import send_error, send_json
+
+if TYPE_CHECKING:
+    from opentelemetry.sdk.trace.export import SpanExporter
 
 __all__ = ["Gateway", "Runtime", "build_runtime", "check_policies_against_upstreams", "create_app"]
 
@@ -155,12 +160,18 @@ class Runtime:
 
 
 def build_runtime(
-    settings: Settings, store: Store, *, loggers: Loggers | None = None, metrics: Metrics | None = None
+    settings: Settings,
+    store: Store,
+    *,
+    loggers: Loggers | None = None,
+    metrics: Metrics | None = None,
+    tracer: Tracer = OFF,
 ) -> Runtime:
     """Load and check everything `settings` names; raises LoadError and builds nothing half-way.
 
-    `loggers` (whose redactor learns this version's secrets and credential names) and `metrics` are the
-    Gateway's; without them the parts log to stdlib `smsguard.*` and count nothing.
+    `loggers` (whose redactor learns this version's secrets and credential names), `metrics` and `tracer`
+    (provider logins are its spans) are the Gateway's; without them the parts log to stdlib `smsguard.*`,
+    count nothing and trace nothing.
     """
     if loggers is not None:
         loggers.redactor.add(settings.secret_values())
@@ -205,6 +216,8 @@ def build_runtime(
     if loggers is not None:
         for injector in proxy.test_credentials:
             loggers.redactor.add(injector.secret_values, injector.header_names | injector.query_names)
+    for injector in (*credentials.values(), *proxy.test_credentials):
+        injector.tracer = tracer
     issuer = tokens.issuer
     return Runtime(
         settings=settings,
@@ -257,7 +270,7 @@ def _guarded(proxy: ASGIApp, authorizer: Authorizer, styles: Mapping[str, str]) 
 
 def _observe_plan(settings: Settings, policies: Sequence[Policy]) -> ObservePlan | None:
     log, metrics = settings.log, settings.metrics
-    if not log.access and not metrics.enabled:
+    if not log.access and not metrics.enabled and not settings.tracing.enabled:
         return None
     labels = {id(rule): rule_label(rule) for policy in policies for rule in policy.rules}
     return ObservePlan(access=log.access, probes=log.health_checks, count=metrics.enabled, labels=labels)
@@ -273,15 +286,28 @@ class Gateway:
         store: Store | None = None,
         env: Mapping[str, str] | None = None,
         log_sink: LogSink | None = None,
+        span_exporter: SpanExporter | None = None,
     ) -> None:
         self.env = env
         self.loggers = Loggers.build(Redactor(), level=settings.log.level, sink=log_sink)
         self.metrics = Metrics()
-        self.observer = Observer(self.loggers.access, self.metrics, self._http)
+        # The app's own TracerProvider (never the global one), closed by `shutdown`; OFF unless tracing is on.
+        self.tracer = build_tracer(settings.tracing, exporter=span_exporter)
+        probes = {"/healthz", "/readyz", settings.metrics.served_path or "/healthz"}
+        self.observer = Observer(
+            self.loggers.access, self.metrics, self._http, tracer=self.tracer, untraced=frozenset(probes)
+        )
         self.store = guard_store(
             store if store is not None else open_store(settings.store), settings, self.loggers, self.metrics
         )
-        self.runtime = build_runtime(settings, self.store, loggers=self.loggers, metrics=self.metrics)
+        self.store.trace_with(self.tracer)
+        try:
+            self.runtime = build_runtime(
+                settings, self.store, loggers=self.loggers, metrics=self.metrics, tracer=self.tracer
+            )
+        except BaseException:
+            self.tracer.shutdown()  # no exporter thread left behind by a gateway that never started
+            raise
         self.metrics.serving(self.runtime.version)
         self._policy_loaded(self.runtime, None)
         self.last_error: str | None = None
@@ -333,6 +359,7 @@ class Gateway:
             task.cancel()
         await self.runtime.aclose()
         await self.store.aclose()
+        await self.tracer.aclose()
         self.metrics.process_exiting()
 
     async def reload(self) -> bool:
@@ -343,7 +370,11 @@ class Gateway:
                 settings = load_settings(current.settings.file, env=self.env)
                 if settings.store != current.settings.store:
                     raise LoadError("the store cannot change while running; restart the gateway", key="store")
-                fresh = build_runtime(settings, self.store, loggers=self.loggers, metrics=self.metrics)
+                if settings.tracing != current.settings.tracing:  # the TracerProvider is the Gateway's
+                    raise LoadError("tracing cannot change while running; restart the gateway", key="tracing")
+                fresh = build_runtime(
+                    settings, self.store, loggers=self.loggers, metrics=self.metrics, tracer=self.tracer
+                )
                 if fresh.version == current.version:
                     self.metrics.policy_reload("unchanged")
                     return True
@@ -621,14 +652,16 @@ def create_app(
     store: Store | None = None,
     env: Mapping[str, str] | None = None,
     log_sink: LogSink | None = None,
+    span_exporter: SpanExporter | None = None,
 ) -> Gateway:
     """Build the gateway for `settings`; raises LoadError when the policies or config do not fit together.
 
     `env` is where `${VAR}`s are read from on reload (default: the process environment). `log_sink` is
     where its events go (default: stdlib logging, loggers `smsguard.access|audit|upstream`; the CLI
-    passes a `StreamSink`; tests a `LogCapture`).
+    passes a `StreamSink`; tests a `LogCapture`). `span_exporter` (with `tracing:` on) gets every span as
+    it ends instead of the configured exporter (tests: the SDK's InMemorySpanExporter).
     """
-    return Gateway(settings, store=store, env=env, log_sink=log_sink)
+    return Gateway(settings, store=store, env=env, log_sink=log_sink, span_exporter=span_exporter)
 
 
 def _accept(scope: Scope) -> str | None:

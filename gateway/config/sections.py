@@ -12,7 +12,7 @@ import ipaddress
 import re
 from collections.abc import Mapping
 from dataclasses import field
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import AfterValidator, BeforeValidator, Discriminator, Field, ValidationInfo, model_validator
@@ -35,6 +35,7 @@ from gateway.config.credentials import (
     BasicCredentialSettings,
     CredentialSettings,
     HeaderCredentialSettings,
+    HttpUrl,
     NoneCredentialSettings,
     QueryCredentialSettings,
     TokenExchangeSettings,
@@ -67,6 +68,7 @@ __all__ = [
     "LOG_LEVELS",
     "MIN_HMAC_SECRET_BYTES",
     "SYMMETRIC",
+    "TRACING_EXTRA",
     "AdminSettings",
     "ApiKeySettings",
     "AuthSettings",
@@ -81,6 +83,7 @@ __all__ = [
     "ReloadSettings",
     "Settings",
     "TokenSettings",
+    "TracingSettings",
     "UpstreamSettings",
 ]
 
@@ -349,6 +352,80 @@ class CorsSettings:
         return self
 
 
+TRACING_EXTRA = "pip install 'smsguard[otel]'"
+
+
+_OTEL_MODULES = {
+    "sdk": "opentelemetry.sdk.trace",
+    "otlp": "opentelemetry.exporter.otlp.proto.http.trace_exporter",
+}
+
+
+def _otel_installed(part: str) -> bool:
+    """Whether that part of OpenTelemetry can be imported (looked up, not imported: config stays light)."""
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec(_OTEL_MODULES[part]) is not None
+    except (ImportError, ValueError, AttributeError):  # a parent missing, or blocked (None) in sys.modules
+        return False
+
+
+def _ratio(value: float) -> float:
+    if value > 1:
+        raise fail(f"a share of traces is between 0 and 1, not {value}", hint="e.g. 0.1 records one trace in ten")
+    return value
+
+
+@dataclass(frozen=True, config=CONFIG)
+class TracingSettings:
+    """OpenTelemetry tracing (the `otel` extra): a server span per request, child spans, W3C traceparent."""
+
+    enabled: Bool = Field(default=False, json_schema_extra=ON_WHEN_PRESENT)
+    service_name: Str | None = Field(
+        default=None,
+        description="The resource's service.name; unset: OTEL_SERVICE_NAME, else smsguard.",
+    )
+    exporter: Literal["otlp", "console", "none"] = Field(
+        default="otlp",
+        description="otlp: OTLP/HTTP protobuf (batched); console: JSON spans on stdout; none: spans are "
+        "built and sampled but not exported (for measuring).",
+    )
+    endpoint: HttpUrl | None = Field(
+        default=None,
+        description="otlp only: the traces URL (e.g. http://collector:4318/v1/traces); unset: "
+        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT or OTEL_EXPORTER_OTLP_ENDPOINT, else http://localhost:4318.",
+    )
+    sample_ratio: Annotated[float, Finite(0), AfterValidator(_ratio)] | None = Field(
+        default=None,
+        description="Share of new traces recorded (a client's sampled flag is followed); unset: "
+        "OTEL_TRACES_SAMPLER, else every trace.",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _present(cls, data: Any) -> Any:
+        return enabled_when_present(data)
+
+    @model_validator(mode="after")
+    def _installed(self) -> TracingSettings:
+        if not self.enabled:
+            return self
+        if not _otel_installed("sdk"):
+            raise fail(
+                "tracing is enabled but OpenTelemetry is not installed",
+                hint=f"{TRACING_EXTRA}, or tracing: {{enabled: false}}",
+                at=("enabled",),
+            )
+        if self.exporter == "otlp" and not _otel_installed("otlp"):
+            raise fail(
+                "the otlp exporter is not installed (opentelemetry-exporter-otlp-proto-http)",
+                hint=f"{TRACING_EXTRA}, or exporter: console",
+                at=("exporter",),
+            )
+        return self
+
+
 def _store(url: str) -> str:
     try:
         check_store_url(url)
@@ -405,6 +482,10 @@ class Settings:
     cors: CorsSettings | None = Field(
         default=None,
         description="CORS for browser clients, answered by the gateway (off unless present).",
+    )
+    tracing: TracingSettings = Field(
+        default_factory=TracingSettings,
+        description="OpenTelemetry tracing (needs the otel extra); off unless present.",
     )
 
     @model_validator(mode="after")

@@ -39,6 +39,7 @@ from gateway.config.sections import (
     ReloadSettings,
     Settings,
     TokenSettings,
+    TracingSettings,
     UpstreamSettings,
 )
 
@@ -71,6 +72,7 @@ __all__ = [
     "Settings",
     "TokenExchangeSettings",
     "TokenSettings",
+    "TracingSettings",
     "UpstreamSettings",
     "load_settings",
     "parse_settings",

@@ -130,18 +130,36 @@ class Authorizer:
         body is not read).
         """
         path, match = self.route(method, raw_path, query, websocket=websocket)
+        trace = None
         if record is not None:
             record.path = path
             record.rule = match.rule
-        if match.rule.public:
-            principal = await self.identify(headers, peer=peer)
-        else:
-            principal = await self.authenticator.authenticate(headers, peer=peer)
-            if principal is None and self.slot is not None:
-                principal = await self.slot(match.rule, headers, query, body)
+            trace = record.trace
+        if trace is None:
+            principal = await self.principal(match.rule, headers, query, peer, body)
+        else:  # tracing on: verification (tokens, Basic, keys, and the revocation lookup) is a span
+            with trace.tracer.child("smsguard.auth", {"smsguard.rule.public": match.rule.public}) as span:
+                principal = await self.principal(match.rule, headers, query, peer, body)
+                span.set_attribute("smsguard.authenticated", principal is not None)
         if record is not None:
             record.principal = principal
         return self.decide(path, match, principal)
+
+    async def principal(
+        self,
+        rule: Rule,
+        headers: Sequence[tuple[bytes, bytes]],
+        query: bytes,
+        peer: Peer | None,
+        body: BodyReader | None,
+    ) -> Principal | None:
+        """Who is asking: the credentials' principal (ignored when invalid on a public rule), a key slot's, or None."""
+        if rule.public:
+            return await self.identify(headers, peer=peer)
+        principal = await self.authenticator.authenticate(headers, peer=peer)
+        if principal is None and self.slot is not None:
+            principal = await self.slot(rule, headers, query, body)
+        return principal
 
     async def identify(self, headers: Sequence[tuple[bytes, bytes]], *, peer: Peer | None = None) -> Principal | None:
         """Who is calling a public route: the principal of valid credentials, None for none or invalid ones."""

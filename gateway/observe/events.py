@@ -46,6 +46,7 @@ from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
 from gateway.observe.logs import json_output
 from gateway.observe.redact import fingerprint, json_string
+from gateway.observe.tracing import OFF, Tracer
 from gateway.policy.model import rule_label
 from gateway.web.asgi import Message, Receive, Scope, Send
 
@@ -55,6 +56,7 @@ if TYPE_CHECKING:
     from gateway.auth.jwt import Principal
     from gateway.errors import HTTPError
     from gateway.observe.metrics import Metrics
+    from gateway.observe.tracing import ServerSpan
     from gateway.policy.model import Rule
 
 __all__ = [
@@ -98,6 +100,7 @@ class RequestRecord:
     bytes_in: int = 0  # request body bytes the gateway read
     bytes_out: int = 0
     probe: bool = False  # a health check or metrics scrape (not logged unless log.health_checks)
+    trace: ServerSpan | None = None  # the request's server span, when tracing is on (gateway.observe.tracing)
 
     @property
     def decision(self) -> Verdict:
@@ -187,6 +190,7 @@ class ObservePlan:
 
 Scopes = tuple[str, ...] | frozenset[str]  # a rule's scopes (logged in order) or a caller's (logged sorted)
 Label = str  # one of few values (a method, route, rule, upstream, error code, caller): its JSON is remembered
+TraceId = str | None  # hex; None (tracing off): the field is left out of the event, not written as null
 _new_tuple = tuple.__new__
 
 
@@ -220,6 +224,8 @@ class AccessEvent(NamedTuple):
     bytes_out: int
     upstream_ms: float | None
     duration_ms: float
+    trace_id: TraceId
+    span_id: TraceId
 
     @classmethod
     def of(
@@ -233,6 +239,7 @@ class AccessEvent(NamedTuple):
         else:
             subject, jti, issuer, granted = principal.subject, principal.token_id, principal.issuer, principal.scopes
         token_hash = None
+        trace = record.trace
         if reason is not None and reason.startswith("invalid_token"):
             token_hash = _bearer_fingerprint(scope["headers"])
         # The fields' values in the order above (a keyword per field would cost 1 µs per request).
@@ -259,6 +266,8 @@ class AccessEvent(NamedTuple):
                 record.bytes_out,
                 None if upstream_s is None else round(upstream_s * 1000, 3),
                 round(duration_s * 1000, 3),
+                None if trace is None else trace.trace_id,
+                None if trace is None else trace.span_id,
             ),
         )
 
@@ -269,6 +278,9 @@ class AccessEvent(NamedTuple):
             scopes = getattr(self, name)
             if scopes is not None:
                 fields[name] = _scope_list(scopes)
+        for name in _TRACE_FIELDS:
+            if fields[name] is None:
+                del fields[name]
         return fields
 
 
@@ -313,6 +325,12 @@ _ACCESS_FIELDS: dict[str, str] = {
     name: str(getattr(kind, "__forward_arg__", kind)) for name, kind in AccessEvent.__annotations__.items()
 }
 _SCOPE_FIELDS = tuple(name for name, kind in _ACCESS_FIELDS.items() if kind == "Scopes | None")
+_TRACE_FIELDS = tuple(name for name, kind in _ACCESS_FIELDS.items() if kind == "TraceId")
+
+
+def _trace_field(value: str | None, name: str) -> str:
+    """`, "trace_id": "..."` or nothing (a field that only exists when tracing is on)."""
+    return "" if value is None else f', "{name}": {json_string(value)}'
 
 
 def _compile_head(event: str, fields: dict[str, str]) -> tuple[str, Callable[[tuple[Any, ...]], str]]:
@@ -320,11 +338,20 @@ def _compile_head(event: str, fields: dict[str, str]) -> tuple[str, Callable[[tu
     declared type, in order): the tuple unpacked into locals, then one f-string, as fast as a hand-written
     one (this is the request's hot path)."""
     names = [f"x{index}" for index in range(len(fields))]
-    parts = [f'"event": {json_string(event)}']
+    body = f'"event": {json_string(event)}'
     for (field, kind), name in zip(fields.items(), names, strict=True):
-        parts.append(f'"{field}": ' + string.Template(_JSON_FIELDS[kind]).substitute(x=name))
-    source = f"def render(v, q=q, R=R, Q=Q, S=S):\n    {', '.join(names)} = v\n    return f'{{{{{', '.join(parts)}'\n"
-    namespace: dict[str, Any] = {"q": json_string, "R": _remembered, "Q": _label_json, "S": _scope_json}
+        if kind == "TraceId":  # left out when None, so it brings its own separator
+            body += f'{{T({name}, "{field}")}}'
+        else:
+            body += f', "{field}": ' + string.Template(_JSON_FIELDS[kind]).substitute(x=name)
+    source = f"def render(v, q=q, R=R, Q=Q, S=S, T=T):\n    {', '.join(names)} = v\n    return f'{{{{{body}'\n"
+    namespace: dict[str, Any] = {
+        "q": json_string,
+        "R": _remembered,
+        "Q": _label_json,
+        "S": _scope_json,
+        "T": _trace_field,
+    }
     exec(compile(source, f"<{event} event>", "exec"), namespace)  # noqa: S102 (built from the class above only)
     return source, namespace["render"]
 
@@ -336,7 +363,8 @@ class Observer:
     """Wraps each request: times it, tracks it in its record, then writes the access event and the metrics.
 
     `handler(context, scope, receive, send)` is what answers the request (the Gateway's, with its Runtime
-    as `context`).
+    as `context`). With a `tracer` that is on, each request but a probe (`untraced` paths) is the SERVER
+    span, current while it is handled and ended with its decision (gateway.observe.tracing).
     """
 
     def __init__(
@@ -344,10 +372,15 @@ class Observer:
         log: FilteringBoundLogger,
         metrics: Metrics,
         handler: Callable[[Any, Scope, Receive, Send], Awaitable[None]],
+        *,
+        tracer: Tracer = OFF,
+        untraced: frozenset[str] = frozenset(),
     ) -> None:
         self.log = log
         self.metrics = metrics
         self.handler = handler
+        self.tracer = tracer
+        self.untraced = untraced
         self.active = 0  # requests in flight (the gauge reads it; in multiprocess mode it is kept in step)
         self._pending: list[tuple[Scope, RequestRecord, float, ObservePlan]] = []
         self._gauge = metrics.in_flight if metrics.multiprocess_dir is not None else None
@@ -382,6 +415,8 @@ class Observer:
             return send(message)
 
         gauge = self._gauge if plan.count else None
+        if self.tracer.enabled and scope["path"] not in self.untraced:
+            record.trace = self.tracer.server(scope, logged_path(scope))
         self.active += 1
         if gauge is not None:
             gauge.inc()
@@ -398,9 +433,27 @@ class Observer:
             self.active -= 1
             if gauge is not None:
                 gauge.dec()
+            if record.trace is not None:
+                self._end_trace(scope, record, plan)
             self._pending.append((scope, record, perf_counter() - start, plan))
             if len(self._pending) == 1:
                 asyncio.get_running_loop().call_soon(self._drain)
+
+    def _end_trace(self, scope: Scope, record: RequestRecord, plan: ObservePlan) -> None:
+        """End the request's server span with what its access event will say (route, status, decision)."""
+        assert record.trace is not None
+        status, route = self._outcome(scope, record)
+        rule = record.rule
+        label = None if rule is None else plan.labels.get(id(rule)) or rule_label(rule)
+        record.trace.end(record, route, status, label)
+
+    @staticmethod
+    def _outcome(scope: Scope, record: RequestRecord) -> tuple[int, str]:
+        """The status (499 for a client that left, 500 for no answer) and the route label `METHOD /template`."""
+        status = record.status or (_CLIENT_CLOSED if record.reason in _GONE else 500)
+        rule = record.rule
+        route = f"{scope['method']} {rule.full_path}" if rule is not None else (record.route or "none")
+        return status, route
 
     def _drain(self) -> None:
         """Count and log the requests that finished during this loop iteration, together (one hot loop)."""
@@ -417,7 +470,7 @@ class Observer:
 
     def finish(self, scope: Scope, record: RequestRecord, duration_s: float, plan: ObservePlan) -> None:
         """Count the request (in the metrics at the batch's flush) and write its access event."""
-        status = record.status or (_CLIENT_CLOSED if record.reason in _GONE else 500)
+        status = record.status or (_CLIENT_CLOSED if record.reason in _GONE else 500)  # as `_outcome`, inline
         rule = record.rule
         route = f"{scope['method']} {rule.full_path}" if rule is not None else (record.route or "none")
         if plan.count:

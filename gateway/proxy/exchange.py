@@ -47,6 +47,7 @@ from gateway.config.credentials import BasicPair, LoginRequest, RefreshRequest, 
 from gateway.config.fields import Secret, secrets_in
 from gateway.errors import BadGateway, GatewayTimeout, HTTPError, StoreUnavailable
 from gateway.observe.logs import Redactor, make_logger
+from gateway.observe.tracing import SpanLike
 from gateway.proxy.injector import Credentials, OutgoingRequest
 from gateway.store import MemoryStore, Store
 from gateway.web import jsonbody
@@ -421,7 +422,10 @@ class TokenExchange(Credentials):
     async def _call(
         self, spec: LoginRequest | RefreshRequest, what: str, *, bearer: str | None = None
     ) -> ProviderToken:
-        status, body = await self._send(spec, what, bearer)
+        attributes = {"smsguard.upstream": self.name, "http.request.method": spec.method}
+        with self.tracer.child(f"upstream {what}", attributes, client=True) as span:
+            status, body = await self._send(spec, what, bearer, span)
+            span.set_attribute("http.response.status_code", status)
         if not 200 <= status < 300:
             raise _failed(what, f"the upstream answered HTTP {status}")
         try:
@@ -450,9 +454,13 @@ class TokenExchange(Credentials):
         headers["Content-Type"] = "application/json"
         return headers, json.dumps(payload).encode()
 
-    async def _send(self, spec: LoginRequest | RefreshRequest, what: str, bearer: str | None) -> tuple[int, bytes]:
-        """The status and (bounded) body of the login or refresh answer; 504 on a timeout, 502 otherwise."""
+    async def _send(
+        self, spec: LoginRequest | RefreshRequest, what: str, bearer: str | None, span: SpanLike
+    ) -> tuple[int, bytes]:
+        """The status and (bounded) body of the login or refresh answer; 504 on a timeout, 502 otherwise.
+        The request carries the login's span as its traceparent (tracing on)."""
         headers, content = self._request(spec, bearer)
+        headers.update(self.tracer.headers(span))
         try:
             async with self._http().stream(spec.method, spec.url, headers=headers, content=content) as response:
                 body = bytearray()

@@ -38,7 +38,8 @@ used as a plain pipe:
   `http.disconnect` and cancels the exchange;
 - when the request is observed (`observe.RequestRecord` in the scope), the upstream's name and the time
   to its response headers are recorded there, any refusal's code too, and the request id replaces the
-  client's `X-Request-ID` towards the upstream.
+  client's `X-Request-ID` towards the upstream; when it is traced (tracing on), each upstream attempt is
+  a CLIENT span whose `traceparent` replaces the client's (`observe.tracing`).
 
 Error messages name what failed, never a URL, header or credential.
 """
@@ -54,12 +55,13 @@ from gateway.config.settings import ProxySettings, UpstreamSettings
 from gateway.errors import BadGateway, BadRequest, HTTPError, PayloadTooLarge, ServiceUnavailable
 from gateway.observe.events import RECORD_KEY, RequestRecord
 from gateway.observe.logs import Redactor, make_logger
+from gateway.observe.tracing import TRACE_HEADERS
 from gateway.policy.forwarding import upstream_target, upstream_url
 from gateway.proxy.body import Body, ClientBody, declared_length
 from gateway.proxy.credentials import Credentials, OutgoingRequest, build_credentials
 from gateway.proxy.faults import ClientGone, ResponseAborted, upstream_error
 from gateway.proxy.headers import forwarded_headers, sanitize_request_headers
-from gateway.proxy.http1 import Response, UpstreamError
+from gateway.proxy.http1 import ConnectionPool, Response, UpstreamError
 from gateway.proxy.params import append_params, drop_params, form_kind
 from gateway.proxy.responses import INSPECT_BYTES, credentials_refused, inspect, response_headers, rewrite_location
 from gateway.proxy.upstream import Upstream
@@ -245,6 +247,8 @@ class _Forwarding:
         record = self.record
         strip = self.upstream.strip_headers if record is None else self.upstream.strip_headers_observed
         more: frozenset[str] | None = self.scope.get(STRIP_HEADERS)
+        if record is not None and record.trace is not None:  # ours replace the client's (`send_upstream`)
+            strip = strip | TRACE_HEADERS
         headers = sanitize_request_headers(raw_headers, strip | more if more else strip)
         if record is not None:
             headers.append(("X-Request-ID", record.request_id))
@@ -319,10 +323,23 @@ class _Forwarding:
         pool = self.upstream.pool
         if pool is None:
             raise ServiceUnavailable("the gateway is shutting down", code="not_ready")
-        try:
-            return await pool.request(request.method, target, request.headers, body)
-        except UpstreamError as exc:
-            raise upstream_error(exc) from None
+        trace = None if self.record is None else self.record.trace
+        if trace is None:
+            return await _request(pool, request.method, target, request.headers, body)
+        # Tracing on: a CLIENT span per attempt, until the upstream's response head; the upstream's parent.
+        upstream = self.upstream
+        attributes: dict[str, str | int] = {
+            "http.request.method": request.method,
+            "server.address": upstream.base.host or "",
+            "server.port": upstream.base.port or 0,
+            "url.path": target.partition("?")[0],  # never the query: credentials may travel in it
+            "smsguard.upstream": upstream.name,
+        }
+        with trace.tracer.child(request.method, attributes, client=True) as span:
+            headers = [*request.headers, *trace.tracer.headers(span)]
+            response = await _request(pool, request.method, target, headers, body)
+            span.set_attribute("http.response.status_code", response.status)
+            return response
 
     async def relay(self, response: Response, prefix: bytes, complete: bool) -> None:
         """Stream the upstream's answer to the client as it arrives (after `prefix`, the bytes already read)."""
@@ -393,6 +410,16 @@ class _Forwarding:
             self.signal.remove(self.client_left)
         elif self.watcher is not None:
             self.watcher.cancel()
+
+
+async def _request(
+    pool: ConnectionPool, method: str, target: str, headers: list[tuple[str, str]], body: Body
+) -> Response:
+    """One request on the upstream's pool; its failures become the gateway's 502/503/504."""
+    try:
+        return await pool.request(method, target, headers, body)
+    except UpstreamError as exc:
+        raise upstream_error(exc) from None
 
 
 class ProxyApp:

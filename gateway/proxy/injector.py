@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from gateway.config.credentials import CredentialErrorRule
+from gateway.observe.tracing import OFF, Tracer
 
 __all__ = ["RESPONSE_DROP", "Credentials", "OutgoingRequest"]
 
@@ -63,6 +64,8 @@ class Credentials(ABC):
     # logged at start-up and shown to admin callers of /readyz.
     mode: str = ""
     notices: tuple[str, ...] = ()
+    # The app's tracer (set by `build_runtime`): a token exchange's provider login is a CLIENT span.
+    tracer: Tracer = OFF
 
     @abstractmethod
     def flow(self, request: OutgoingRequest) -> AsyncGenerator[OutgoingRequest, int]:

@@ -33,8 +33,8 @@ import asyncio
 import contextlib
 import random
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
-from contextlib import AbstractAsyncContextManager
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager, AbstractContextManager
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar, runtime_checkable
 
 from gateway.errors import StoreUnavailable
@@ -44,7 +44,7 @@ from gateway.store.gcra import RateCheck, RateLimiting, RateResult
 if TYPE_CHECKING:
     from gateway.store.base import RotateResult
 
-__all__ = ["DEFAULT_STORE_TIMEOUT_S", "GuardEvents", "SharedBackend", "StoreGuard"]
+__all__ = ["DEFAULT_STORE_TIMEOUT_S", "GuardEvents", "SharedBackend", "Spans", "StoreGuard"]
 
 DEFAULT_STORE_TIMEOUT_S = 0.5
 T = TypeVar("T")
@@ -69,6 +69,17 @@ class GuardEvents(Protocol):
     def store_error(self, reason: str) -> None: ...
     def store_state(self, up: bool) -> None: ...
     def store_reset(self) -> None: ...
+
+
+class Spans(Protocol):
+    """Tracing as the guard uses it (gateway.observe.tracing.Tracer, which the store layer cannot import):
+    a span around each store call made under a traced request."""
+
+    enabled: bool
+
+    def child(
+        self, name: str, attributes: Mapping[str, str] | None = None, *, client: bool = False
+    ) -> AbstractContextManager[object]: ...
 
 
 class _Log(Protocol):
@@ -117,6 +128,8 @@ class StoreGuard:
         self._deadlines: set[asyncio.Timeout] = set()
         self._task: asyncio.Task[None] | None = None
         self._closed = False
+        self.spans: Spans | None = None  # the app's tracer, when tracing is on (`trace_with`)
+        self._system = "redis" if self._shared is not None else "memory"
 
     @property
     def shared(self) -> bool:
@@ -289,6 +302,28 @@ class StoreGuard:
                 return await awaitable
             finally:
                 self._deadlines.discard(deadline)
+
+    def trace_with(self, spans: Spans) -> None:
+        """Make every store call a span (when `spans` is on): `_call` and `is_revoked` are replaced on this
+        instance by traced versions, so with tracing off the calls cost not even a check."""
+        if not spans.enabled:
+            return
+        self.spans = spans
+        self._call = self._traced_call  # type: ignore[method-assign]
+        self.is_revoked = self._traced_is_revoked  # type: ignore[method-assign]
+
+    def _span(self, operation: str) -> AbstractContextManager[object]:
+        assert self.spans is not None
+        attributes = {"db.system.name": self._system, "db.operation.name": operation}
+        return self.spans.child(f"store {operation}", attributes)
+
+    async def _traced_call(self, operation: str, call: Callable[[], Awaitable[T]]) -> T:
+        with self._span(operation):
+            return await StoreGuard._call(self, operation, call)
+
+    async def _traced_is_revoked(self, *ids: str, issued_at: float | None = None) -> bool:
+        with self._span("is_revoked"):
+            return await StoreGuard.is_revoked(self, *ids, issued_at=issued_at)
 
     async def _call(self, operation: str, call: Callable[[], Awaitable[T]]) -> T:
         if self._shared is None:
