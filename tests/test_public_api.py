@@ -15,7 +15,16 @@ import pytest
 import gateway
 
 # Modules (and their submodules) the light entry points must not load.
-HEAVY = ("uvicorn", "redis", "httptools", "aiohttp", "gateway.proxy", "fastapi", "gateway.guard.fastapi")
+HEAVY = (
+    "uvicorn",
+    "redis",
+    "httptools",
+    "aiohttp",
+    "gateway.proxy",
+    "fastapi",
+    "gateway.guard.fastapi",
+    "opentelemetry",  # the otel extra: only with tracing on (tests/test_tracing.py)
+)
 
 
 def _loaded_after(statement: str) -> list[str]:
