@@ -381,3 +381,47 @@ def test_gateway_serve_exports_otlp_http_to_the_configured_endpoint(tmp_path: Pa
         assert received, "the gateway exported nothing"
         assert {(where, kind) for where, kind, _ in received} == {("/v1/traces", "application/x-protobuf")}
         assert all(size > 0 for *_, size in received)
+
+
+async def test_the_embedded_guard_makes_the_server_span_too(tmp_path: Path) -> None:
+    """GuardMiddleware with a tracer: a SERVER span per guarded request (decision included), auth its child."""
+    from starlette.applications import Starlette
+    from starlette.responses import JSONResponse
+    from starlette.routing import Route
+
+    from gateway.config.settings import parse_settings
+    from gateway.guard.authorize import Authorizer
+    from gateway.guard.middleware import GuardMiddleware
+    from gateway.observe.tracing import build_tracer
+    from gateway.policy.loader import parse_policy
+
+    policy = (
+        "mount: /api\nscopes: {messages:send: Send}\nrules:\n"
+        "  - {method: POST, path: /messages, scope: messages:send}\n"
+    )
+    settings = parse_settings("tracing: {exporter: none}\n", env={})
+    authorizer = Authorizer.from_settings(settings, policies=[parse_policy(policy, "app.yaml")])
+
+    async def handler(request: object) -> JSONResponse:
+        return JSONResponse({})
+
+    spans = InMemorySpanExporter()
+    tracer = build_tracer(settings.tracing, exporter=spans)
+    app = GuardMiddleware(
+        Starlette(routes=[Route("/api/messages", handler, methods=["POST"])]),
+        authorizer=authorizer,
+        access_log="off",
+        tracer=tracer,
+    )
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://app") as client:
+        refused = await client.post("/api/messages", headers={"traceparent": TRACEPARENT})
+        assert refused.status_code == 401
+    finished = list(spans.get_finished_spans())
+    server = one(finished, "POST /api/messages")
+    assert server.kind == SpanKind.SERVER
+    assert hex_ids(server)[0] == CLIENT_TRACE
+    attributes = dict(server.attributes or {})
+    assert attributes["smsguard.decision"] == "deny"
+    assert attributes["smsguard.reason"] == "missing_token"
+    assert parent_id(one(finished, "smsguard.auth")) == server.context.span_id
+    await tracer.aclose()

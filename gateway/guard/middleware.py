@@ -23,7 +23,10 @@ placed at all: a non-canonical one is refused (400) wherever it points.
 
 Refusals (`access_log="refusals"`, the default), or every request (`"all"`), write the gateway's own
 `request` access event to the stdlib logger `smsguard.access`, i.e. through the app's logging;
-`metrics_registry=` registers the gateway's Prometheus metrics on the app's registry.
+`metrics_registry=` registers the gateway's Prometheus metrics on the app's registry. With `tracing:` on
+in `settings` (the otel extra), or a `tracer=` from `gateway.observe.tracing.build_tracer`, every guarded
+request is an OpenTelemetry SERVER span with the decision, and token verification its child; the guard
+closes a tracer it built when the app's lifespan ends (one handed to it is the caller's).
 
 A key slot that a form body may hold (SMSGatewayCenter's `userId`/`password`) is the one case where the
 guard reads the body before deciding: only then, only up to the slot's limit, and the app receives the
@@ -41,6 +44,7 @@ from gateway.config.settings import Settings
 from gateway.errors import BadRequest, HTTPError, NotFound
 from gateway.guard.authorize import Authorizer, Decision, inside
 from gateway.observe.events import RECORD_KEY, RequestRecord
+from gateway.observe.tracing import Tracer, build_tracer
 from gateway.policy.paths import canonical_path
 from gateway.web.asgi import ASGIApp, Message, Receive, Scope, Send
 from gateway.web.responses import send_error, send_websocket_error
@@ -104,6 +108,7 @@ class GuardMiddleware:
         access_log: AccessLog = "refusals",
         metrics_registry: CollectorRegistry | None = None,
         on_startup: Callable[[], None] | None = None,
+        tracer: Tracer | None = None,
     ) -> None:
         """`on_startup` runs when the app's lifespan has started; if it raises, start-up fails."""
         if outside not in ("deny", "pass"):
@@ -115,10 +120,14 @@ class GuardMiddleware:
         self.outside = outside
         self.on_startup = on_startup
         self.observer: GuardObserver | None = None
-        if access_log != "off" or metrics_registry is not None:
+        self._own_tracer = tracer is None and settings is not None and settings.tracing.enabled
+        if tracer is None and settings is not None:
+            tracer = build_tracer(settings.tracing)
+        if access_log != "off" or metrics_registry is not None or (tracer is not None and tracer.enabled):
             from gateway.guard.observe import GuardObserver
 
-            self.observer = GuardObserver(self._guard, access_log=access_log, registry=metrics_registry)
+            self.observer = GuardObserver(self._guard, access_log=access_log, registry=metrics_registry, tracer=tracer)
+        self.tracer = tracer
         if authorizer is None:
             if settings is None:
                 raise TypeError("GuardMiddleware needs settings= or authorizer=")
@@ -222,8 +231,11 @@ class GuardMiddleware:
         return lifespan_send
 
     async def aclose(self) -> None:
-        """Close the JWKS client, if one was opened (done for you when the app's lifespan ends)."""
+        """Close the JWKS client, if one was opened, and a tracer the guard built (done for you when the app's
+        lifespan ends)."""
         await self.authorizer.aclose()
+        if self._own_tracer and self.tracer is not None:
+            await self.tracer.aclose()
 
 
 class _Replay:

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from gateway.observe.events import ObservePlan, Observer, RequestRecord
 from gateway.observe.logs import make_logger
 from gateway.observe.metrics import Metrics
+from gateway.observe.tracing import OFF, Tracer
 from gateway.web.asgi import Receive, Scope, Send
 
 if TYPE_CHECKING:
@@ -37,12 +38,15 @@ class GuardObserver(Observer):
         access_log: str = "refusals",
         registry: CollectorRegistry | None = None,
         log: FilteringBoundLogger | None = None,
+        tracer: Tracer | None = None,
     ) -> None:
-        """`log` defaults to a structlog logger handing events to stdlib logging (`smsguard.access`)."""
+        """`log` defaults to a structlog logger handing events to stdlib logging (`smsguard.access`); a
+        `tracer` that is on makes each request a server span (gateway.observe.tracing)."""
         super().__init__(
             log if log is not None else make_logger("smsguard.access", level="info"),
             Metrics(registry=registry),  # counts nothing unless `registry` is given (plan.count)
             handler,
+            tracer=tracer or OFF,
         )
         self.plan = ObservePlan(access=access_log != "off", probes=False, count=registry is not None, labels={})
         self._quiet = replace(self.plan, access=False)
