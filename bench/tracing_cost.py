@@ -24,10 +24,14 @@ alternating order, and the CPU cost is also given as the median of the rounds' d
 from __future__ import annotations
 
 import argparse
+import base64
 import contextlib
 import datetime
+import http.client
+import json
 import os
 import platform
+import secrets
 import shutil
 import statistics
 import subprocess
@@ -37,9 +41,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
+from argon2 import PasswordHasher
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import logging_cost as base  # noqa: E402 (bench/ is not a package)
+import logging_cost as base
 
 ROOT = base.ROOT
 PYTHON = base.PYTHON
@@ -51,15 +56,37 @@ TRACING = {
 }
 
 
-def write_config(directory: Path, name: str, upstream_port: int) -> Path:
+BENCH_PASSWORD = "bench-" + secrets.token_hex(12)
+
+
+def write_config(directory: Path, name: str, upstream_port: int, password_hash: str) -> Path:
+    """logging_cost's config (access log and metrics on), a Basic user to mint tokens, and `TRACING[name]`."""
     config = base.write_config(directory, name, upstream_port, access=True, metrics=True)
+    user = f'auth:\n  basic_users: [{{username: bench, password_hash: "{password_hash}", scopes: [messages:send]}}]\n'
     tracing = TRACING[name].replace("%d", str(upstream_port))
-    config.write_text(config.read_text() + tracing)
+    config.write_text(config.read_text() + user + tracing)
     return config
 
 
+def mint(port: int) -> str:
+    """A token from the gateway's own endpoint: with memory:// each gateway is its own store epoch."""
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        basic = base64.b64encode(f"bench:{BENCH_PASSWORD}".encode()).decode()
+        headers = {"Authorization": f"Basic {basic}", "Content-Type": "application/json"}
+        connection.request("POST", "/3rdparty/v1/auth/token", body='{"scopes": ["messages:send"]}', headers=headers)
+        response = connection.getresponse()
+        body = response.read()
+        if response.status not in (200, 201):
+            raise RuntimeError(f"minting a token answered {response.status}: {body[:200]!r}")
+        token: str = json.loads(body)["access_token"]
+        return token
+    finally:
+        connection.close()
+
+
 @contextlib.contextmanager
-def processes(directory: Path, baseline: Path) -> Iterator[tuple[dict[str, base.Process], str]]:
+def processes(directory: Path, baseline: Path) -> Iterator[tuple[dict[str, base.Process], dict[str, str]]]:
     env = {**os.environ, "BENCH_TOKEN_SECRET": base.SECRET, "BENCH_UPSTREAM_PASSWORD": base.UPSTREAM_PASSWORD}
     env.pop("PROMETHEUS_MULTIPROC_DIR", None)
     env["OTEL_BSP_SCHEDULE_DELAY"] = "1000"  # the SDK's default is 5 s; either way batches of up to 512 spans
@@ -71,33 +98,24 @@ def processes(directory: Path, baseline: Path) -> Iterator[tuple[dict[str, base.
         upstream = base.start("upstream", [PYTHON, str(script), str(upstream_port)], upstream_port, directory)
         started.append(upstream)
         gateways: dict[str, base.Process] = {}
-        token = ""
+        password_hash = PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1).hash(BENCH_PASSWORD)
         for name in TRACING:
-            config = write_config(directory, name, upstream_port)
-            token = token or base.mint_token(config, env)
+            config = write_config(directory, name, upstream_port, password_hash)
             port = base.free_port()
-            argv = [
-                PYTHON,
-                "-m",
-                "gateway",
-                "serve",
-                "--config",
-                str(config),
-                "--port",
-                str(port),
-                "--log-format",
-                "json",
-            ]
+            argv = [PYTHON, "-m", "gateway", "serve", "--config", str(config), "--port", str(port)]
+            argv += ["--log-format", "json"]
             cwd = baseline if name == "baseline" else ROOT  # `-m gateway` imports the package found in cwd
             gateways[name] = base.start(name, argv, port, directory, env, cwd=cwd)
             started.append(gateways[name])
         upstream.wait_ready("/")
-        for gateway in gateways.values():
+        tokens: dict[str, str] = {}
+        for name, gateway in gateways.items():
             gateway.wait_ready("/healthz")
-            status, body = base.get(gateway.port, base.PATH, token, base.BODY)
+            tokens[name] = mint(gateway.port)
+            status, body = base.get(gateway.port, base.PATH, tokens[name], base.BODY)
             if status != 202:
                 raise RuntimeError(f"{gateway.name}: POST answered {status}: {body[:200]!r}")
-        yield gateways, token
+        yield gateways, tokens
     finally:
         for process in reversed(started):
             process.stop()
@@ -121,25 +139,20 @@ def main() -> int:
     args.baseline = revision.stdout.strip() or args.baseline  # named by its commit: branches move
     with tempfile.TemporaryDirectory(prefix="smsguard-tracecost-") as temp:
         directory = Path(temp)
-        with processes(directory, base.export(args.baseline, directory)) as (gateways, token):
-            for gateway in gateways.values():  # warm-up: connections, token cache, label children
-                measure(gateway.port, token, args.connections, 2, directory)
+        with processes(directory, base.export(args.baseline, directory)) as (gateways, tokens):
+            for name, gateway in gateways.items():  # warm-up: connections, token cache, label children
+                measure(gateway.port, tokens[name], args.connections, 2, directory)
             for round_index in range(args.rounds):
                 for name in names if round_index % 2 == 0 else names[::-1]:
                     process = psutil.Process(gateways[name].process.pid)
                     before = base.cpu_seconds(process)
-                    rps, count = measure(gateways[name].port, token, args.connections, args.duration, directory)
+                    port = gateways[name].port
+                    rps, count = measure(port, tokens[name], args.connections, args.duration, directory)
                     sample = base.Sample(rps, (base.cpu_seconds(process) - before) / count * 1e6)
                     results[name].append(sample)
                     print(f"round {round_index + 1}: {name:8} {rps:8.0f} req/s {sample.cpu_us:6.1f} µs CPU/request")
-            traced = next(
-                (
-                    line
-                    for line in gateways["on"].logfile.read_text(errors="replace").splitlines()
-                    if "trace_id" in line
-                ),
-                "",
-            )
+            lines = gateways["on"].logfile.read_text(errors="replace").splitlines()
+            traced = next((line for line in lines if "trace_id" in line), "")
     text = report(args, use_wrk, results, traced)
     print(text)
     args.output.write_text(text)
