@@ -5,10 +5,12 @@ from __future__ import annotations
 import base64
 import inspect
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 from argon2 import PasswordHasher
+from gatewayconfig import GatewayConfig
 from keys import Clock, sign
 
 from gateway.auth.authenticate import Authenticator
@@ -17,6 +19,7 @@ from gateway.auth.jwks import KeyRef
 from gateway.auth.jwt import Principal, TokenVerifier
 from gateway.config.settings import BasicUser, IssuerSettings, KeySettings, Secret
 from gateway.errors import BadRequest, Unauthorized
+from gateway.guard.authorize import Authorizer
 
 NOW = 1_700_000_000.0
 SECRET = "k" * 64
@@ -216,6 +219,31 @@ async def test_cache_is_bounded(verifier: TokenVerifier, spy: Spy, clock: Clock)
     for jwt in (a, b, a, c, a, b):
         await auth.authenticate(bearer(jwt))
     assert spy.verify_calls == 4  # a, b, c verified; b evicted by c; a kept warm
+
+
+async def test_cache_holds_digests_not_tokens_and_shares_scope_sets(auth: Authenticator) -> None:
+    """Entries are keyed by a 16-byte digest (no bearer token kept in memory); tokens with the same scope string
+    share one scope set and interned claim values, which is what lets 100,000 entries fit (bench/token_cache.py)."""
+    first = await auth.authenticate(bearer(token(sub="a", jti="j-a")))
+    second = await auth.authenticate(bearer(token(sub="b", jti="j-b")))
+    assert first is not None
+    assert second is not None
+    assert all(isinstance(key, bytes) and len(key) == 16 for key in auth._cache)
+    assert len(auth._cache) == 2
+    assert first.scopes is second.scopes
+    assert first.claims["scope"] is second.claims["scope"]
+    assert first.claims["iss"] is second.claims["iss"]
+
+
+async def test_cache_size_comes_from_config(tmp_path: Path) -> None:
+    """`auth.token_cache_size` reaches the authenticator; 0 turns the cache off."""
+    for size in (0, 7):
+        folder = tmp_path / str(size)
+        folder.mkdir()
+        cfg = GatewayConfig(folder, "http://127.0.0.1:9/3rdparty/v1", auth_extra=f"  token_cache_size: {size}\n")
+        authorizer = Authorizer.from_settings(cfg.settings())
+        assert authorizer.authenticator._cache_size == size
+        await authorizer.aclose()
 
 
 async def test_failed_verification_is_not_cached(auth: Authenticator, spy: Spy) -> None:

@@ -173,3 +173,47 @@ async def test_unchanged_files_do_not_count_as_a_reload(unwatched: Env) -> None:
     assert await unwatched.gateway.reload() is True
     assert unwatched.gateway.runtime is runtime
     assert unwatched.gateway.reloads == 0
+
+
+async def test_a_symlink_swap_is_an_edit(tmp_path: Path) -> None:
+    """A Kubernetes ConfigMap update swaps a symlink to a new directory; the policy reached through it reloads."""
+    tmp_path.mkdir(exist_ok=True)
+    first, second = tmp_path / "v1", tmp_path / "v2"
+    for folder in (first, second):
+        folder.mkdir()
+    text = SMSGATE_POLICY.read_text()
+    (first / "smsgate.yaml").write_text(text)
+    (second / "smsgate.yaml").write_text(text.replace(LOGS_RULE, "{method: GET, path: /logs, scope: messages:list}"))
+    (tmp_path / "data").symlink_to(first)
+    async with RecordingUpstream(Reply(200, body=b"[]")) as upstream:
+        extra = "reload: {watch: true, debounce_ms: 50}\n"
+        cfg = GatewayConfig(
+            tmp_path, upstream.url + "/3rdparty/v1", policy=tmp_path / "data" / "smsgate.yaml", extra=extra
+        )
+        gateway = create_app(cfg.settings(), env=cfg.env)
+        async with UvicornServer(gateway, lifespan="on") as server, httpx.AsyncClient(base_url=server.url) as client:
+            pair = await gateway.tokens.issue("ops", ["messages:list"], 600, caller=None)
+            headers = {"authorization": f"Bearer {pair.access.token}"}
+            assert (await client.get("/3rdparty/v1/logs", headers=headers)).status_code == 403
+            (tmp_path / "data.new").symlink_to(second)
+            os.replace(tmp_path / "data.new", tmp_path / "data")  # atomic, as kubelet does
+            deadline = time.monotonic() + 10
+            while (await client.get("/3rdparty/v1/logs", headers=headers)).status_code != 200:
+                assert time.monotonic() < deadline, "the swapped policy was not loaded"
+                await asyncio.sleep(0.05)
+            assert gateway.reloads == 1
+
+
+async def test_a_file_replaced_by_rename_is_an_edit(watched: Env) -> None:
+    """Editors and config managers write a new file and rename it over the old one."""
+    assert await watched.get("/3rdparty/v1/logs") == 403
+    replacement = watched.policy.with_name("smsgate.yaml.tmp")
+    replacement.write_text(
+        watched.policy.read_text().replace(LOGS_RULE, "{method: GET, path: /logs, scope: messages:list}")
+    )
+    os.replace(replacement, watched.policy)
+    deadline = time.monotonic() + 10
+    while await watched.get("/3rdparty/v1/logs") != 200:
+        assert time.monotonic() < deadline, "the renamed policy was not loaded"
+        await asyncio.sleep(0.05)
+    assert watched.gateway.reloads == 1

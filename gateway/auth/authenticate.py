@@ -5,8 +5,10 @@ headers and never sees the query string, so a token in a URL (where it would lan
 browser history and Referer headers) is never honoured. Exactly one Authorization header is allowed:
 two could be read differently by the gateway and the upstream.
 
-Verified access tokens are cached by their exact string until their `exp` (bounded, least recently
-used evicted first), so a busy client costs one dict lookup instead of a signature check. The
+Verified access tokens are cached until their `exp` (bounded by `auth.token_cache_size`, least recently
+used evicted first), so a busy client costs one dict lookup instead of a signature check. The cache is keyed
+by a 128-bit BLAKE2b digest of the exact token string, not the string itself: a third of the memory per
+entry, and finding another token with the same digest is a second-preimage attack on BLAKE2b. The
 revocation hook is still awaited on every request, cache hit or not. An entry verified with a JWKS
 key remembers that key (a `KeyRef`): once the key leaves the issuer's set, its keys are past
 `jwks_max_stale_s`, or a refresh is due, the entry is dropped and the token verified again, so a
@@ -25,6 +27,7 @@ import binascii
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from hashlib import blake2b
 from typing import Any
 
 from gateway.auth.basic import BasicAuthenticator
@@ -70,7 +73,7 @@ class Authenticator:
         self._max_header_bytes = max_header_bytes
         self._is_revoked = is_revoked
         self._cache_size = cache_size
-        self._cache: OrderedDict[str, tuple[Principal, KeyRef | None]] = OrderedDict()
+        self._cache: OrderedDict[bytes, tuple[Principal, KeyRef | None]] = OrderedDict()
         self._clock = clock
         self.keys = keys
         self.key_pairs = key_pairs
@@ -138,17 +141,18 @@ class Authenticator:
         return principal
 
     async def _bearer(self, token: str) -> Principal:
-        entry = self._cache.get(token)
+        digest = blake2b(token.encode(), digest_size=16).digest()
+        entry = self._cache.get(digest)
         if entry is not None:
             principal, key = entry
             if (principal.expires_at or 0.0) > self._clock() and (key is None or key.current()):
-                self._cache.move_to_end(token)
-                await self._check_revoked(principal, token)
+                self._cache.move_to_end(digest)
+                await self._check_revoked(principal, digest)
                 return principal
-            del self._cache[token]
+            del self._cache[digest]
         principal, key = await self.verifier.verify_with_key(token)
-        self._remember(token, principal, key)
-        await self._check_revoked(principal, token)
+        self._remember(digest, principal, key)
+        await self._check_revoked(principal, digest)
         return principal
 
     async def _basic(self, credentials: str, peer: Peer | None) -> Principal:
@@ -170,17 +174,17 @@ class Authenticator:
             raise Unauthorized("basic authentication is disabled", code="basic_disabled", token_presented=True)
         return await self.basic.verify(username, password, peer)
 
-    async def _check_revoked(self, principal: Principal, token: str | None = None) -> None:
+    async def _check_revoked(self, principal: Principal, digest: bytes | None = None) -> None:
         if self._is_revoked is None or principal.kind == "basic":
             return
         if await self._is_revoked(principal):
-            if token is not None:
-                self._cache.pop(token, None)
+            if digest is not None:
+                self._cache.pop(digest, None)
             raise Unauthorized("token has been revoked", code="invalid_token:revoked", token_presented=True)
 
-    def _remember(self, token: str, principal: Principal, key: KeyRef | None) -> None:
+    def _remember(self, digest: bytes, principal: Principal, key: KeyRef | None) -> None:
         if self._cache_size <= 0 or principal.expires_at is None:
             return
-        self._cache[token] = (principal, key)
+        self._cache[digest] = (principal, key)
         while len(self._cache) > self._cache_size:
             self._cache.popitem(last=False)

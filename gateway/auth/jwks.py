@@ -15,6 +15,7 @@ import logging
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from sys import intern
 from typing import Any, NoReturn, Protocol, TypeAlias
 
 import httpx
@@ -414,7 +415,8 @@ class Duplicate(ValueError):
 
 
 def _unique_members(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    result = dict(pairs)
+    """The object of `pairs`, its member names interned: every cached token's claims share "iss", "sub", ..."""
+    result = {intern(name): value for name, value in pairs}
     if len(result) != len(pairs):
         raise Duplicate
     return result

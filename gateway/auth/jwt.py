@@ -8,7 +8,12 @@ A `TokenVerifier` is configured once (issuers, keys, leeway, lifetime cap) and t
     → header (no `none`, no embedded or remote keys, no `crit`)
     → issuer (exact `iss` match) → algorithm (the issuer's allowlist, never the token's word)
     → key (exact `kid` lookup in the issuer's own keys or its JWKS, of the algorithm's family)
-    → signature (PyJWT, with `algorithms=[that one alg]`) → token type → claims
+    → signature (PyJWT's algorithm object for that one alg) → token type → claims
+
+The token is parsed once, here: PyJWT's own `decode_complete` would split, base64-decode (character by
+character) and JSON-parse it again, which cost more than the signature check itself. The signature is
+still PyJWT's to judge, by the same steps `decode_complete` takes (`get_algorithm_by_name`, `prepare_key`,
+`check_key_length`, `verify`) on the segments this module already split and checked strictly.
 
 Keys are prepared per algorithm family when the verifier is built: an HMAC secret is only ever
 bytes for HS*, a PEM becomes a public-key object for its own family, and a JWKS key is used only
@@ -26,6 +31,7 @@ import re
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from sys import intern
 from types import MappingProxyType
 from typing import Any, Literal
 
@@ -64,6 +70,8 @@ MAX_CANDIDATE_KEYS = 3  # keys tried for one token, bounding the signature work 
 EMBEDDED_KEY_HEADERS = ("jku", "x5u", "jwk", "x5c")
 
 _TOKEN_SHAPE = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*")
+_SHARED_CLAIMS = ("iss", "aud", "scope", "scp", "idp")
+_MAX_SCOPE_SETS = 4096  # distinct scope strings remembered; past it the memo starts over
 _ACCESS_TYPES = frozenset({"at+jwt", "application/at+jwt"})
 _REFRESH_TYPES = frozenset({"refresh+jwt", "application/refresh+jwt"})
 
@@ -211,14 +219,26 @@ def _b64decode(segment: str) -> bytes | None:
     return data
 
 
-def _split(token: str) -> tuple[dict[str, Any], dict[str, Any], str]:
-    """The decoded header and claims and the raw signature of a token of the right size and shape."""
+@dataclass(frozen=True, slots=True)
+class _Parts:
+    """A token split once: its decoded header and claims, the signed bytes and the signature segment."""
+
+    header: dict[str, Any]
+    claims: dict[str, Any]
+    signing_input: bytes
+    signature_b64: str
+
+
+def _split(token: str) -> _Parts:
+    """The parts of a token of the right size and shape (the signature segment is decoded only if needed)."""
     if len(token) > MAX_TOKEN_CHARS:
         reject("too_large", "token is too large")
     if not token.isascii() or _TOKEN_SHAPE.fullmatch(token) is None:
         reject("malformed", "token is not three base64url segments")
     header_b64, payload_b64, signature_b64 = token.split(".")
-    return _decode_part(header_b64, "header"), _decode_part(payload_b64, "payload"), signature_b64
+    header, claims = _decode_part(header_b64, "header"), _decode_part(payload_b64, "payload")
+    signing_input = token[: len(header_b64) + 1 + len(payload_b64)].encode("ascii")
+    return _Parts(header, claims, signing_input, signature_b64)
 
 
 def _check_header(header: dict[str, Any]) -> tuple[str, str | None, str | None]:
@@ -308,6 +328,7 @@ class TokenVerifier:
             http = httpx.AsyncClient(trust_env=False, follow_redirects=False, timeout=5.0)
         self._http = http
         self._issuers: dict[str, _Issuer] = {}
+        self._scope_sets: dict[str, frozenset[str]] = {}
         for settings in issuers:
             if settings.issuer in self._issuers:
                 raise LoadError(f"two issuers share the iss value {settings.issuer!r}")
@@ -328,18 +349,21 @@ class TokenVerifier:
 
         A cache of verified tokens keeps the KeyRef and asks `ref.current()` before trusting an entry again.
         """
-        header, claims, signature_b64 = _split(token)
-        alg, kid, typ = _check_header(header)
-        issuer = self._issuer_of(claims, alg)
-        if not signature_b64:
+        parts = _split(token)
+        alg, kid, typ = _check_header(parts.header)
+        issuer = self._issuer_of(parts.claims, alg)
+        if not parts.signature_b64:
             reject("bad_signature", "token is not signed")
+        signature = _b64decode(parts.signature_b64)
+        if signature is None:
+            reject("malformed", "token signature is not valid base64url")
 
         keys = await issuer.candidates(alg, kid)
         if not keys:
             reject("unknown_kid", "no key of this issuer matches the token")
-        key = self._check_signature(token, alg, keys)
+        key = self._check_signature(parts.signing_input, signature, alg, keys)
         kind = self._check_type(issuer, typ, refresh=refresh)
-        principal = self._principal(issuer, claims, kind)
+        principal = self._principal(issuer, parts.claims, kind)
         if key.thumbprint is None or issuer.jwks is None:
             return principal, None
         return principal, KeyRef(issuer.jwks, key.thumbprint)
@@ -362,18 +386,22 @@ class TokenVerifier:
         """Each JWKS issuer's key-set state by issuer name (see JwksCache.status), for /readyz."""
         return {i.settings.name: i.jwks.status() for i in self._issuers.values() if i.jwks is not None}
 
-    def _check_signature(self, token: str, alg: str, keys: Sequence[Key]) -> Key:
-        """PyJWT checks the signature with exactly one algorithm and a key object of its family."""
+    def _check_signature(self, signing_input: bytes, signature: bytes, alg: str, keys: Sequence[Key]) -> Key:
+        """PyJWT's algorithm object for exactly `alg` checks the signature with a key object of its family."""
+        try:
+            algorithm = self._jws.get_algorithm_by_name(alg)  # only the algorithms the issuers allow
+        except NotImplementedError:
+            reject("alg_not_allowed", "token algorithm is not allowed")
         for key in keys:
             try:
-                self._jws.decode_complete(token, key.obj, algorithms=[alg])
-            except jwt.InvalidSignatureError:
-                continue
-            except jwt.InvalidAlgorithmError:
-                reject("alg_not_allowed", "token algorithm is not allowed")
-            except jwt.PyJWTError:
+                prepared = algorithm.prepare_key(key.obj)
+                if algorithm.check_key_length(prepared):
+                    raise jwt.InvalidKeyError("the key is shorter than its algorithm requires")
+                verified = algorithm.verify(signing_input, prepared, signature)
+            except (jwt.PyJWTError, TypeError, ValueError):
                 reject("malformed", "token could not be decoded")
-            return key
+            if verified:
+                return key
         reject("bad_signature", "token signature does not verify")
 
     @staticmethod
@@ -418,13 +446,33 @@ class TokenVerifier:
             reject("missing_claim", "token has no jti claim")
         return Principal(
             subject=subject,
-            scopes=parse_scopes(claims, issuer.settings.scope_claim),
+            scopes=self._scopes(issuer, claims),
             issuer=issuer.settings.name,
             token_id=token_id,
             expires_at=expires,
             claims=MappingProxyType(claims),
             kind=kind,
         )
+
+    def _scopes(self, issuer: _Issuer, claims: dict[str, Any]) -> frozenset[str]:
+        """The token's scopes, shared between tokens that carry the same ones (verified tokens are cached by the
+        100,000: one copy of "messages:send messages:read" and its set, not one per token). The claims'
+        repeated string values (iss, aud, scope) are interned for the same reason."""
+        for name in _SHARED_CLAIMS:
+            value = claims.get(name)
+            if isinstance(value, str):
+                claims[name] = intern(value)
+        scope = claims.get(issuer.settings.scope_claim or "scope")
+        if not isinstance(scope, str):
+            return parse_scopes(claims, issuer.settings.scope_claim)
+        scopes = self._scope_sets.get(scope)
+        if scopes is None:
+            if len(self._scope_sets) >= _MAX_SCOPE_SETS:
+                self._scope_sets.clear()
+            scopes = self._scope_sets[scope] = frozenset(
+                intern(name) for name in parse_scopes(claims, issuer.settings.scope_claim)
+            )
+        return scopes
 
     @staticmethod
     def _check_audience(issuer: _Issuer, claims: Mapping[str, Any]) -> None:

@@ -274,11 +274,17 @@ class BasicUser:
     sms: SmsNarrowing | None = None
 
 
+# Verified bearer tokens kept per worker: ~0.8 KB each (bench/token_cache.py), so at most ~80 MB, and 100,000
+# clients each reusing a token never fall back to a signature check per request (issue 20's "no cliff").
+DEFAULT_TOKEN_CACHE_SIZE = 100_000
+
+
 @dataclass(frozen=True, config=CONFIG)
 class AuthSettings:
     leeway_s: Annotated[int, Min(0)] = 30
     max_token_lifetime_s: Annotated[int, Min(1)] = 86400
     max_header_bytes: Annotated[int, Min(256)] = 8192
+    token_cache_size: Annotated[int, Min(0)] = DEFAULT_TOKEN_CACHE_SIZE
     issuers: tuple[Annotated[IssuerSettings, ReadAs(IssuerEntry)], ...] = ()
     basic_enabled: Bool = True
     basic_users: tuple[BasicUser, ...] = ()

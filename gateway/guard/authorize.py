@@ -100,6 +100,7 @@ class Authorizer:
             verifier,
             basic,
             max_header_bytes=auth.max_header_bytes,
+            cache_size=auth.token_cache_size,
             is_revoked=is_revoked,
             trusted_proxies=settings.proxy.trusted_proxies,
         )

@@ -147,6 +147,8 @@ class MemoryStore:
                 self._cutoffs[id_] = merged
 
     async def is_revoked(self, *ids: str, issued_at: float | None = None) -> bool:
+        if not self._revoked:  # the usual case: nothing revoked, nothing to look up (asked on every request)
+            return False
         now = self._clock()
         return any(self._is_revoked(id_, now, issued_at) for id_ in ids)
 
