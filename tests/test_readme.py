@@ -355,3 +355,21 @@ def test_starlette_snippet_protects_a_starlette_app(tmp_path: Path) -> None:
     assert anonymous.status_code == 401
     assert allowed.status_code == 200
     assert allowed.json() == {"sender": "app", "scopes": ["messages:send"]}
+
+
+def test_tracing_block_is_a_valid_config_section(tmp_path: Path) -> None:
+    """README's `tracing:` example loads as written, each key where README says it goes."""
+    from gatewayconfig import GatewayConfig
+
+    from gateway.config.settings import load_settings
+
+    block = block_with("yaml", "tracing:")
+    config = GatewayConfig(tmp_path, "http://127.0.0.1:9/3rdparty/v1", extra=block)
+    tracing = load_settings(config.write(), env=config.env).tracing
+    assert tracing.enabled
+    assert (tracing.exporter, tracing.endpoint, tracing.service_name, tracing.sample_ratio) == (
+        "otlp",
+        "http://collector:4318/v1/traces",
+        "smsguard",
+        0.1,
+    )
