@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test lint typecheck schema bench fuzz clean data browser nginx
+.PHONY: install run test lint typecheck schema bench fuzz clean data browser nginx haproxy
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -32,7 +32,7 @@ schema: $(STAMP)
 	$(BIN)/python -c "from gateway.config.schema import render_config_schema as r; print(r(), end='')" \
 	  > gateway/config.schema.json
 
-test: $(STAMP) redis browser nginx
+test: $(STAMP) redis browser nginx haproxy
 	$(BIN)/ruff check gateway tests bench
 	$(BIN)/mypy
 	$(BIN)/xenon --max-absolute C gateway
@@ -51,14 +51,19 @@ nginx:
 	  { DEBIAN_FRONTEND=noninteractive apt-get install -y -q nginx-light || \
 	    DEBIAN_FRONTEND=noninteractive apt-get install -y -q nginx; }; }
 
+# tests/test_bench_peer.py checks bench/haproxy.cfg.template (`make bench`'s peer) with Debian's haproxy 2.6.
+haproxy:
+	@command -v haproxy >/dev/null || { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q haproxy; }
+
 browser:
 	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || { apt-get update -q && \
 	  DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver; }
 
-# End-to-end benchmark -> bench/RESULTS.md (~6 min): nginx and wrk come from Debian's packages, installed
-# here when missing (needs root). BENCH_ARGS passes options, e.g. BENCH_ARGS="--duration 10 --rounds 3".
+# End-to-end benchmark -> bench/RESULTS.md (~6 min), then smsguard against HAProxy jwt_verify -> bench/PEER.md
+# (~4 min): nginx, wrk and haproxy come from Debian's packages, installed here when missing (needs root).
+# BENCH_ARGS passes options, e.g. BENCH_ARGS="--duration 10 --rounds 3", or "--peer-only" / "--no-peer".
 # The matcher alone: $(BIN)/python bench/match_bench.py (bench/MATCH_RESULTS.md).
-bench: $(STAMP)
+bench: $(STAMP) haproxy
 	@command -v wrk >/dev/null && command -v nginx >/dev/null || { apt-get update -q && \
 	  { DEBIAN_FRONTEND=noninteractive apt-get install -y -q nginx-light wrk || \
 	    DEBIAN_FRONTEND=noninteractive apt-get install -y -q nginx wrk; }; }

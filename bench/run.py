@@ -1,6 +1,6 @@
 """End-to-end benchmark: smsguard against a bare aiohttp forwarder and an httpx forwarder, in one run.
 
-    make bench                        # installs nginx + wrk (Debian packages) if missing, then runs this
+    make bench                        # installs nginx, wrk, haproxy (Debian packages) if missing, then runs this
     .venv/bin/python bench/run.py [--duration 5] [--connections 4,32,128] [--rounds 1] [--profile]
 
 Everything runs on loopback, in this order:
@@ -24,7 +24,9 @@ Everything runs on loopback, in this order:
 5. memory: RSS of every server process (each worker) when idle, after the load (steady state), and while
    1,000 slow clients hold a connection open with a half-sent request (headers only, or headers + half
    a body), both on the fresh servers and after the load;
-6. `bench/RESULTS.md`: the machine, the tables, the ratios and the targets marked PASS/MISS.
+6. `bench/RESULTS.md`: the machine, the tables, the ratios and the targets marked PASS/MISS;
+7. then `bench/peer.py` (`--peer-only`: just it; `--no-peer`: not it): smsguard against HAProxy 2.6 with
+   `jwt_verify` on the same ES256 tokens → `bench/PEER.md` (~3-4 min).
 
 `--profile` instead samples one smsguard worker with py-spy (`.venv/bin/pip install py-spy`) under
 wrk at 32 connections (POST) and writes `bench/PROFILE.md`. Targets are reported, never asserted.
@@ -623,16 +625,37 @@ def main() -> int:
     parser.add_argument(
         "--quick", action="store_true", help="only the baseline vs smsguard 1 worker, printed (a check while coding)"
     )
+    parser.add_argument("--peer-only", action="store_true", help="only smsguard vs HAProxy jwt_verify → PEER.md")
+    parser.add_argument("--no-peer", action="store_true", help="skip smsguard vs HAProxy (bench/peer.py)")
+    parser.add_argument("--peer-output", type=Path, default=BENCH / "PEER.md")
+    parser.add_argument("--peer-tokens", type=int, default=100_000, help="new-token scenarios: tokens per algorithm")
+    parser.add_argument("--peer-clients", type=int, default=100_000, help="distinct clients (tokens) in scenario (d)")
+    parser.add_argument("--peer-redis", default="redis://127.0.0.1:6379/13", help="the store of the 2-worker line")
     args = parser.parse_args()
+    peer = not (args.no_peer or args.profile or args.quick)
     connection_counts = [int(c) for c in args.connections.split(",")]
 
-    for tool in ("nginx", "wrk"):
+    for tool in ("nginx", "wrk", *(["haproxy"] if peer else [])):
         if shutil.which(tool) is None:
-            log(f"bench: {tool} not found (apt-get install -y nginx-light wrk, or run `make bench`)")
+            log(f"bench: {tool} not found (apt-get install -y nginx-light wrk haproxy, or run `make bench`)")
             return 2
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)  # 1,000 slow clients need descriptors
     with contextlib.suppress(ValueError, OSError):
         resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 65536)), hard))
+    if args.peer_only:
+        import peer as peer_bench  # bench/peer.py: HAProxy jwt_verify as the peer
+
+        return peer_bench.main(args)
+    code = main_matrix(args, connection_counts)
+    if code == 0 and peer:
+        import peer as peer_bench
+
+        code = peer_bench.main(args)
+    return code
+
+
+def main_matrix(args, connection_counts: list[int]) -> int:
+    """Everything but the HAProxy peer: the servers, the matrix, scaling, memory → RESULTS.md (or a profile)."""
 
     args.busy_before = wait_for_quiet(args.quiet_wait)
     args.measured = args.disturbed = 0
@@ -1196,6 +1219,8 @@ def render(
         "headers, credentials, logging, metrics) costs less than what its upstream client saves.",
         "- `bench/match_bench.py` (`bench/MATCH_RESULTS.md`) measures the matcher alone, 10 vs 10,000 rules.",
         "- Where the time goes in smsguard under this load: `bench/PROFILE.md` (`bench/run.py --profile`).",
+        "- Against the peer a user would pick instead, HAProxy with `jwt_verify` (the same ES256 tokens, new",
+        "  tokens per request, 100,000 clients, 1,000 connections, memory): `bench/PEER.md` (`bench/peer.py`).",
         "",
     ]
     return "\n".join(out)
