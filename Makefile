@@ -63,7 +63,7 @@ browser:
 # (~4 min): nginx, wrk and haproxy come from Debian's packages, installed here when missing (needs root).
 # BENCH_ARGS passes options, e.g. BENCH_ARGS="--duration 10 --rounds 3", or "--peer-only" / "--no-peer".
 # The matcher alone: $(BIN)/python bench/match_bench.py (bench/MATCH_RESULTS.md).
-bench: $(STAMP) haproxy
+bench: $(STAMP) redis haproxy
 	@command -v wrk >/dev/null && command -v nginx >/dev/null || { apt-get update -q && \
 	  { DEBIAN_FRONTEND=noninteractive apt-get install -y -q nginx-light wrk || \
 	    DEBIAN_FRONTEND=noninteractive apt-get install -y -q nginx wrk; }; }
