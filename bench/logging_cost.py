@@ -167,6 +167,9 @@ def write_config(directory: Path, name: str, upstream_port: int, access: bool, m
         f"""\
 listen: {{host: 127.0.0.1, port: 0}}
 policies: [{ROOT / "policies" / "smsgate.yaml"}]
+auth:
+  issuers:
+    - {{name: bench, issuer: bench-idp, audience: sms-api, algorithms: [HS256], secret: "${{BENCH_TOKEN_SECRET}}"}}
 tokens:
   enabled: true
   keys: [{{kid: k1, algorithm: HS256, secret: "${{BENCH_TOKEN_SECRET}}"}}]
@@ -183,12 +186,13 @@ metrics: {{enabled: {str(metrics).lower()}}}
 
 
 def mint_token(config: Path, env: dict[str, str]) -> str:
-    done = subprocess.run(
-        [PYTHON, "-m", "gateway", "token", "issue", "--config", str(config), "--sub", "bench",
-         "--scope", "messages:send", "--ttl", "3600"],
-        env=env, capture_output=True, text=True, check=True, cwd=ROOT,
-    )  # fmt: skip
-    return done.stdout.strip()
+    """A token of the issuer the bench plays (`auth.issuers`): `gateway token issue` on a `memory://` store
+    mints for that command's own store epoch, which no running gateway accepts (issue 14)."""
+    import jwt
+
+    now = int(time.time())
+    claims = {"iss": "bench-idp", "sub": "bench", "aud": "sms-api", "iat": now, "exp": now + 3600}
+    return jwt.encode({**claims, "jti": f"bench-{now}", "scope": "messages:send"}, env["BENCH_TOKEN_SECRET"])
 
 
 # ------------------------------------------------------------------------------------------------ load
