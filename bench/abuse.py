@@ -1,6 +1,6 @@
 """Abuse run: what a flood, stuck clients and the limits cost, side by side in one run -> bench/ABUSE.md.
 
-    .venv/bin/python bench/abuse.py [--duration 8]        # needs wrk, nginx and redis-server
+    .venv/bin/python bench/abuse.py [--duration 8] [--only flood|stuck|redis]   # needs wrk, nginx, redis-server
 
 Everything on loopback, 1 worker per gateway, the nginx upstream of bench/run.py (plus a 64 MB answer
 at /3rdparty/v1/messages/big). Two gateways differ only in config:
@@ -204,6 +204,33 @@ def stuck_clients(server: base.Server, count: int, duration: float) -> tuple[int
     return early_503, early, late_503, late
 
 
+def flood_figures(server: base.Server, directory: Path, duration: int) -> dict[str, object]:
+    """Bearer throughput alone, then during the flood (with its login), and the RSS after it."""
+    assert server.token is not None
+    alone = wrk(server.port, bearer_script(directory, server.token), 16, duration, base.POST_PATH)
+    during, flood_result, login_status, login_s = flood(server, directory, duration)
+    rss = psutil.Process(server.process.pid).memory_info().rss / 2**20 if server.process else 0.0
+    hashed = argon2_checks(server.port)
+    base.log(f"{server.key}: {alone.rps:.0f} alone, {during.rps:.0f} during flood, login {login_s:.2f}s")
+    return {
+        "alone": alone,
+        "during": during,
+        "flood": flood_result,
+        "login": (login_status, login_s),
+        "rss": rss,
+        "hashed": hashed,
+    }
+
+
+def argon2_checks(port: int) -> int:
+    """argon2 verifications the gateway ran so far (its /metrics: logins verified or failed after hashing)."""
+    import re
+
+    status, _, body = base.http_request(port, "GET", "/metrics", timeout=10)
+    found = re.findall(rb'smsguard_basic_logins_total\{outcome="(?:verified|failed)"\} ([0-9.e+]+)', body)
+    return int(sum(float(value) for value in found)) if status == 200 else -1
+
+
 def cpu_per_request(server: base.Server, directory: Path, duration: int) -> tuple[base.Result, float]:
     assert server.process is not None
     assert server.token is not None
@@ -229,7 +256,11 @@ def private_redis(directory: Path) -> tuple[subprocess.Popen[bytes], str]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--duration", type=int, default=8)
+    parser.add_argument(
+        "--only", choices=("flood", "stuck", "redis"), help="one part only: printed, bench/ABUSE.md left alone"
+    )
     args = parser.parse_args()
+    parts = {args.only} if args.only else {"flood", "stuck", "redis"}
     servers: list[base.Server] = []
     redis: subprocess.Popen[bytes] | None = None
     with tempfile.TemporaryDirectory(prefix="smsguard-abuse-") as scratch:
@@ -264,23 +295,16 @@ def main() -> int:
             open_cfg.write_text(open_cfg.read_text() + "proxy: {client_write_timeout_s: 600}\n")
             results: dict[str, dict[str, object]] = {}
             for name, cfg in (("protected", protected_cfg), ("unprotected", open_cfg)):
+                if not parts & {"flood", "stuck"}:
+                    break
                 server = gateway(name, cfg, workdir)
                 servers.append(server)
-                assert server.token is not None
-                alone = wrk(server.port, bearer_script(workdir, server.token), 16, args.duration, base.POST_PATH)
-                during, flood_result, login_status, login_s = flood(server, workdir, args.duration)
-                rss = psutil.Process(server.process.pid).memory_info().rss / 2**20 if server.process else 0.0
-                stuck = stuck_clients(server, 12, 10.0)
-                results[name] = {
-                    "alone": alone,
-                    "during": during,
-                    "flood": flood_result,
-                    "login": (login_status, login_s),
-                    "rss": rss,
-                    "stuck": stuck,
-                }
+                results[name] = {}
+                if "flood" in parts:
+                    results[name].update(flood_figures(server, workdir, args.duration))
+                if "stuck" in parts:
+                    results[name]["stuck"] = stuck_clients(server, 12, 10.0)
                 server.stop()
-                base.log(f"{name}: {alone.rps:.0f} alone, {during.rps:.0f} during flood, login {login_s:.2f}s")
             redis, store = private_redis(workdir)
             limited_policy = workdir / "limited.yaml"
             shipped = policy.read_text()
@@ -289,6 +313,8 @@ def main() -> int:
             plain_policy.write_text(policy.read_text())
             costs: dict[str, tuple[base.Result, float]] = {}
             for name, pol in (("redis, no limits", plain_policy), ("redis, limits", limited_policy)):
+                if "redis" not in parts:
+                    break
                 cfg = config(workdir / f"{name[-6:].strip()}.yaml", port, key, pol, store, "", basic_hash)
                 server = gateway(name.replace(", ", "-").replace(" ", "_"), cfg, workdir)
                 servers.append(server)
@@ -296,7 +322,8 @@ def main() -> int:
                 costs[name] = cpu_per_request(server, workdir, args.duration)
                 server.stop()
             report = render(results, costs, args.duration)
-            (base.BENCH / "ABUSE.md").write_text(report)
+            if args.only is None:
+                (base.BENCH / "ABUSE.md").write_text(report)
             print(report)
         finally:
             for server in servers:
@@ -319,36 +346,41 @@ def render(results: dict[str, dict[str, object]], costs: dict[str, tuple[base.Re
     ]
 
     def row(label: str, key: str, fmt: object, goal: str = "") -> None:
+        if not all(key in results.get(name, {}) for name in ("protected", "unprotected")):
+            return
         cells = [fmt(results[name][key]) for name in ("protected", "unprotected")]  # type: ignore[operator]
         lines.append(f"| {label} | {cells[0]} | {cells[1]} | {goal} |")
 
     row("bearer POST req/s, alone", "alone", lambda r: f"{r.rps:.0f} (p99 {r.p99_ms:.1f} ms)")
     row("bearer POST req/s, during the flood", "during", lambda r: f"{r.rps:.0f} (p99 {r.p99_ms:.1f} ms)")
-    for name in ("protected", "unprotected"):
-        alone, during = results[name]["alone"], results[name]["during"]
-        results[name]["ratio"] = during.rps / alone.rps if alone.rps else 0.0  # type: ignore[attr-defined]
+    for figures in results.values():
+        if "alone" in figures:
+            alone, during = figures["alone"], figures["during"]
+            figures["ratio"] = during.rps / alone.rps if alone.rps else 0.0  # type: ignore[attr-defined]
     row("ratio during / alone", "ratio", lambda r: f"{r:.2f}x", ">= 0.8x")
     row("flood answers/s (401/429)", "flood", lambda r: f"{r.rps:.0f}")
     row("cold Basic login during the flood (127.0.0.2)", "login", lambda r: f"{r[0]} in {r[1]:.2f} s", "< 1 s")
     row("RSS after the flood (MiB)", "rss", lambda r: f"{r:.0f}")
+    row("argon2 checks run (whole run: mint, flood, login)", "hashed", lambda r: f"{r}")
     row(
         "12 never-reading clients: 503s of a legit client, first 5 s",
         "stuck",
         lambda r: f"{r[0]}/{r[1]}",
     )
     row("... after 5 s", "stuck", lambda r: f"{r[2]}/{r[3]}", "0")
-    plain, limited = costs["redis, no limits"], costs["redis, limits"]
-    lines += [
-        "",
-        "| Redis store, POST /messages | req/s | p99 ms | CPU µs/request (gateway process) |",
-        "|---|---|---|---|",
-        f"| no limits | {plain[0].rps:.0f} | {plain[0].p99_ms:.1f} | {plain[1]:.0f} |",
-        f"| 3 limits + destinations + prefix velocity (one Lua call) | {limited[0].rps:.0f} | "
-        f"{limited[0].p99_ms:.1f} | {limited[1]:.0f} |",
-        f"| ratio | {limited[0].rps / max(plain[0].rps, 1):.2f}x | | {limited[1] / max(plain[1], 1):.2f}x "
-        "(goal <= 1.15x) |",
-        "",
-    ]
+    if costs:
+        plain, limited = costs["redis, no limits"], costs["redis, limits"]
+        lines += [
+            "",
+            "| Redis store, POST /messages | req/s | p99 ms | CPU µs/request (gateway process) |",
+            "|---|---|---|---|",
+            f"| no limits | {plain[0].rps:.0f} | {plain[0].p99_ms:.1f} | {plain[1]:.0f} |",
+            f"| 3 limits + destinations + prefix velocity (one Lua call) | {limited[0].rps:.0f} | "
+            f"{limited[0].p99_ms:.1f} | {limited[1]:.0f} |",
+            f"| ratio | {limited[0].rps / max(plain[0].rps, 1):.2f}x | | {limited[1] / max(plain[1], 1):.2f}x "
+            "(goal <= 1.15x) |",
+        ]
+    lines.append("")
     return "\n".join(lines)
 
 
