@@ -6,7 +6,8 @@ string; a comma-separated value is split). `segments` counts SMS parts: GSM-7 (1
 when concatenated, extension characters count two) or UCS-2 (70 UTF-16 units, 67 per part).
 `check_destinations` parses every recipient with libphonenumber (`phonenumbers`) and refuses the whole
 request if any one is unparseable, in a country not allowed, of a refused number type, or if there are
-too many. Numbers in errors and logs are masked (`mask`): country code and the last two digits.
+too many; a bare run of digits is read as an international number without its `+` (BSG's format).
+Numbers in errors and logs are masked (`mask`): country code and the last two digits.
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ def mask(number: str) -> str:
     """`+447700900123` → `+44*******23`: the country code and the last two digits, never the rest."""
     digits = re.sub(r"\D", "", number)
     try:
-        code = str(phonenumbers.parse(number, None).country_code)
+        code = str(phonenumbers.parse(_international(number), None).country_code)
     except phonenumbers.NumberParseException:
         code = ""
     if len(digits) <= len(code) + 2:
@@ -155,9 +156,17 @@ class Recipient:
     kind: str
 
 
+def _international(number: str) -> str:
+    """`380661231231` → `+380661231231`: BSG (and others) write international numbers without the `+`.
+
+    Only a bare run of digits is read so; a national number written that way (`07700900123`) is then
+    not a possible number and is refused, never guessed into a country."""
+    return "+" + number if number.isdigit() else number
+
+
 def _parse(number: str) -> Recipient | None:
     try:
-        parsed = phonenumbers.parse(number, None)
+        parsed = phonenumbers.parse(_international(number), None)
     except phonenumbers.NumberParseException:
         return None
     if not phonenumbers.is_possible_number(parsed):
@@ -189,7 +198,7 @@ def check_destinations(
     parsed = [(number, _parse(number)) for number in numbers]
     bad = [number for number, recipient in parsed if recipient is None]
     if bad:
-        raise _refuse("recipients must be E.164 phone numbers (+ and country code)", bad, "unparseable")
+        raise _refuse("recipients must be international phone numbers (E.164, country code first)", bad, "unparseable")
     recipients = [recipient for _, recipient in parsed if recipient is not None]
     if countries is not None:
         outside = [r.e164 for r in recipients if r.country not in countries]
