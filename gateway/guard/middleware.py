@@ -27,7 +27,7 @@ Refusals (`access_log="refusals"`, the default), or every request (`"all"`), wri
 
 A key slot that a form body may hold (SMSGatewayCenter's `userId`/`password`) is the one case where the
 guard reads the body before deciding: only then, only up to the slot's limit, and the app receives the
-same body afterwards (`_Replay`).
+same body afterwards (`gateway.web.body.BodyReplay`, which the limits reuse: the body is read once).
 """
 
 from __future__ import annotations
@@ -43,6 +43,7 @@ from gateway.guard.authorize import Authorizer, Decision, inside
 from gateway.observe.events import RECORD_KEY, RequestRecord
 from gateway.policy.paths import canonical_path
 from gateway.web.asgi import ASGIApp, Message, Receive, Scope, Send
+from gateway.web.body import body_replay
 from gateway.web.responses import send_error, send_websocket_error
 
 if TYPE_CHECKING:
@@ -164,7 +165,7 @@ class GuardMiddleware:
             scope[RECORD_KEY] = record
         websocket = scope["type"] == "websocket"
         # only a key slot may read the body (a form's userId/password); no slot, nothing to replay
-        replay = None if websocket or self.authorizer.slot is None else _Replay(receive)
+        replay = None if websocket or self.authorizer.slot is None else body_replay(scope, receive)
         try:
             decision = await self.authorizer.authorize(
                 "GET" if websocket else scope["method"],
@@ -224,43 +225,6 @@ class GuardMiddleware:
     async def aclose(self) -> None:
         """Close the JWKS client, if one was opened (done for you when the app's lifespan ends)."""
         await self.authorizer.aclose()
-
-
-class _Replay:
-    """The request body, read whole by the guard when a key slot needs it, then handed to the app as sent."""
-
-    __slots__ = ("body", "client", "replayed")
-
-    def __init__(self, receive: Receive) -> None:
-        self.client = receive
-        self.body: bytes | None = None  # set once read
-        self.replayed = False
-
-    async def read(self, limit: int) -> bytes | None:
-        """The whole body, or None when it is longer than `limit` bytes (the request is then refused)."""
-        if self.body is not None:
-            return self.body
-        chunks: list[bytes] = []
-        size = 0
-        while True:
-            message = await self.client()
-            if message["type"] != "http.request":
-                raise BadRequest("the client left before its request body was read", code="client_disconnected")
-            chunk: bytes = message.get("body", b"")
-            size += len(chunk)
-            if size > limit:
-                return None
-            chunks.append(chunk)
-            if not message.get("more_body", False):
-                self.body = b"".join(chunks)
-                return self.body
-
-    async def receive(self) -> Message:
-        """The app's `receive`: the body read, in one message, then whatever the client says next."""
-        if self.replayed or self.body is None:
-            return await self.client()
-        self.replayed = True
-        return {"type": "http.request", "body": self.body, "more_body": False}
 
 
 def _noting_handshake(send: Send, record: RequestRecord) -> Send:
