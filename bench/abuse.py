@@ -150,12 +150,39 @@ def basic_login(port: int, source: str) -> tuple[int, float]:
     return status, time.perf_counter() - started
 
 
-def flood(server: base.Server, directory: Path, duration: int) -> tuple[base.Result, base.Result, int, float]:
-    """Bearer throughput during a 16-connection wrong-password flood, the flood's own figures, a login."""
+# A wrk request hook sending `ops:` with a new wrong password every time (base64 from lua-users.org).
+VARIED_PASSWORDS = r"""
+local alphabet = 'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/'
+local function b64(data)
+  return ((data:gsub('.', function(x)
+    local r, b = '', x:byte()
+    for i = 8, 1, -1 do r = r .. (b % 2 ^ i - b % 2 ^ (i - 1) > 0 and '1' or '0') end
+    return r
+  end) .. '0000'):gsub('%d%d%d?%d?%d?%d?', function(x)
+    if #x < 6 then return '' end
+    local c = 0
+    for i = 1, 6 do c = c + (x:sub(i, i) == '1' and 2 ^ (6 - i) or 0) end
+    return alphabet:sub(c + 1, c + 1)
+  end) .. ({'', '==', '='})[#data % 3 + 1])
+end
+local n = 0
+request = function()
+  n = n + 1
+  return wrk.format(nil, nil, {["Authorization"] = "Basic " .. b64("ops:wrong-" .. n .. "-" .. math.random(1000000))})
+end
+"""
+
+
+def flood(
+    server: base.Server, directory: Path, duration: int, *, varied: bool = False
+) -> tuple[base.Result, base.Result, int, float]:
+    """Bearer throughput during a 16-connection wrong-password flood (one password, or a new one each time),
+    the flood's own figures, and a cold Basic login from another address in the middle of it."""
     import base64
 
     wrong = base64.b64encode(b"ops:wrong-password").decode()
-    flood_script = script(directory, "flood", [f'wrk.headers["Authorization"] = "Basic {wrong}"'])
+    lines = [VARIED_PASSWORDS] if varied else [f'wrk.headers["Authorization"] = "Basic {wrong}"']
+    flood_script = script(directory, "flood-varied" if varied else "flood", lines)
     box: dict[str, base.Result] = {}
     thread = threading.Thread(
         target=lambda: box.update(flood=wrk(server.port, flood_script, 16, duration + 2, "/3rdparty/v1/messages/x"))
@@ -210,11 +237,11 @@ def stuck_clients(server: base.Server, count: int, duration: float) -> tuple[int
     return early_503, early, late_503, late, ok
 
 
-def flood_figures(server: base.Server, directory: Path, duration: int) -> dict[str, object]:
+def flood_figures(server: base.Server, directory: Path, duration: int, *, varied: bool = False) -> dict[str, object]:
     """Bearer throughput alone, then during the flood (with its login), and the RSS after it."""
     assert server.token is not None
     alone = wrk(server.port, bearer_script(directory, server.token), 16, duration, base.POST_PATH)
-    during, flood_result, login_status, login_s = flood(server, directory, duration)
+    during, flood_result, login_status, login_s = flood(server, directory, duration, varied=varied)
     rss = psutil.Process(server.process.pid).memory_info().rss / 2**20 if server.process else 0.0
     hashed = argon2_checks(server.port)
     base.log(f"{server.key}: {alone.rps:.0f} alone, {during.rps:.0f} during flood, login {login_s:.2f}s")
@@ -313,6 +340,12 @@ def main() -> int:
                 if "stuck" in parts:
                     results[name]["stuck"] = stuck_clients(server, 12, 10.0)
                 server.stop()
+                if "flood" in parts:  # a fresh gateway: no address already limited by the first flood
+                    server = gateway(name + "-varied", cfg, workdir)
+                    servers.append(server)
+                    varied = flood_figures(server, workdir, args.duration, varied=True)
+                    results[name].update({f"varied_{key}": value for key, value in varied.items()})
+                    server.stop()
             redis, store = private_redis(workdir)
             limited_policy = workdir / "limited.yaml"
             shipped = policy.read_text()
@@ -370,6 +403,13 @@ def render(results: dict[str, dict[str, object]], costs: dict[str, tuple[base.Re
     row("cold Basic login during the flood (127.0.0.2)", "login", lambda r: f"{r[0]} in {r[1]:.2f} s", "< 1 s")
     row("RSS after the flood (MiB)", "rss", lambda r: f"{r:.0f}")
     row("argon2 checks run (whole run: mint, flood, login)", "hashed", lambda r: f"{r}")
+    for figures in results.values():
+        if "varied_alone" in figures:
+            alone, during = figures["varied_alone"], figures["varied_during"]
+            figures["varied_ratio"] = during.rps / alone.rps if alone.rps else 0.0  # type: ignore[attr-defined]
+    row("a new wrong password each time (fresh gateway): ratio during / alone", "varied_ratio", lambda r: f"{r:.2f}x")
+    row("... cold Basic login during that flood", "varied_login", lambda r: f"{r[0]} in {r[1]:.2f} s", "< 1 s")
+    row("... argon2 checks run", "varied_hashed", lambda r: f"{r}")
     row(
         "12 never-reading clients: 503s of a legit client, first 5 s",
         "stuck",
