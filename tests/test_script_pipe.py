@@ -159,3 +159,24 @@ async def test_credentials_and_database_come_from_the_url(server: PrivateRedis) 
 def test_only_plain_servers_get_a_pipe(url: str, piped: bool) -> None:
     """TLS, Sentinel and Cluster keep redis-py's own path (no connection is made here)."""
     assert (ScriptPipe.for_client(redis_client(url), GCRA) is not None) is piped
+
+
+async def test_replies_split_anywhere_are_read_whole() -> None:
+    """Replies arriving a byte at a time (or several in one read) resolve their waiters in order."""
+    from gateway.store.pipe import _Link
+
+    class Transport:
+        def write(self, data: bytes) -> None:
+            pass
+
+    link = _Link()
+    link.connection_made(Transport())  # type: ignore[arg-type]
+    waiters = [link.send(b"x") for _ in range(3)]
+    await asyncio.sleep(0)  # the batch is written
+    replies = b"*2\r\n*4\r\n:1\r\n:9\r\n:1\r\n:0\r\n*0\r\n" + b"-NOSCRIPT no script\r\n" + b"+OK\r\n"
+    for i in range(len(replies)):
+        link.data_received(replies[i : i + 1])
+    assert waiters[0].result() == [[1, 9, 1, 0], []]
+    assert str(waiters[1].result()).startswith("NOSCRIPT")
+    assert waiters[2].result() == b"OK"
+    assert link.in_flight == 0

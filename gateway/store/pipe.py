@@ -50,35 +50,48 @@ class _Incomplete(Exception):
 
 
 def _parse(buffer: bytes, pos: int) -> tuple[Any, int]:
-    """One RESP2 reply at `pos`: (value, position after it). Errors are returned as ResponseError values."""
-    end = buffer.find(_CRLF, pos)
-    if end < 0:
-        raise _Incomplete
-    kind, line = buffer[pos : pos + 1], buffer[pos + 1 : end]
-    pos = end + 2
-    if kind == b":":
-        return int(line), pos
-    if kind == b"*":
-        count = int(line)
-        if count < 0:
-            return None, pos
-        items = []
-        for _ in range(count):
-            item, pos = _parse(buffer, pos)
-            items.append(item)
-        return items, pos
-    if kind == b"$":
-        size = int(line)
-        if size < 0:
-            return None, pos
-        if len(buffer) < pos + size + 2:
+    """One RESP2 reply at `pos`: (value, position after it). Errors are returned as ResponseError values.
+
+    Iterative (a stack of open arrays), not recursive: the GCRA reply is an array of arrays of integers,
+    and this runs once per rate-limited request."""
+    stack: list[tuple[list[Any], int]] = []  # open arrays: (items so far, items wanted)
+    while True:
+        end = buffer.find(_CRLF, pos)
+        if end < 0:
             raise _Incomplete
-        return buffer[pos : pos + size], pos + size + 2
-    if kind == b"+":
-        return line, pos
-    if kind == b"-":
-        return ResponseError(line.decode("utf-8", "replace")), pos
-    raise RedisConnectionError(f"unexpected reply type {kind!r} from Redis")
+        kind, line, pos = buffer[pos], buffer[pos + 1 : end], end + 2
+        value: Any
+        if kind == 58:  # ':' integer
+            value = int(line)
+        elif kind == 42:  # '*' array
+            count = int(line)
+            if count > 0:
+                stack.append(([], count))
+                continue
+            value = [] if count == 0 else None
+        elif kind == 36:  # '$' bulk string
+            size = int(line)
+            if size >= 0:
+                if len(buffer) < pos + size + 2:
+                    raise _Incomplete
+                value, pos = buffer[pos : pos + size], pos + size + 2
+            else:
+                value = None
+        elif kind == 43:  # '+' simple string
+            value = line
+        elif kind == 45:  # '-' error
+            value = ResponseError(line.decode("utf-8", "replace"))
+        else:
+            raise RedisConnectionError(f"unexpected reply type {bytes([kind])!r} from Redis")
+        while stack:
+            items, wanted = stack[-1]
+            items.append(value)
+            if len(items) < wanted:
+                break
+            stack.pop()
+            value = items
+        else:
+            return value, pos
 
 
 class _Link(asyncio.Protocol):
