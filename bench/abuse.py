@@ -1,6 +1,6 @@
 """Abuse run: what a flood, stuck clients and the limits cost, side by side in one run -> bench/ABUSE.md.
 
-    .venv/bin/python bench/abuse.py [--duration 8]        # needs wrk, nginx and redis-server
+    .venv/bin/python bench/abuse.py [--duration 8] [--only flood|stuck|redis]   # needs wrk, nginx, redis-server
 
 Everything on loopback, 1 worker per gateway, the nginx upstream of bench/run.py (plus a 64 MB answer
 at /3rdparty/v1/messages/big). Two gateways differ only in config:
@@ -12,9 +12,9 @@ at /3rdparty/v1/messages/big). Two gateways differ only in config:
 
 Measured on each: bearer POST throughput alone and during a 16-connection wrong-password Basic flood
 (wrk), a legitimate cold Basic login from another address (127.0.0.2) during the flood, and 503s seen by
-a legitimate client while 12 never-reading clients each ask for 64 MB (`pool_size: 10`). Then, on a private
-redis-server: CPU per request of a send with no limits against one with 3 limits, destinations and
-prefix velocity (one Lua call). Figures are reported, never asserted.
+a legitimate client while 12 never-reading clients (4 KiB receive window) each ask for 64 MB
+(`pool_size: 10`). Then, on a private redis-server: CPU per request of a send with no limits against
+one with 3 limits, destinations and prefix velocity (one Lua call). Figures are reported, never asserted.
 """
 
 from __future__ import annotations
@@ -150,12 +150,39 @@ def basic_login(port: int, source: str) -> tuple[int, float]:
     return status, time.perf_counter() - started
 
 
-def flood(server: base.Server, directory: Path, duration: int) -> tuple[base.Result, base.Result, int, float]:
-    """Bearer throughput during a 16-connection wrong-password flood, the flood's own figures, a login."""
+# A wrk request hook sending `ops:` with a new wrong password every time (base64 from lua-users.org).
+VARIED_PASSWORDS = r"""
+local alphabet = 'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/'
+local function b64(data)
+  return ((data:gsub('.', function(x)
+    local r, b = '', x:byte()
+    for i = 8, 1, -1 do r = r .. (b % 2 ^ i - b % 2 ^ (i - 1) > 0 and '1' or '0') end
+    return r
+  end) .. '0000'):gsub('%d%d%d?%d?%d?%d?', function(x)
+    if #x < 6 then return '' end
+    local c = 0
+    for i = 1, 6 do c = c + (x:sub(i, i) == '1' and 2 ^ (6 - i) or 0) end
+    return alphabet:sub(c + 1, c + 1)
+  end) .. ({'', '==', '='})[#data % 3 + 1])
+end
+local n = 0
+request = function()
+  n = n + 1
+  return wrk.format(nil, nil, {["Authorization"] = "Basic " .. b64("ops:wrong-" .. n .. "-" .. math.random(1000000))})
+end
+"""
+
+
+def flood(
+    server: base.Server, directory: Path, duration: int, *, varied: bool = False
+) -> tuple[base.Result, base.Result, int, float]:
+    """Bearer throughput during a 16-connection wrong-password flood (one password, or a new one each time),
+    the flood's own figures, and a cold Basic login from another address in the middle of it."""
     import base64
 
     wrong = base64.b64encode(b"ops:wrong-password").decode()
-    flood_script = script(directory, "flood", [f'wrk.headers["Authorization"] = "Basic {wrong}"'])
+    lines = [VARIED_PASSWORDS] if varied else [f'wrk.headers["Authorization"] = "Basic {wrong}"']
+    flood_script = script(directory, "flood-varied" if varied else "flood", lines)
     box: dict[str, base.Result] = {}
     thread = threading.Thread(
         target=lambda: box.update(flood=wrk(server.port, flood_script, 16, duration + 2, "/3rdparty/v1/messages/x"))
@@ -177,10 +204,11 @@ def flood(server: base.Server, directory: Path, duration: int) -> tuple[base.Res
     return during, box["flood"], int(login["status"]), float(login["seconds"])
 
 
-def stuck_clients(server: base.Server, count: int, duration: float) -> tuple[int, int, int, int]:
-    """`count` sockets ask for 8 MB and never read; a legitimate client polls meanwhile.
+def stuck_clients(server: base.Server, count: int, duration: float) -> tuple[int, int, int, int, int]:
+    """`count` sockets ask for 64 MB, read its first bytes (the status line) and then nothing; a legitimate
+    client polls meanwhile (`pool_size: 10`: once the stuck ones hold every upstream slot, it gets 503s).
 
-    Returns (503s, answers) in the first 5 s and after that."""
+    Returns (503s, answers) in the first 5 s and after that, and how many stuck clients got a 200."""
     sockets = []
     for _ in range(count):
         sock = socket.socket()
@@ -189,6 +217,11 @@ def stuck_clients(server: base.Server, count: int, duration: float) -> tuple[int
         auth = f"Authorization: Bearer {server.token}\r\n"
         sock.sendall(f"GET /3rdparty/v1/messages/big HTTP/1.1\r\nHost: x\r\n{auth}\r\n".encode())
         sockets.append(sock)
+    ok = 0
+    for sock in sockets:
+        sock.settimeout(10)
+        with contextlib.suppress(OSError):
+            ok += sock.recv(12).startswith(b"HTTP/1.1 200")
     started = time.monotonic()
     early, early_503, late, late_503 = 0, 0, 0, 0
     while time.monotonic() - started < duration:
@@ -201,7 +234,34 @@ def stuck_clients(server: base.Server, count: int, duration: float) -> tuple[int
     for sock in sockets:
         with contextlib.suppress(OSError):
             sock.close()
-    return early_503, early, late_503, late
+    return early_503, early, late_503, late, ok
+
+
+def flood_figures(server: base.Server, directory: Path, duration: int, *, varied: bool = False) -> dict[str, object]:
+    """Bearer throughput alone, then during the flood (with its login), and the RSS after it."""
+    assert server.token is not None
+    alone = wrk(server.port, bearer_script(directory, server.token), 16, duration, base.POST_PATH)
+    during, flood_result, login_status, login_s = flood(server, directory, duration, varied=varied)
+    rss = psutil.Process(server.process.pid).memory_info().rss / 2**20 if server.process else 0.0
+    hashed = argon2_checks(server.port)
+    base.log(f"{server.key}: {alone.rps:.0f} alone, {during.rps:.0f} during flood, login {login_s:.2f}s")
+    return {
+        "alone": alone,
+        "during": during,
+        "flood": flood_result,
+        "login": (login_status, login_s),
+        "rss": rss,
+        "hashed": hashed,
+    }
+
+
+def argon2_checks(port: int) -> int:
+    """argon2 verifications the gateway ran so far (its /metrics: logins verified or failed after hashing)."""
+    import re
+
+    status, _, body = base.http_request(port, "GET", "/metrics", timeout=10)
+    found = re.findall(rb'smsguard_basic_logins_total\{outcome="(?:verified|failed)"\} ([0-9.e+]+)', body)
+    return int(sum(float(value) for value in found)) if status == 200 else -1
 
 
 def cpu_per_request(server: base.Server, directory: Path, duration: int) -> tuple[base.Result, float]:
@@ -229,7 +289,11 @@ def private_redis(directory: Path) -> tuple[subprocess.Popen[bytes], str]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--duration", type=int, default=8)
+    parser.add_argument(
+        "--only", choices=("flood", "stuck", "redis"), help="one part only: printed, bench/ABUSE.md left alone"
+    )
     args = parser.parse_args()
+    parts = {args.only} if args.only else {"flood", "stuck", "redis"}
     servers: list[base.Server] = []
     redis: subprocess.Popen[bytes] | None = None
     with tempfile.TemporaryDirectory(prefix="smsguard-abuse-") as scratch:
@@ -238,6 +302,8 @@ def main() -> int:
             nginx_dir = workdir / "nginx"
             nginx_dir.mkdir()
             (nginx_dir / "big.json").write_bytes(b"[" + b'"x",' * (16 * 1024 * 1024) + b'"x"]')  # 64 MB
+            for readable in (workdir, nginx_dir, nginx_dir / "big.json"):  # nginx's worker is not root: else 403
+                readable.chmod(0o755)
             port = base.free_port()
             template = (base.BENCH / "nginx.conf.template").read_text()
             big = f"location = /3rdparty/v1/messages/big {{{{ alias {nginx_dir}/big.json; }}}}\n\n        "
@@ -264,23 +330,22 @@ def main() -> int:
             open_cfg.write_text(open_cfg.read_text() + "proxy: {client_write_timeout_s: 600}\n")
             results: dict[str, dict[str, object]] = {}
             for name, cfg in (("protected", protected_cfg), ("unprotected", open_cfg)):
+                if not parts & {"flood", "stuck"}:
+                    break
                 server = gateway(name, cfg, workdir)
                 servers.append(server)
-                assert server.token is not None
-                alone = wrk(server.port, bearer_script(workdir, server.token), 16, args.duration, base.POST_PATH)
-                during, flood_result, login_status, login_s = flood(server, workdir, args.duration)
-                rss = psutil.Process(server.process.pid).memory_info().rss / 2**20 if server.process else 0.0
-                stuck = stuck_clients(server, 12, 10.0)
-                results[name] = {
-                    "alone": alone,
-                    "during": during,
-                    "flood": flood_result,
-                    "login": (login_status, login_s),
-                    "rss": rss,
-                    "stuck": stuck,
-                }
+                results[name] = {}
+                if "flood" in parts:
+                    results[name].update(flood_figures(server, workdir, args.duration))
+                if "stuck" in parts:
+                    results[name]["stuck"] = stuck_clients(server, 12, 10.0)
                 server.stop()
-                base.log(f"{name}: {alone.rps:.0f} alone, {during.rps:.0f} during flood, login {login_s:.2f}s")
+                if "flood" in parts:  # a fresh gateway: no address already limited by the first flood
+                    server = gateway(name + "-varied", cfg, workdir)
+                    servers.append(server)
+                    varied = flood_figures(server, workdir, args.duration, varied=True)
+                    results[name].update({f"varied_{key}": value for key, value in varied.items()})
+                    server.stop()
             redis, store = private_redis(workdir)
             limited_policy = workdir / "limited.yaml"
             shipped = policy.read_text()
@@ -289,6 +354,8 @@ def main() -> int:
             plain_policy.write_text(policy.read_text())
             costs: dict[str, tuple[base.Result, float]] = {}
             for name, pol in (("redis, no limits", plain_policy), ("redis, limits", limited_policy)):
+                if "redis" not in parts:
+                    break
                 cfg = config(workdir / f"{name[-6:].strip()}.yaml", port, key, pol, store, "", basic_hash)
                 server = gateway(name.replace(", ", "-").replace(" ", "_"), cfg, workdir)
                 servers.append(server)
@@ -296,7 +363,8 @@ def main() -> int:
                 costs[name] = cpu_per_request(server, workdir, args.duration)
                 server.stop()
             report = render(results, costs, args.duration)
-            (base.BENCH / "ABUSE.md").write_text(report)
+            if args.only is None:
+                (base.BENCH / "ABUSE.md").write_text(report)
             print(report)
         finally:
             for server in servers:
@@ -319,36 +387,49 @@ def render(results: dict[str, dict[str, object]], costs: dict[str, tuple[base.Re
     ]
 
     def row(label: str, key: str, fmt: object, goal: str = "") -> None:
+        if not all(key in results.get(name, {}) for name in ("protected", "unprotected")):
+            return
         cells = [fmt(results[name][key]) for name in ("protected", "unprotected")]  # type: ignore[operator]
         lines.append(f"| {label} | {cells[0]} | {cells[1]} | {goal} |")
 
     row("bearer POST req/s, alone", "alone", lambda r: f"{r.rps:.0f} (p99 {r.p99_ms:.1f} ms)")
     row("bearer POST req/s, during the flood", "during", lambda r: f"{r.rps:.0f} (p99 {r.p99_ms:.1f} ms)")
-    for name in ("protected", "unprotected"):
-        alone, during = results[name]["alone"], results[name]["during"]
-        results[name]["ratio"] = during.rps / alone.rps if alone.rps else 0.0  # type: ignore[attr-defined]
+    for figures in results.values():
+        if "alone" in figures:
+            alone, during = figures["alone"], figures["during"]
+            figures["ratio"] = during.rps / alone.rps if alone.rps else 0.0  # type: ignore[attr-defined]
     row("ratio during / alone", "ratio", lambda r: f"{r:.2f}x", ">= 0.8x")
     row("flood answers/s (401/429)", "flood", lambda r: f"{r.rps:.0f}")
     row("cold Basic login during the flood (127.0.0.2)", "login", lambda r: f"{r[0]} in {r[1]:.2f} s", "< 1 s")
     row("RSS after the flood (MiB)", "rss", lambda r: f"{r:.0f}")
+    row("argon2 checks run (whole run: mint, flood, login)", "hashed", lambda r: f"{r}")
+    for figures in results.values():
+        if "varied_alone" in figures:
+            alone, during = figures["varied_alone"], figures["varied_during"]
+            figures["varied_ratio"] = during.rps / alone.rps if alone.rps else 0.0  # type: ignore[attr-defined]
+    row("a new wrong password each time (fresh gateway): ratio during / alone", "varied_ratio", lambda r: f"{r:.2f}x")
+    row("... cold Basic login during that flood", "varied_login", lambda r: f"{r[0]} in {r[1]:.2f} s", "< 1 s")
+    row("... argon2 checks run", "varied_hashed", lambda r: f"{r}")
     row(
         "12 never-reading clients: 503s of a legit client, first 5 s",
         "stuck",
         lambda r: f"{r[0]}/{r[1]}",
     )
     row("... after 5 s", "stuck", lambda r: f"{r[2]}/{r[3]}", "0")
-    plain, limited = costs["redis, no limits"], costs["redis, limits"]
-    lines += [
-        "",
-        "| Redis store, POST /messages | req/s | p99 ms | CPU µs/request (gateway process) |",
-        "|---|---|---|---|",
-        f"| no limits | {plain[0].rps:.0f} | {plain[0].p99_ms:.1f} | {plain[1]:.0f} |",
-        f"| 3 limits + destinations + prefix velocity (one Lua call) | {limited[0].rps:.0f} | "
-        f"{limited[0].p99_ms:.1f} | {limited[1]:.0f} |",
-        f"| ratio | {limited[0].rps / max(plain[0].rps, 1):.2f}x | | {limited[1] / max(plain[1], 1):.2f}x "
-        "(goal <= 1.15x) |",
-        "",
-    ]
+    row("... never-reading clients answered 200 (the rest: 503, pool_size 10)", "stuck", lambda r: f"{r[4]}/12")
+    if costs:
+        plain, limited = costs["redis, no limits"], costs["redis, limits"]
+        lines += [
+            "",
+            "| Redis store, POST /messages | req/s | p99 ms | CPU µs/request (gateway process) |",
+            "|---|---|---|---|",
+            f"| no limits | {plain[0].rps:.0f} | {plain[0].p99_ms:.1f} | {plain[1]:.0f} |",
+            f"| 3 limits + destinations + prefix velocity (one Lua call) | {limited[0].rps:.0f} | "
+            f"{limited[0].p99_ms:.1f} | {limited[1]:.0f} |",
+            f"| ratio | {limited[0].rps / max(plain[0].rps, 1):.2f}x | | {limited[1] / max(plain[1], 1):.2f}x "
+            "(goal <= 1.15x) |",
+        ]
+    lines.append("")
     return "\n".join(lines)
 
 

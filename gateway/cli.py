@@ -5,6 +5,7 @@
     gateway init [DIR]
     gateway --version
     gateway token issue --config C --sub S --scope messages:send [--scope ...] [--ttl 900]
+                        [--country GB [--country US ...]] [--max-recipients N]
     gateway token revoke --config C JTI
     gateway token revoke --config C --sub S [--issuer basic|cli|NAME]
     gateway hash-password [--stdin]
@@ -94,6 +95,15 @@ def _parser() -> argparse.ArgumentParser:
     issue.add_argument("--scope", action="append", required=True, help="a scope to grant (repeatable)")
     issue.add_argument("--ttl", type=int, help="lifetime in seconds (capped by tokens.max_ttl_s)")
     issue.add_argument("--json", action="store_true", help="print the whole token response as JSON")
+    issue.add_argument(
+        "--country",
+        action="append",
+        metavar="CC",
+        help="narrow: send only to this ISO 3166-1 alpha-2 country (repeatable; the token's sms.countries)",
+    )
+    issue.add_argument(
+        "--max-recipients", type=int, metavar="N", help="narrow: at most N recipients per send (sms.max_recipients)"
+    )
     revoke = token_commands.add_parser(
         "revoke", help="revoke a token (its refresh family and descendants) by jti, or every token of a subject"
     )
@@ -294,6 +304,18 @@ def freeze_startup_objects() -> None:
     gc.freeze()
 
 
+def _sms_flags(args: argparse.Namespace) -> dict[str, object] | None:
+    """`--country`/`--max-recipients` as the token request's `sms` block, validated like it (400 → exit 1)."""
+    from gateway.tokens.narrowing import parse
+
+    requested: dict[str, object] = {}
+    if args.country is not None:
+        requested["countries"] = args.country
+    if args.max_recipients is not None:
+        requested["max_recipients"] = args.max_recipients
+    return parse(requested) if requested else None
+
+
 async def _token(args: argparse.Namespace) -> int:
     import json
     from datetime import UTC, datetime
@@ -316,7 +338,7 @@ async def _token(args: argparse.Namespace) -> int:
                     file=sys.stderr,
                 )
                 return 1
-            pair = await gateway.tokens.issue(args.sub, args.scope, args.ttl, caller=None)
+            pair = await gateway.tokens.issue(args.sub, args.scope, args.ttl, caller=None, sms=_sms_flags(args))
             print(json.dumps(token_response(pair), indent=2) if args.json else pair.access.token)
         elif args.sub is not None:
             if args.jti is not None:

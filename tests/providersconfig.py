@@ -74,12 +74,13 @@ class ProvidersConfig:
     def env(self) -> dict[str, str]:
         return dict(ENV)
 
-    def add(self, policy: str, url: str, credentials: str, *, name: str | None = None) -> Self:
-        """Serve the shipped `policies/{policy}.yaml` by an upstream at `url` with these credentials (YAML flow)."""
+    def add(self, policy: str, url: str, credentials: str, *, name: str | None = None, append: str = "") -> Self:
+        """Serve the shipped `policies/{policy}.yaml` by an upstream at `url` with these credentials (YAML flow);
+        `append` is added to the end of a copy of the policy (e.g. `  destinations: ...` under its `sms:`)."""
         name = name or policy
         path = POLICIES / f"{policy}.yaml"
-        if name != policy:
-            text = path.read_text().replace(f"upstream: {policy}\n", f"upstream: {name}\n")
+        if name != policy or append:
+            text = path.read_text().replace(f"upstream: {policy}\n", f"upstream: {name}\n") + append
             path = self.directory / f"{name}.policy.yaml"
             path.write_text(text)
         self.upstreams.append((name, url, credentials, path))

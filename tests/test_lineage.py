@@ -195,6 +195,45 @@ def test_identity_check_of_basic_grants(
         identities.check(principal)
 
 
+@pytest.mark.parametrize(
+    ("claim", "kind", "error"),
+    [
+        (None, "access", Unauthorized),  # minted before sender got an sms: block: wider in both fields
+        ({"countries": ["GB", "US"], "max_recipients": 5}, "access", Unauthorized),
+        ({"countries": ["gb"], "max_recipients": 50}, "refresh", Forbidden),
+        ({"countries": ["GB"]}, "access", Unauthorized),  # no max_recipients: any number
+        ({"countries": ["GB"], "max_recipients": 5}, "access", None),
+        ({"countries": ["GB"], "max_recipients": 3}, "refresh", None),
+    ],
+)
+def test_identity_check_of_a_basic_grant_against_the_users_live_sms(
+    claim: dict[str, Any] | None, kind: str, error: type[Exception] | None
+) -> None:
+    """A token whose `sms` claim allows more than its Basic user's current `sms:` is refused (401, refresh 403)."""
+    identities = Identities(
+        {"sender": frozenset({"messages:send"})},
+        frozenset(),
+        basic_sms={"sender": {"countries": ["GB"], "max_recipients": 5}},
+    )
+    claims: dict[str, Any] = {"idp": "basic", "fam": "f", **({"sms": claim} if claim is not None else {})}
+    if kind == "refresh":
+        claims["grant_scope"] = "messages:send"
+    principal = Principal(
+        "sender",
+        frozenset({"messages:send"}),
+        "self",
+        "j",
+        NOW + 60,
+        MappingProxyType(claims),
+        kind,  # type: ignore[arg-type]
+    )
+    if error is None:
+        identities.check(principal)
+        return
+    with pytest.raises(error, match="may no longer send as widely"):
+        identities.check(principal)
+
+
 def test_identity_check_of_external_and_cli_grants(identities: Identities) -> None:
     """A token minted from an issuer no longer configured is refused; cli and pre-lineage tokens are the operator's."""
 

@@ -309,3 +309,24 @@ def test_narrowing_a_basic_user_refuses_the_refresh(pair: Pair) -> None:
         assert "messages:send" in response.json()["message"]
     finally:
         pair.edit("scopes: [messages:read]", "scopes: [messages:send, messages:read]")
+
+
+def test_tightening_a_basic_users_sms_reaches_the_tokens_they_minted(pair: Pair) -> None:
+    """sender gets `sms: {countries: [GB]}` by a hot reload → the token minted before (no sms claim: any
+    country) is refused on both instances, its refresh is 403; a token minted now carries the narrowing."""
+    wait_for_next_second()
+    tokens = pair.mint(pair.a, ["messages:read"], auth=SENDER)
+    assert pair.get(pair.b, tokens["access_token"], READ) == 200
+    narrowed = SENDER_LINE.replace("}\n", ", sms: {countries: [GB]}}\n")
+    pair.edit(SENDER_LINE, narrowed)
+    try:
+        for base in (pair.a, pair.b):
+            response = pair.client.get(base + READ, headers={"authorization": f"Bearer {tokens['access_token']}"})
+            assert response.status_code == 401
+            assert "sms.countries" in response.json()["message"]
+        assert pair.refresh(pair.b, tokens["refresh_token"]).status_code == 403
+        fresh = pair.mint(pair.a, ["messages:read"], auth=SENDER)
+        assert claims(fresh["access_token"])["sms"] == {"countries": ["GB"]}
+        assert pair.get(pair.b, fresh["access_token"], READ) == 200
+    finally:
+        pair.edit(narrowed, SENDER_LINE)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from typing import Any
 
@@ -11,8 +12,10 @@ from keys import Clock
 
 from gateway.auth import basic as passwords
 from gateway.auth.basic import BasicAuthenticator, hash_password
+from gateway.auth.peer import Peer
+from gateway.config.auth import BasicLimitSettings
 from gateway.config.settings import BasicUser, Secret
-from gateway.errors import Unauthorized
+from gateway.errors import TooManyRequests, Unauthorized
 
 FAST = PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1)
 
@@ -153,3 +156,52 @@ def test_hash_password_makes_argon2id() -> None:
     hashed = hash_password("pa55word")
     assert hashed.startswith("$argon2id$")
     assert PasswordHasher().verify(hashed, "pa55word")
+
+
+async def test_a_repeated_wrong_password_is_hashed_once(argon_calls: list[str]) -> None:
+    """The same wrong credentials within the cache TTL fail alike without another argon2 check; after it, hashed."""
+    clock = Clock(0.0)
+    basic = BasicAuthenticator(USERS, clock=clock)
+    for _ in range(5):
+        with pytest.raises(Unauthorized) as caught:
+            await basic.verify("ops", "stale password")
+        assert caught.value.message == "invalid username or password"
+        assert caught.value.code == "invalid_credentials:basic"
+    assert len(argon_calls) == 1
+    with pytest.raises(Unauthorized):
+        await basic.verify("ops", "another wrong one")
+    assert len(argon_calls) == 2
+    assert (await basic.verify("ops", "correct horse")).subject == "ops"  # a failure never shadows the right one
+    clock.now = 60.0
+    with pytest.raises(Unauthorized):
+        await basic.verify("ops", "stale password")
+    assert len(argon_calls) == 4
+
+
+async def test_repeated_failures_count_towards_the_failed_login_limit(argon_calls: list[str]) -> None:
+    """Unhashed repeats still count: the client's fourth failure within the minute is a 429, not a 401."""
+    limits = BasicLimitSettings(failures_per_client="3/m", failures_per_user="100/m", failure_delay_s=0)
+    basic = BasicAuthenticator(USERS, limits=limits)
+    peer = Peer("192.0.2.7")
+    for _ in range(3):
+        with pytest.raises(Unauthorized):
+            await basic.verify("ops", "stale password", peer)
+    with pytest.raises(TooManyRequests):
+        await basic.verify("ops", "stale password", peer)
+    with pytest.raises(TooManyRequests):
+        await basic.verify("ops", "correct horse", peer)  # the limited address hashes nothing more
+    assert len(argon_calls) == 1
+    assert (await basic.verify("ops", "correct horse", Peer("192.0.2.8"))).subject == "ops"
+
+
+async def test_logins_queued_for_a_slot_are_limited_before_they_hash(argon_calls: list[str]) -> None:
+    """Ten distinct wrong passwords at once from one address, limit 3/m, one hashing slot: all ten pass the
+    first limit check together, but only three hash; the rest are 429 once they get the slot."""
+    limits = BasicLimitSettings(failures_per_client="3/m", hash_concurrency=1, failure_delay_s=0)
+    basic = BasicAuthenticator(USERS, limits=limits)
+    peer = Peer("192.0.2.9")
+    outcomes = await asyncio.gather(
+        *(basic.verify("ops", f"guess-{i}", peer) for i in range(10)), return_exceptions=True
+    )
+    assert sorted(type(outcome).__name__ for outcome in outcomes) == ["TooManyRequests"] * 7 + ["Unauthorized"] * 3
+    assert len(argon_calls) == 3

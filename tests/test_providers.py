@@ -19,6 +19,7 @@ from urllib.parse import parse_qsl
 import httpx
 import pytest
 from fakes import FakeBSG, FakeSMSGate, FakeSMSGatewayCenter, FakeSMSPortal, Recorded, UvicornServer
+from fakes.bsg_one_api import FakeBsgOneApi
 from providersconfig import (
     BSG_KEY,
     ENV,
@@ -162,6 +163,42 @@ async def test_one_token_sends_through_every_provider(tmp_path: Path) -> None:
 
     (smsgate_send,) = smsgate.received("/3rdparty/v1/messages")
     assert credentials_in(smsgate_send) == {"authorization": [basic(SMSGATE_USER, SMSGATE_PASSWORD)]}
+
+
+# BSG's documented send bodies (v1 "Send SMS", single and batch; v2 CampaignSMSApi.smsSend): international
+# numbers without the `+`, Ukraine allowed, Great Britain not.
+BSG_SENDS = [
+    ("/bsg/v1/sms/create", "/rest/sms/create", lambda n: {
+        "destination": "phone", "originator": "alpha name", "body": "message text", "msisdn": n, "reference": "e16"}),
+    ("/bsg/v1/sms/create", "/rest/sms/create", lambda n: {
+        "destination": "phones", "originator": "alpha_name", "body": "message text",
+        "phones": [{"msisdn": "380972000001", "reference": "e17"}, {"msisdn": n, "reference": "e18"}]}),
+    ("/bsg/v2/api/campaigns/sms/send", "/api/campaigns/sms/send", lambda n: {
+        "phones": [{"number": int(n)}], "sender": "Vet klinika", "text": "test"}),
+]  # fmt: skip
+
+
+async def test_shipped_bsg_policies_read_the_recipients_of_bsgs_documented_send_bodies(tmp_path: Path) -> None:
+    """With `destinations` added to the shipped BSG policies, each documented send body reaches the strict fakes
+    when its numbers are allowed, and is refused whole (403, nothing forwarded) when one is not."""
+    destinations = "  destinations:\n    countries: [UA]\n"
+    async with FakeBSG([BSG_KEY]) as bsg, FakeBsgOneApi((BSG_KEY,)) as bsg2:
+        config = (
+            ProvidersConfig(tmp_path)
+            .add("bsg_v1", bsg.url + "/rest", BSG_V1, append=destinations)
+            .add("bsg_v2", bsg2.url + "/api", BSG_V2, append=destinations)
+        )
+        async with serve(config) as (client, _):
+            token = config.token("messages:send")
+            for path, _, body in BSG_SENDS:
+                sent = await client.post(path, json=body("380661231231"), headers=bearer(token))
+                assert sent.status_code == 200, (path, sent.text)
+                assert sent.json().get("error", 0) == 0, (path, sent.text)  # v1 answers its errors with 200
+                refused = await client.post(path, json=body("447700900123"), headers=bearer(token))
+                assert refused.status_code == 403, (path, refused.text)
+                assert refused.json()["code"] == "destination_not_allowed"
+    received = [json.loads(seen.body) for seen in bsg.received("/rest/sms/create") + bsg2.received(BSG_SENDS[2][1])]
+    assert received == [body("380661231231") for *_, body in BSG_SENDS]
 
 
 # ------------------------------------------------------------------------------------------- per provider

@@ -340,6 +340,25 @@ def test_cli_issue_and_revoke_share_the_configured_store(tmp_path: Path, capsys:
     assert asyncio.run(revoked()) == (True, True)
 
 
+def test_cli_issue_narrows_sms_by_flags(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`--country` (repeatable) and `--max-recipients` become the token's `sms` claim; a bad value is refused."""
+    cfg = GatewayConfig(tmp_path, "http://127.0.0.1:9/3rdparty/v1", store="redis://127.0.0.1:6379/0")
+    path = cfg.write()
+    base = ["token", "issue", "--config", str(path), "--sub", "svc", "--scope", "messages:send", "--json"]
+    with pytest.MonkeyPatch.context() as patch:
+        for key, value in cfg.env.items():
+            patch.setenv(key, value)
+        assert cli_main([*base, "--country", "gb", "--country", "US", "--max-recipients", "3"]) == 0
+        issued = json.loads(capsys.readouterr().out)
+        assert claims(issued["access_token"])["sms"] == {"countries": ["GB", "US"], "max_recipients": 3}
+        assert cli_main(base) == 0
+        assert "sms" not in claims(json.loads(capsys.readouterr().out)["access_token"])
+        assert cli_main([*base, "--country", "GBR"]) == 1
+        assert "sms.countries" in capsys.readouterr().err
+        assert cli_main([*base, "--max-recipients", "0"]) == 1
+        assert "sms.max_recipients" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("grace_s", [0.0, 30.0])
 async def test_a_revocation_outlives_exp_by_the_verifiers_leeway(grace_s: float) -> None:
     """Verifiers accept a token until exp + leeway: its revocation must hold (and be revocable) that long too."""

@@ -8,11 +8,15 @@ wrong-password flood is a denial of service unless the work is bounded. In order
    itself is never stored), so a legitimate Basic client pays argon2 once, not per request;
 2. joins a check already running for the same credentials (single flight: 32 concurrent cold
    requests run one hash, not 32);
+   and credentials that failed within `cache_ttl_s` fail again without hashing (same keyed digest,
+   same limits and tarpit as a hashed failure): a client repeating a wrong or stale password costs
+   one argon2 check, not one per attempt;
 3. is refused with 429 (no hashing) when its client address or its username is over its failed-login
    limit (GCRA, per process: `failures_per_client`, `failures_per_user`; refused attempts do not count,
    so one flooding address cannot lock a user out on its own);
 4. waits for one of `hash_concurrency` hashing slots (never more than the cores), or gets 503 with
-   Retry-After when `max_waiting` logins already wait;
+   Retry-After when `max_waiting` logins already wait; the limits of 3. are checked again once it has
+   the slot (the failures of the logins ahead of it have counted by then);
 5. is dropped before hashing when every client waiting for that check has disconnected;
 6. when it fails, or is refused by a limit, is answered only after `failure_delay_s` (a tarpit: the
    flooder's connection idles instead of asking again at once, and idling costs no CPU).
@@ -25,6 +29,7 @@ process's CPU, and keep working when the shared store is down.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import hmac
 import os
@@ -80,7 +85,8 @@ class BasicMetrics(Protocol):
     """What the authenticator reports (the gateway's Metrics implements it)."""
 
     def basic_login(self, outcome: str) -> None:
-        """One login by outcome: cached, verified, failed, limited_client, limited_user, busy, abandoned."""
+        """One login by outcome: cached, verified, failed, repeated (a recent failure, not hashed again),
+        limited_client, limited_user, busy, abandoned."""
 
 
 class _NoMetrics:
@@ -137,6 +143,7 @@ class BasicAuthenticator:
         self._dummy = _dummy_hash(users) if enabled else None
         self._cache_key = secrets.token_bytes(32)
         self._cache: OrderedDict[bytes, tuple[float, Principal]] = OrderedDict()
+        self._failed: OrderedDict[bytes, float] = OrderedDict()  # keyed digest -> until when it fails unhashed
         self._cache_ttl = limits.cache_ttl_s if cache_ttl_s is None else cache_ttl_s
         self._cache_size = cache_size
         self._clock = clock
@@ -166,6 +173,8 @@ class BasicAuthenticator:
                 self._metrics.basic_login("cached")
                 return cached[1]
             del self._cache[key]
+        if self._failed_recently(key):
+            await self._fail_again(username, peer)
         flight = self._flights.get(key)
         if flight is not None:  # the same credentials are being checked: share that answer
             flight.peers.append(peer)
@@ -206,20 +215,27 @@ class BasicAuthenticator:
             checks.append(RateCheck("c:" + peer.address, *self._per_client))
         return checks
 
-    async def _refuse_limited(self, username: str, peer: Peer | None) -> None:
-        """429 without hashing when the address or the username has failed too often lately (after the tarpit)."""
+    def _limited(self, username: str, peer: Peer | None) -> TooManyRequests | None:
+        """The 429 for an address or username that has failed too often lately (None: not limited)."""
         checks = self._limit_checks(username, peer)
         results = self._failures.check(checks, charge=False)
         for check, result in zip(checks, results, strict=True):
             if not result.allowed:
                 which = "user" if check.key.startswith("u:") else "client"
                 self._metrics.basic_login(f"limited_{which}")
-                await self._tarpit(peer)
-                raise TooManyRequests(
+                return TooManyRequests(
                     "too many failed logins; retry later",
                     retry_after_s=int(result.retry_after_s) + 1,
                     code=f"basic_limited:{which}",
                 )
+        return None
+
+    async def _refuse_limited(self, username: str, peer: Peer | None) -> None:
+        """429 without hashing when the address or the username has failed too often lately (after the tarpit)."""
+        refused = self._limited(username, peer)
+        if refused is not None:
+            await self._tarpit(peer)
+            raise refused
 
     async def _check(self, key: bytes, username: str, password: str, peer: Peer | None) -> bool:
         """Run one bounded argon2 check as the leader of its flight; failures are counted here."""
@@ -232,23 +248,54 @@ class BasicAuthenticator:
         future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
         flight = self._flights[key] = _Flight(future, peer)
         try:
-            ok = password_hash is not None and await self._hash(flight, password_hash, password)
+            recheck = functools.partial(self._limited, username, peer)
+            ok = password_hash is not None and await self._hash(flight, password_hash, password, recheck)
         except BaseException as exc:
             future.set_exception(exc if isinstance(exc, HTTPError) else _Abandoned())
             future.exception()  # retrieved: nobody else may be waiting
+            if isinstance(exc, TooManyRequests):
+                del self._flights[key]
+                await self._tarpit(peer)
             raise
         finally:
-            del self._flights[key]
+            self._flights.pop(key, None)
         future.set_result(ok)
         if ok and user is not None:
             self._metrics.basic_login("verified")
         else:
             self._metrics.basic_login("failed")
-            self._failures.check(
-                [RateCheck(c.key, c.interval_us, c.burst, 1) for c in self._limit_checks(username, peer)]
-            )
+            self._remember_failure(key)
+            self._count_failure(username, peer)
             await self._tarpit(peer)
         return ok and user is not None
+
+    def _count_failure(self, username: str, peer: Peer | None) -> None:
+        self._failures.check([RateCheck(c.key, c.interval_us, c.burst, 1) for c in self._limit_checks(username, peer)])
+
+    def _failed_recently(self, key: bytes) -> bool:
+        until = self._failed.get(key)
+        if until is None:
+            return False
+        if until > self._clock():
+            return True
+        del self._failed[key]
+        return False
+
+    def _remember_failure(self, key: bytes) -> None:
+        if self._cache_size <= 0 or self._cache_ttl <= 0:
+            return
+        self._failed[key] = self._clock() + self._cache_ttl
+        self._failed.move_to_end(key)
+        while len(self._failed) > self._cache_size:
+            self._failed.popitem(last=False)
+
+    async def _fail_again(self, username: str, peer: Peer | None) -> None:
+        """Credentials that failed lately fail again, unhashed: limited (429) or counted, tarpitted, 401."""
+        await self._refuse_limited(username, peer)
+        self._metrics.basic_login("repeated")
+        self._count_failure(username, peer)
+        await self._tarpit(peer)
+        raise Unauthorized(BAD_CREDENTIALS, code="invalid_credentials:basic", token_presented=True)
 
     async def _tarpit(self, peer: Peer | None) -> None:
         """Answer a failed or refused login late: the flooder's connection idles (costing nothing) instead of
@@ -256,7 +303,12 @@ class BasicAuthenticator:
         if self._failure_delay > 0 and peer is not None and peer.address:
             await asyncio.sleep(self._failure_delay)
 
-    async def _hash(self, flight: _Flight, password_hash: str, password: str) -> bool:
+    async def _hash(
+        self, flight: _Flight, password_hash: str, password: str, limited: Callable[[], TooManyRequests | None]
+    ) -> bool:
+        """argon2 in a hashing slot. The failed-login limits are checked again once the slot is ours: the
+        logins that queued meanwhile passed the first check before the failures ahead of them counted, so
+        without this a flood of distinct passwords would hash its whole queue past the limit."""
         self._waiting += 1
         try:
             await self._slots.acquire()
@@ -266,6 +318,9 @@ class BasicAuthenticator:
             if flight.abandoned():
                 self._metrics.basic_login("abandoned")
                 raise _Abandoned
+            refused = limited()
+            if refused is not None:
+                raise refused
             return await asyncio.to_thread(_matches, self._hasher, password_hash, password)
         finally:
             self._slots.release()

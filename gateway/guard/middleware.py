@@ -30,7 +30,7 @@ closes a tracer it built when the app's lifespan ends (one handed to it is the c
 
 A key slot that a form body may hold (SMSGatewayCenter's `userId`/`password`) is the one case where the
 guard reads the body before deciding: only then, only up to the slot's limit, and the app receives the
-same body afterwards (`_Replay`).
+same body afterwards (`gateway.web.body.BodyReplay`, which the limits reuse: the body is read once).
 """
 
 from __future__ import annotations
@@ -47,6 +47,7 @@ from gateway.observe.events import RECORD_KEY, RequestRecord
 from gateway.observe.tracing import Tracer, build_tracer
 from gateway.policy.paths import canonical_path
 from gateway.web.asgi import ASGIApp, Message, Receive, Scope, Send
+from gateway.web.body import body_replay
 from gateway.web.responses import send_error, send_websocket_error
 
 if TYPE_CHECKING:
@@ -173,7 +174,7 @@ class GuardMiddleware:
             scope[RECORD_KEY] = record
         websocket = scope["type"] == "websocket"
         # only a key slot may read the body (a form's userId/password); no slot, nothing to replay
-        replay = None if websocket or self.authorizer.slot is None else _Replay(receive)
+        replay = None if websocket or self.authorizer.slot is None else body_replay(scope, receive)
         try:
             decision = await self.authorizer.authorize(
                 "GET" if websocket else scope["method"],
@@ -236,43 +237,6 @@ class GuardMiddleware:
         await self.authorizer.aclose()
         if self._own_tracer and self.tracer is not None:
             await self.tracer.aclose()
-
-
-class _Replay:
-    """The request body, read whole by the guard when a key slot needs it, then handed to the app as sent."""
-
-    __slots__ = ("body", "client", "replayed")
-
-    def __init__(self, receive: Receive) -> None:
-        self.client = receive
-        self.body: bytes | None = None  # set once read
-        self.replayed = False
-
-    async def read(self, limit: int) -> bytes | None:
-        """The whole body, or None when it is longer than `limit` bytes (the request is then refused)."""
-        if self.body is not None:
-            return self.body
-        chunks: list[bytes] = []
-        size = 0
-        while True:
-            message = await self.client()
-            if message["type"] != "http.request":
-                raise BadRequest("the client left before its request body was read", code="client_disconnected")
-            chunk: bytes = message.get("body", b"")
-            size += len(chunk)
-            if size > limit:
-                return None
-            chunks.append(chunk)
-            if not message.get("more_body", False):
-                self.body = b"".join(chunks)
-                return self.body
-
-    async def receive(self) -> Message:
-        """The app's `receive`: the body read, in one message, then whatever the client says next."""
-        if self.replayed or self.body is None:
-            return await self.client()
-        self.replayed = True
-        return {"type": "http.request", "body": self.body, "more_body": False}
 
 
 def _noting_handshake(send: Send, record: RequestRecord) -> Send:

@@ -4,8 +4,9 @@
 guard has decided who asks for which rule (`scope["smsguard"]`); for a rule with limits or an
 `sms.send` entry, `Limiter.check` runs, in this order, and nothing is forwarded unless all pass:
 
-1. a send request's body is read (at most `max_body_bytes`; 413 beyond) and its recipients and text
-   found (400 when the body cannot be read as the policy says);
+1. a send request's body is read (at most `max_body_bytes`; 413 beyond; once: the guard's `BodyReplay`
+   when it read it already) and its recipients and text found (400 when the body cannot be read as the
+   policy says);
 2. destinations (no store involved): recipients per request, then each number parsed with
    libphonenumber, its country and its number type; the policy's rules narrowed by the caller's `sms`
    claim (a token minted narrower, or a Basic user's `sms:`) → 403 `destination_not_allowed`;
@@ -27,11 +28,12 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from gateway.auth.peer import peer_of
 from gateway.errors import HTTPError, PayloadTooLarge, StoreUnavailable, TooManyRequests
-from gateway.limits.sms import Recipient, SendRequest, check_destinations, extract, mask
+from gateway.limits.sms import Recipient, RecipientCache, SendRequest, check_destinations, extract, mask
 from gateway.observe.events import RECORD_KEY
 from gateway.policy.model import Destinations, Limit, Policy, Rule, SendSpec
 from gateway.store.gcra import RateCheck, RateLimiting, RateResult
 from gateway.web.asgi import ASGIApp, Message, Receive, Scope, Send
+from gateway.web.body import body_replay
 from gateway.web.responses import send_error
 
 if TYPE_CHECKING:
@@ -64,6 +66,10 @@ class RulePlan:
     def inert(self) -> bool:
         """Only a send spec: nothing to check unless the caller's `sms` claim narrows it."""
         return not self.limits and self.destinations is None
+
+    @property
+    def counts_segments(self) -> bool:
+        return any(limit.cost == "segments" for limit in self.limits)
 
 
 def _plan(policy: Policy, rule: Rule) -> RulePlan | None:
@@ -109,12 +115,12 @@ def _caller(limit: Limit, decision: Decision, client: str) -> str:
     return "s:" + principal.subject
 
 
-def _cost(limit: Limit, request: SendRequest | None) -> int:
-    if limit.cost == "requests":
-        return 1
+def _costs(request: SendRequest | None, needs_segments: bool) -> dict[str, int]:
+    """Each cost unit of one request, counted once (segments only when a limit counts them)."""
     if request is None:
-        return 0  # recipients or segments of a request that sends nothing: not counted
-    return len(request.recipients) if limit.cost == "recipients" else request.segments()
+        return {"requests": 1, "recipients": 0, "segments": 0}  # a request that sends nothing counts no SMS
+    parts = request.segments() if needs_segments else 0
+    return {"requests": 1, "recipients": len(request.recipients), "segments": parts}
 
 
 def rate_headers(limits: Sequence[Limit], results: Sequence[RateResult]) -> list[tuple[bytes, bytes]]:
@@ -148,6 +154,7 @@ class Limiter:
         self._store = store if isinstance(store, RateLimiting) else None
         self._trusted = tuple(trusted_proxies)
         self._metrics = metrics
+        self._recipients = RecipientCache()
 
     def plan(self, decision: Decision | None) -> RulePlan | None:
         return self.plans.get(id(decision.rule)) if decision is not None else None
@@ -159,7 +166,7 @@ class Limiter:
     def destinations(self, plan: RulePlan, request: SendRequest, principal: Principal | None) -> list[Recipient]:
         countries, most = _effective(plan, principal)
         try:
-            return check_destinations(request.recipients, plan.destinations, countries, most)
+            return check_destinations(request.recipients, plan.destinations, countries, most, self._recipients.parse)
         except HTTPError as exc:
             self._refused("destinations", exc.code.rpartition(":")[2])
             raise
@@ -169,8 +176,9 @@ class Limiter:
     ) -> tuple[list[Limit], list[RateCheck]]:
         applied: list[Limit] = []
         checks: list[RateCheck] = []
+        costs = _costs(request, plan.counts_segments)
         for limit in plan.limits:
-            cost = _cost(limit, request)
+            cost = costs[limit.cost]
             if cost:
                 applied.append(limit)
                 key = f"{plan.namespace}|{limit.name}|{_caller(limit, decision, client)}"
@@ -283,7 +291,11 @@ class LimitsApp:
         try:
             request: SendRequest | None = None
             if plan.send is not None:
-                body, receive = await self._read_body(receive)
+                replay = body_replay(scope, receive)  # the guard's, when it read the body already
+                body = await replay.read(self._max_body)
+                if body is None:
+                    raise PayloadTooLarge(f"the request body is larger than {self._max_body} bytes")
+                receive = replay.receive
                 request = extract(plan.send, _content_type(scope), body, scope.get("query_string", b""))
             headers = await self.limiter.check(plan, scope["smsguard"], scope, request)
         except HTTPError as exc:
@@ -293,33 +305,6 @@ class LimitsApp:
             await send_error(send, exc)
             return
         await self.app(scope, receive, _with_headers(send, headers) if headers else send)
-
-    async def _read_body(self, receive: Receive) -> tuple[bytes, Receive]:
-        """The whole (small) body, and a `receive` that hands it to the app again before anything else."""
-        chunks: list[bytes] = []
-        size = 0
-        while True:
-            message = await receive()
-            if message["type"] != "http.request":
-                raise HTTPError("the client went away", code="client_disconnected")
-            chunk: bytes = message.get("body", b"")
-            size += len(chunk)
-            if size > self._max_body:
-                raise PayloadTooLarge(f"the request body is larger than {self._max_body} bytes")
-            chunks.append(chunk)
-            if not message.get("more_body", False):
-                break
-        body = b"".join(chunks)
-        replayed = False
-
-        async def replay() -> Message:
-            nonlocal replayed
-            if not replayed:
-                replayed = True
-                return {"type": "http.request", "body": body, "more_body": False}
-            return await receive()
-
-        return body, replay
 
 
 def _with_headers(send: Send, headers: list[tuple[bytes, bytes]]) -> Send:

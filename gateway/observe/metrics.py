@@ -221,7 +221,8 @@ class Metrics:
         )
         self.basic_logins = Counter(
             "smsguard_basic_logins",
-            "Basic logins by outcome: cached, verified, failed, limited_client, limited_user, busy, abandoned.",
+            "Basic logins by outcome: cached, verified, failed, repeated (a recent failure, not hashed again), "
+            "limited_client, limited_user, busy, abandoned.",
             ("outcome",),
             registry=registry,
         )

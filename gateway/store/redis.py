@@ -29,6 +29,7 @@ from gateway.store.base import Epoch, check_ttl, refuses
 from gateway.store.clients import redis_client
 from gateway.store.gcra import US, RateCheck, RateResult
 from gateway.store.mirror import RevocationMirror, parse_revocation
+from gateway.store.pipe import ScriptPipe
 from gateway.store.scripts import GCRA, REVOKE, ROTATE, UNLOCK
 
 if TYPE_CHECKING:
@@ -90,6 +91,7 @@ class RedisStore:
         self._rotate = client.register_script(ROTATE)
         self._unlock = client.register_script(UNLOCK)
         self._gcra = client.register_script(GCRA)
+        self._gcra_pipe = ScriptPipe.for_client(client, GCRA)  # None: TLS, Sentinel or Cluster use redis-py
         self._channel = f"{prefix}revocations"
         self._mirror = (
             RevocationMirror(
@@ -204,7 +206,10 @@ class RedisStore:
             return []
         keys = [self._key("rl", check.key) for check in checks]
         groups = self._by_slot(keys)
-        answers = await asyncio.gather(*(self._gcra_call(keys, checks, group, 1) for group in groups))
+        if len(groups) == 1:  # one server: no task per group
+            answers = [await self._gcra_call(keys, checks, groups[0], 1)]
+        else:
+            answers = await asyncio.gather(*(self._gcra_call(keys, checks, group, 1) for group in groups))
         results: list[RateResult] = [RateResult(True, 0, 0.0)] * len(checks)
         for group, answer in zip(groups, answers, strict=True):
             for index, row in zip(group, answer, strict=True):
@@ -220,6 +225,8 @@ class RedisStore:
         for index in group:
             check = checks[index]
             args += [check.interval_us, check.burst, check.cost]
+        if self._gcra_pipe is not None:
+            return await self._gcra_pipe([keys[i] for i in group], [*args, mode])
         return await self._gcra(keys=[keys[i] for i in group], args=[*args, mode])
 
     async def get(self, key: str) -> bytes | None:
@@ -278,6 +285,8 @@ class RedisStore:
             return False
 
     async def aclose(self) -> None:
+        if self._gcra_pipe is not None:
+            await self._gcra_pipe.aclose()
         if self._mirror is not None:
             await self._mirror.aclose()
         await self._client.aclose()
@@ -301,6 +310,8 @@ class RedisStore:
         kwargs = _connection_kwargs(self._client)
         assert isinstance(kwargs, dict)
         kwargs.update(socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
+        if self._gcra_pipe is not None:
+            self._gcra_pipe.connect_timeout_s = timeout_s
 
     @property
     def epoch_key(self) -> str:

@@ -17,7 +17,8 @@ refresh copies:
     kmode `test` when the lineage descends from a test gateway key (`sgk_test_`): such tokens reach an
           upstream only with its test credentials or test URL (gateway/keys/). Absent: live.
     sms   the SMS narrowing (countries, max_recipients: narrowing.py), the parent's or narrower; absent:
-          none beyond the policy's.
+          none beyond the policy's. Like the scopes, it is re-checked on every request against the live
+          config: a token wider than its Basic user's current `sms:` is refused.
 
 A gateway API key is a grant too: its principal has the jti `key:<key id>` (its revocation id), so
 tokens minted from it carry `key:<key id>` in `anc` and die with it.
@@ -31,14 +32,14 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 from gateway.auth.jwt import Principal
 from gateway.errors import Forbidden, Unauthorized
 from gateway.policy.scopes import SUPERUSER, split_scope
-from gateway.tokens.narrowing import SMS_CLAIM, Narrowing, narrowing_of
+from gateway.tokens.narrowing import SMS_CLAIM, Narrowing, from_config, narrowing_of, wider_than
 
 if TYPE_CHECKING:
     from gateway.config.settings import Settings
@@ -99,17 +100,21 @@ class Grant:
 
 @dataclass(frozen=True)
 class Identities:
-    """The identities the current config knows: Basic users with their scopes, external issuer names."""
+    """The identities the current config knows: Basic users with their scopes (and `sms:` narrowing), external
+    issuer names."""
 
     basic_users: Mapping[str, frozenset[str]]
     issuers: frozenset[str]
     max_external_lifetime_s: int = 86400
+    basic_sms: Mapping[str, Narrowing] = field(default_factory=dict)  # users with an `sms:` block only
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Identities:
         auth = settings.auth
-        users = {user.username: user.scopes for user in auth.basic_users} if auth.basic_enabled else {}
-        return cls(users, frozenset(issuer.name for issuer in auth.issuers), auth.max_token_lifetime_s)
+        enabled = auth.basic_users if auth.basic_enabled else ()
+        users = {user.username: user.scopes for user in enabled}
+        sms = {user.username: narrowing for user in enabled if (narrowing := from_config(user.sms))}
+        return cls(users, frozenset(issuer.name for issuer in auth.issuers), auth.max_token_lifetime_s, sms)
 
     def names(self) -> list[str]:
         """Every idp a subject revocation may name."""
@@ -118,9 +123,10 @@ class Identities:
     def check(self, principal: Principal) -> None:
         """Refuse a gateway token whose identity is gone from the config, or no longer holds its scopes.
 
-        Basic: the user must exist and hold every scope of the token (401 for an access token; 403 for a
-        refresh token, which would otherwise renew scopes the user lost). External: the issuer must still
-        be configured. `cli` and tokens minted before lineage existed (no `idp`) are the operator's.
+        Basic: the user must exist, hold every scope of the token and allow at least what the token's `sms`
+        claim allows (401 for an access token; 403 for a refresh token, which would otherwise renew scopes or
+        destinations the user lost). External: the issuer must still be configured. `cli` and tokens minted
+        before lineage existed (no `idp`) are the operator's.
         """
         if principal.issuer != OWN_ISSUER or principal.kind == "basic":
             return
@@ -141,12 +147,23 @@ class Identities:
                 if refresh:
                     raise Forbidden(message + ": log in again for a token with the current scopes", required=missing[0])
                 raise Unauthorized(message, code="invalid_token:scope_withdrawn", token_presented=True)
+            self._check_sms(principal, subject, refresh)
         elif idp not in (CLI_IDP, OWN_ISSUER) and idp not in self.issuers:
             raise Unauthorized(
                 f"the issuer {idp} this token was minted from is no longer configured",
                 code="invalid_token:issuer_removed",
                 token_presented=True,
             )
+
+    def _check_sms(self, principal: Principal, subject: str, refresh: bool) -> None:
+        """A Basic user's `sms:` tightened by a reload reaches the tokens they minted: wider ones are refused."""
+        wider = wider_than(narrowing_of(principal), self.basic_sms.get(subject))
+        if not wider:
+            return
+        message = f"the Basic user {subject} may no longer send as widely as this token allows (sms.{wider[0]})"
+        if refresh:
+            raise Forbidden(message + ": log in again for a token with the current sms limits", code="sms_narrowed")
+        raise Unauthorized(message, code="invalid_token:sms_narrowed", token_presented=True)
 
 
 def granted_scopes(principal: Principal) -> frozenset[str]:

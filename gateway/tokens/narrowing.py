@@ -12,12 +12,15 @@ inherits the caller's narrowing. The policy's `sms.destinations` still apply on 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gateway.auth.jwt import Principal
 from gateway.errors import BadRequest, Forbidden
 
-__all__ = ["SMS_CLAIM", "WIDER_CODE", "Narrowing", "narrow", "narrowing_of", "parse"]
+if TYPE_CHECKING:
+    from gateway.config.auth import SmsNarrowing
+
+__all__ = ["SMS_CLAIM", "WIDER_CODE", "Narrowing", "from_config", "narrow", "narrowing_of", "parse", "wider_than"]
 
 SMS_CLAIM = "sms"
 WIDER_CODE = "sms_wider_than_caller"
@@ -67,6 +70,34 @@ def narrowing_of(principal: Principal | None) -> Narrowing | None:
     if isinstance(most, int) and not isinstance(most, bool):
         result["max_recipients"] = most
     return result or None
+
+
+def from_config(sms: SmsNarrowing | None) -> Narrowing | None:
+    """A Basic user's `sms:` block as the claim its tokens carry."""
+    if sms is None:
+        return None
+    result: Narrowing = {}
+    if sms.countries is not None:
+        result["countries"] = sorted({code.upper() for code in sms.countries})
+    if sms.max_recipients is not None:
+        result["max_recipients"] = sms.max_recipients
+    return result or None
+
+
+def wider_than(claimed: Narrowing | None, held: Narrowing | None) -> list[str]:
+    """The fields in which a credential's narrowing (`claimed`) allows more than `held` does now.
+
+    A field absent from `claimed` allows anything, so it is wider wherever `held` limits that field: a token
+    minted before its Basic user got an `sms:` block is wider than the user."""
+    claimed, held = claimed or {}, held or {}
+    fields = []
+    if "countries" in held:
+        mine = {str(code).upper() for code in claimed.get("countries", ["*"])}
+        if not mine <= {str(code).upper() for code in held["countries"]}:
+            fields.append("countries")
+    if "max_recipients" in held and claimed.get("max_recipients", held["max_recipients"] + 1) > held["max_recipients"]:
+        fields.append("max_recipients")
+    return fields
 
 
 def narrow(held: Narrowing | None, requested: Narrowing | None) -> Narrowing | None:

@@ -5,7 +5,9 @@ parses, never from the gateway's behaviour:
 
     POST /api/auth/login     {"api_key": "live_..."|"test_..."}  → 200 {"bearer": JWT}; any other key → 401
     POST /api/auth/refresh   Authorization: Bearer <live bearer> (or the docs' `Bearer: <token>`) → {"bearer"}
-    POST /api/campaigns/sms/send   → 200 {"data": {"id", "name", "sender", "currency", "calculated_price"}}
+    POST /api/campaigns/sms/send   {"phones": [{"number": 380661231231}], "sender": ..., "text": ...}
+                                   → 200 {"data": {"id", "name", "sender", "currency", "calculated_price"}};
+                                   any other shape (no phones, a phone without its number, no text) → 422
     GET  /api/accounts/balance     → 200 {"data": {"balance", "currency", "credit"}}
 
 Exactly one Authorization header is accepted, with a bearer this fake issued and that has not expired;
@@ -34,6 +36,16 @@ UNAUTHENTICATED = {"message": "Unauthenticated."}
 
 def _json(status: int, body: object) -> web.Response:
     return web.Response(status=status, body=json.dumps(body).encode(), content_type="application/json")
+
+
+def _campaign(body: object) -> bool:
+    """The SMS campaign shape of BSG's v2 API: phones[].number (international, digits only) and a text."""
+    if not isinstance(body, dict) or not isinstance(body.get("text"), str):
+        return False
+    phones = body.get("phones")
+    if not isinstance(phones, list) or not phones:
+        return False
+    return all(isinstance(phone, dict) and str(phone.get("number", "")).isdigit() for phone in phones)
 
 
 class FakeBsgOneApi:
@@ -103,6 +115,8 @@ class FakeBsgOneApi:
         if request.path == "/api/accounts/balance":
             return _json(200, {"data": {"balance": 12.5, "currency": "EUR", "credit": 0}})
         body = await request.json()
+        if not _campaign(body):
+            return _json(422, {"message": "The given data was invalid."})
         campaign = {"id": next(self._serial), "name": "sms campaign", "sender": body.get("sender"), "currency": "EUR"}
         return _json(200, {"data": {**campaign, "calculated_price": 0.01 * len(body.get("phones", []))}})
 

@@ -5,7 +5,9 @@ token lifetime rules), never what this project happens to send: a fake that took
 catch a mismatch. Where a document is silent, the fake's choice is named in its docstring.
 
     FakeBSG                v1 (/rest): `X-API-KEY` live_/test_ keys; a bad key gets BSG's HTTP 200
-                           {"error": 2, "errorDescription": "Invalid API key"}.
+                           {"error": 2, "errorDescription": "Invalid API key"}. POST /rest/sms/create takes
+                           only BSG's "Send SMS" shapes (`msisdn` or `phones[].msisdn`, and `body`); any
+                           other gets HTTP 200 {"error": 1} (the code is the fake's choice).
                            v2 (/api): POST /api/auth/login {"api_key"} → {"bearer": string}, POST
                            /api/auth/refresh with a live bearer → a new one. The bearer is sent in exactly one
                            `bearer_format` (the document's `Bearer: {token}`, or the SDKs' `Bearer {token}`);
@@ -175,6 +177,22 @@ def _equal(given: str | None, expected: Iterable[str]) -> bool:
 INVALID_KEY = {"error": 2, "errorDescription": "Invalid API key"}
 
 
+def _bsg_v1_send(raw: bytes) -> bool:
+    """BSG v1 "Send SMS": destination `phone` with `msisdn`, or `phones` with `phones[].msisdn`; and a `body`."""
+    try:
+        body = json.loads(raw)
+    except ValueError:
+        return False
+    if not isinstance(body, dict) or not isinstance(body.get("body"), str):
+        return False
+    if body.get("destination") == "phone":
+        return str(body.get("msisdn", "")).isdigit()
+    phones = body.get("phones")
+    if body.get("destination") != "phones" or not isinstance(phones, list) or not phones:
+        return False
+    return all(isinstance(phone, dict) and str(phone.get("msisdn", "")).isdigit() for phone in phones)
+
+
 class FakeBSG(FakeProvider):
     """BSG: API v1 under /rest (X-API-KEY) and API v2 under /api (login, refresh, bearer)."""
 
@@ -215,6 +233,8 @@ class FakeBSG(FakeProvider):
             return _json(200, INVALID_KEY)  # BSG's way: a success status with an error code
         if request.path == "/rest/common/balance":
             return _json(200, {"error": 0, "amount": "12.34", "currency": "EUR", "limit": "0"})
+        if request.path == "/rest/sms/create" and not _bsg_v1_send(await request.read()):
+            return _json(200, {"error": 1, "errorDescription": "Invalid request"})
         return _json(200, {"error": 0, "errorDescription": "No errors", "id": next(self._serial), "price": 0.01})
 
     async def _login(self, request: web.Request) -> web.Response:
