@@ -220,11 +220,24 @@ def _serve(args: argparse.Namespace) -> int:
     log_format = resolve_format(args.log_format)
     with _metrics_directory(settings, args.workers) as directory:  # before prometheus_client is imported
         from gateway.app import create_app
-        from gateway.observe.logs import NullSink, configure_stdlib_logging
+        from gateway.observe.logs import NullSink, StreamSink, configure_stdlib_logging
 
+        if args.workers == 1:
+            # One process: the gateway built here to validate the config is the one that serves, so the
+            # process never holds two (bench/MEMORY.md); a config error still stops it before anything runs.
+            gateway = create_app(settings, log_sink=StreamSink(log_format))
+            configure_stdlib_logging(log_format, level=settings.log.level, redactor=gateway.loggers.redactor)
+            if directory is not None and settings.metrics.port is not None:
+                from gateway.observe.metrics import aggregate_registry
+
+                start_metrics_listener(settings, aggregate_registry(directory))
+            freeze_startup_objects()
+            uvicorn.run(gateway, **options)
+            return 0
         checked = create_app(settings, log_sink=NullSink())  # validate policies and upstreams before any worker
         checked.metrics.process_exiting()  # this process serves no requests: keep its gauges out of the aggregate
         configure_stdlib_logging(log_format, level=settings.log.level, redactor=checked.loggers.redactor)
+        del checked  # the workers build their own; this process only supervises them
         if directory is not None and settings.metrics.port is not None:
             from gateway.observe.metrics import aggregate_registry
 

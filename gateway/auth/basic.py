@@ -39,10 +39,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict
 from types import MappingProxyType
-from typing import Protocol
-
-from argon2 import PasswordHasher, extract_parameters
-from argon2.exceptions import InvalidHashError, VerificationError
+from typing import TYPE_CHECKING, Protocol
 
 from gateway.auth.jwt import Principal
 from gateway.auth.peer import Peer
@@ -52,6 +49,9 @@ from gateway.errors import HTTPError, ServiceUnavailable, TooManyRequests, Unaut
 from gateway.policy.rates import parse_rate
 from gateway.store.gcra import LocalGcra, RateCheck
 
+if TYPE_CHECKING:
+    from argon2 import PasswordHasher
+
 __all__ = ["BasicAuthenticator", "BasicMetrics", "hash_password"]
 
 BAD_CREDENTIALS = "invalid username or password"
@@ -59,11 +59,15 @@ BAD_CREDENTIALS = "invalid username or password"
 
 def hash_password(password: str) -> str:
     """An argon2id hash (argon2-cffi's default parameters) for `basic_users[].password_hash`."""
+    from argon2 import PasswordHasher  # argon2 loads only where passwords are hashed or checked
+
     return PasswordHasher().hash(password)
 
 
 def _matches(hasher: PasswordHasher, password_hash: str, password: str) -> bool:
     """Whether `password` matches; a malformed hash or unencodable password is simply a mismatch."""
+    from argon2.exceptions import InvalidHashError, VerificationError
+
     try:
         return hasher.verify(password_hash, password)
     except (VerificationError, InvalidHashError, ValueError, UnicodeError):
@@ -74,11 +78,20 @@ def _dummy_hash(users: Sequence[BasicUser]) -> str | None:
     """A hash of a random password with the parameters of a real user's hash (None without users)."""
     if not users:
         return None
+    from argon2 import PasswordHasher, extract_parameters
+    from argon2.exceptions import InvalidHashError
+
     try:
         hasher = PasswordHasher.from_parameters(extract_parameters(users[0].password_hash.reveal()))
     except (InvalidHashError, ValueError):
         hasher = PasswordHasher()
     return hasher.hash(secrets.token_urlsafe(16))
+
+
+def _new_hasher() -> PasswordHasher:
+    from argon2 import PasswordHasher
+
+    return PasswordHasher()
 
 
 class BasicMetrics(Protocol):
@@ -139,7 +152,8 @@ class BasicAuthenticator:
         limits = limits or BasicLimitSettings()
         self._users = {user.username: user for user in users}
         self._enabled = enabled
-        self._hasher = PasswordHasher()  # verify() reads the parameters from each hash
+        # verify() reads the parameters from each hash; without users nothing is ever verified (nor argon2 loaded)
+        self._hasher = _new_hasher() if users else None
         self._dummy = _dummy_hash(users) if enabled else None
         self._cache_key = secrets.token_bytes(32)
         self._cache: OrderedDict[bytes, tuple[float, Principal]] = OrderedDict()
@@ -321,6 +335,8 @@ class BasicAuthenticator:
             refused = limited()
             if refused is not None:
                 raise refused
+            if self._hasher is None:  # no users: there is no hash to check against
+                return False
             return await asyncio.to_thread(_matches, self._hasher, password_hash, password)
         finally:
             self._slots.release()

@@ -8,21 +8,27 @@ when concatenated, extension characters count two) or UCS-2 (70 UTF-16 units, 67
 request if any one is unparseable, in a country not allowed, of a refused number type, or if there are
 too many; a bare run of digits is read as an international number without its `+` (BSG's format).
 Numbers in errors and logs are masked (`mask`): country code and the last two digits.
+
+phonenumbers is imported on first use, never at import: its metadata is megabytes a worker whose policies
+limit no destinations would carry for nothing (bench/MEMORY.md; tests/test_serve_imports.py checks it).
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 from urllib.parse import parse_qsl
-
-import phonenumbers
 
 from gateway.errors import BadRequest, Forbidden
 from gateway.policy.model import Destinations, SendSpec
+
+if TYPE_CHECKING:
+    from types import ModuleType
 
 __all__ = ["Recipient", "RecipientCache", "SendRequest", "check_destinations", "extract", "mask", "segments"]
 
@@ -32,10 +38,21 @@ _GSM7 = frozenset(
 )
 _GSM7_EXTENSION = frozenset("^{}\\[~]|€\f")
 _FORM = re.compile(r"\s*application/x-www-form-urlencoded\s*(;.*)?", re.IGNORECASE | re.DOTALL)
-_TYPES = {
-    getattr(phonenumbers.PhoneNumberType, name): name for name in dir(phonenumbers.PhoneNumberType) if name.isupper()
-}
 MAX_DEPTH = 32
+
+
+def _phonenumbers() -> ModuleType:
+    """libphonenumber, loaded when a number is first parsed (not by workers that never parse one)."""
+    import phonenumbers
+
+    return phonenumbers
+
+
+@functools.cache
+def _type_names() -> dict[int, str]:
+    """libphonenumber's number types by value: `{1: "MOBILE", ...}`."""
+    kinds = _phonenumbers().PhoneNumberType
+    return {getattr(kinds, name): name for name in dir(kinds) if name.isupper()}
 
 
 def segments(text: str) -> int:
@@ -50,6 +67,7 @@ def segments(text: str) -> int:
 def mask(number: str) -> str:
     """`+447700900123` → `+44*******23`: the country code and the last two digits, never the rest."""
     digits = re.sub(r"\D", "", number)
+    phonenumbers = _phonenumbers()
     try:
         code = str(phonenumbers.parse(_international(number), None).country_code)
     except phonenumbers.NumberParseException:
@@ -165,6 +183,7 @@ def _international(number: str) -> str:
 
 
 def _parse(number: str) -> Recipient | None:
+    phonenumbers = _phonenumbers()
     try:
         parsed = phonenumbers.parse(_international(number), None)
     except phonenumbers.NumberParseException:
@@ -174,7 +193,7 @@ def _parse(number: str) -> Recipient | None:
     country = phonenumbers.region_code_for_number(parsed) or phonenumbers.region_code_for_country_code(
         parsed.country_code or 0
     )
-    kind = _TYPES.get(phonenumbers.number_type(parsed), "UNKNOWN")
+    kind = _type_names().get(phonenumbers.number_type(parsed), "UNKNOWN")
     return Recipient(phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164), country, kind)
 
 

@@ -30,14 +30,16 @@ import sys
 from collections.abc import Iterable, Sequence
 from importlib.resources import files
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from gateway.config.settings import Settings, load_settings
 from gateway.errors import LoadError
-from gateway.guard.authorize import Authorizer
-from gateway.policy.matcher import Matcher
-from gateway.policy.model import Policy
-from gateway.policytools import tools
 from gateway.studio.cli import add_studio_command, run_studio
+
+if TYPE_CHECKING:
+    from gateway.config.settings import Settings
+    from gateway.policy.matcher import Matcher
+    from gateway.policy.model import Policy
+    from gateway.policytools import tools
 
 __all__ = ["add_policy_commands", "main", "run_policy_command"]
 
@@ -142,6 +144,8 @@ def run_policy_command(args: argparse.Namespace) -> int:
     try:
         return handlers[args.policy_command](args)
     except LoadError as exc:
+        from gateway.policytools import tools
+
         for error in exc.errors:
             print(tools.Diagnostic.from_error(error).render(), file=sys.stderr)
         _suggest_no_secrets(error.reason for error in exc.errors)
@@ -152,6 +156,8 @@ def run_policy_command(args: argparse.Namespace) -> int:
 
 
 def _validate(args: argparse.Namespace) -> int:
+    from gateway.policytools import tools
+
     files, config = _sources(args)
     report = tools.validate(files, config=config, placeholders=args.no_secrets)
     sys.stdout.write(tools.render_validation(report, args.strict))
@@ -178,6 +184,9 @@ def _sources(args: argparse.Namespace) -> tuple[list[str], str | None]:
 
 
 def _loaded(args: argparse.Namespace) -> tuple[tuple[Policy, ...], Matcher, Settings | None]:
+    from gateway.config.settings import load_settings
+    from gateway.policytools import tools
+
     files, config = _sources(args)
     settings = None if config is None else load_settings(config, placeholders=args.no_secrets)
     chosen = files or list(settings.policies if settings is not None else ())
@@ -188,6 +197,8 @@ def _loaded(args: argparse.Namespace) -> tuple[tuple[Policy, ...], Matcher, Sett
 
 
 def _explain(args: argparse.Namespace) -> int:
+    from gateway.policytools import tools
+
     _, matcher, settings = _loaded(args)
     explanation = tools.explain(args.method, args.path, matcher, settings)
     sys.stdout.write(tools.render_explanation(explanation))
@@ -195,6 +206,8 @@ def _explain(args: argparse.Namespace) -> int:
 
 
 def _check(args: argparse.Namespace) -> int:
+    from gateway.policytools import tools
+
     policies, matcher, settings = _loaded(args)
     if args.token is not None and settings is None:
         raise _UsageError("--token needs --config C: tokens are verified with the config's issuers")
@@ -206,6 +219,9 @@ def _check(args: argparse.Namespace) -> int:
 async def _decide(
     args: argparse.Namespace, policies: Sequence[Policy], matcher: Matcher, settings: Settings | None
 ) -> tools.CheckResult:
+    from gateway.guard.authorize import Authorizer
+    from gateway.policytools import tools
+
     if settings is None:
         authorizer = tools.offline_authorizer(matcher)
     else:
@@ -220,6 +236,8 @@ async def _decide(
 
 
 def _test(args: argparse.Namespace) -> int:
+    from gateway.policytools import tools
+
     found = tools.find_test_files(args.paths)
     if not found:
         raise _UsageError(f"no test files (*.yaml, *.yml) in {', '.join(args.paths)}")
@@ -233,6 +251,8 @@ def _test(args: argparse.Namespace) -> int:
 
 
 def _diff(args: argparse.Namespace) -> int:
+    from gateway.policytools import tools
+
     # Both versions must load and compile (no duplicate or ambiguous rules) to be worth comparing.
     old, _ = tools.load_matcher([args.old])
     new, _ = tools.load_matcher([args.new])
@@ -242,6 +262,8 @@ def _diff(args: argparse.Namespace) -> int:
 
 
 def _matrix(args: argparse.Namespace) -> int:
+    from gateway.policytools import tools
+
     policies, _, _ = _loaded(args)
     matrix = tools.build_matrix(policies)
     renderers = {

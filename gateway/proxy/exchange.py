@@ -41,7 +41,6 @@ from urllib.parse import quote
 
 import httpx
 import jwt
-from redis.exceptions import RedisError
 
 from gateway.config.credentials import BasicPair, LoginRequest, RefreshRequest, TokenExchangeSettings, field_value
 from gateway.config.fields import Secret, secrets_in
@@ -50,6 +49,7 @@ from gateway.observe.logs import Redactor, make_logger
 from gateway.observe.tracing import SpanLike
 from gateway.proxy.injector import Credentials, OutgoingRequest
 from gateway.store import MemoryStore, Store
+from gateway.store.base import backend_errors
 from gateway.web import jsonbody
 
 if TYPE_CHECKING:
@@ -61,6 +61,11 @@ __all__ = ["MAX_LOGIN_ANSWER_BYTES", "ProviderToken", "TokenExchange"]
 
 MAX_LOGIN_ANSWER_BYTES = 64 * 1024
 _TOKEN_VALUE = re.compile(r"[\x21-\x7e]{1,8192}")  # visible ASCII: safe inside a header value
+
+
+def _store_errors() -> tuple[type[BaseException], ...]:
+    """A failed store call: the backend's errors (evaluated when matching) and StoreUnavailable."""
+    return (*backend_errors(), StoreUnavailable)
 
 
 @dataclass(frozen=True, slots=True)
@@ -248,11 +253,11 @@ class TokenExchange(Credentials):
                 )
             except TimeoutError:
                 return  # the holder is renewing it anyway
-            except (RedisError, OSError, StoreUnavailable) as exc:
+            except _store_errors() as exc:
                 self._store_unavailable("lock", exc)
             cached = await self._load()
             if cached is not None and cached.value == token.value:
-                with contextlib.suppress(RedisError, OSError, StoreUnavailable):
+                with contextlib.suppress(*_store_errors()):
                     await self._store.delete(self._key)
 
     async def _renew(self, stale: str | None) -> ProviderToken:
@@ -272,7 +277,7 @@ class TokenExchange(Credentials):
                 raise GatewayTimeout(
                     "timed out waiting for the gateway's login to the upstream", code="upstream_login_timeout"
                 ) from None
-            except (RedisError, OSError, StoreUnavailable) as exc:
+            except _store_errors() as exc:
                 self._store_unavailable("lock", exc)
             cached = await self._load()  # another process may have renewed it while we waited
             now = self._clock()
@@ -292,7 +297,7 @@ class TokenExchange(Credentials):
     async def _load(self) -> ProviderToken | None:
         try:
             raw = await self._store.get(self._key)
-        except (RedisError, OSError, StoreUnavailable) as exc:
+        except _store_errors() as exc:
             self._store_unavailable("read", exc)
             return None
         return None if raw is None else ProviderToken.load(raw)
@@ -303,7 +308,7 @@ class TokenExchange(Credentials):
             return
         try:
             await self._store.set(self._key, token.dump(), ttl_s)
-        except (RedisError, OSError, StoreUnavailable) as exc:
+        except _store_errors() as exc:
             self._store_unavailable("write", exc)
 
     # ----------------------------------------------------------------------------------- login, refresh
@@ -365,14 +370,14 @@ class TokenExchange(Credentials):
     async def _get(self, key: str) -> bytes | None:
         try:
             return await self._store.get(key)
-        except (RedisError, OSError, StoreUnavailable) as exc:
+        except _store_errors() as exc:
             self._store_unavailable("read", exc)
             return None
 
     async def _put(self, key: str, value: bytes, ttl_s: float) -> None:
         try:
             await self._store.set(key, value, ttl_s)
-        except (RedisError, OSError, StoreUnavailable) as exc:
+        except _store_errors() as exc:
             self._store_unavailable("write", exc)
 
     # ------------------------------------------------------------------------------------ revocation

@@ -13,15 +13,27 @@ picks one from a URL. Callers pass ids and hashes as key names, never secrets; v
 from __future__ import annotations
 
 import secrets
+import sys
 import time
 from collections.abc import Iterable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Literal, Protocol, runtime_checkable
 
-__all__ = ["Epoch", "EpochSource", "RotateResult", "Store", "check_ttl", "merge_cutoff", "refuses"]
+__all__ = ["Epoch", "EpochSource", "RotateResult", "Store", "backend_errors", "check_ttl", "merge_cutoff", "refuses"]
 
 RotateResult = Literal["rotated", "replayed", "revoked"]
+
+
+def backend_errors() -> tuple[type[BaseException], ...]:
+    """What a store call can raise when its backend fails: OSError, and RedisError once redis is loaded.
+
+    Looked up when an exception is being matched (`except backend_errors():`), so a gateway on
+    `memory://` never imports redis (and the OpenTelemetry SDK redis pulls in) just to name its error:
+    a process that never loaded redis cannot be raising one.
+    """
+    module = sys.modules.get("redis.exceptions")
+    return (OSError,) if module is None else (OSError, module.RedisError)
 
 
 @runtime_checkable
