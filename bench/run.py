@@ -322,9 +322,37 @@ BENCH_ISSUER = "bench-idp"  # the bench plays an identity provider: its tokens n
 
 
 def write_config(
-    path: Path, upstream_port: int, policies: list[Path], key_file: Path, store: str = "memory://"
+    path: Path,
+    upstream_port: int,
+    policies: list[Path],
+    key_file: Path | None,
+    store: str = "memory://",
+    issuers: list[str] | None = None,
 ) -> Path:
+    """A bench gateway's config. `issuers`: the `auth.issuers` entries (YAML flow mappings); by default the
+    bench's own EdDSA issuer on `key_file`. `key_file` also signs the gateway's own tokens (`tokens:`), unless
+    None (no `tokens:` section)."""
     policy_list = ", ".join(str(p) for p in policies)
+    if issuers is None:
+        issuers = [
+            f"{{name: bench, issuer: {BENCH_ISSUER}, audience: sms-api, algorithms: [EdDSA], "
+            f"public_key_file: {key_file}}}"
+        ]
+    trusted = "".join(f"    - {entry}\n" for entry in issuers)
+    tokens = (
+        ""
+        if key_file is None
+        else f"""\
+tokens:
+  enabled: true
+  issuer: smsguard
+  audience: sms-api
+  default_ttl_s: 900
+  max_ttl_s: 21600
+  keys:
+    - {{kid: bench-ed25519, algorithm: EdDSA, private_key_file: {key_file}}}
+"""
+    )
     # logging and metrics on, explicitly, when this gateway version has the keys (they default to on)
     metrics = "metrics: {enabled: true}\n" if schema_has("metrics", "enabled") else ""
     if schema_has("log", "access"):
@@ -338,16 +366,7 @@ auth:
   leeway_s: 30
   max_token_lifetime_s: 86400
   issuers:
-    - {{name: bench, issuer: {BENCH_ISSUER}, audience: sms-api, algorithms: [EdDSA], public_key_file: {key_file}}}
-tokens:
-  enabled: true
-  issuer: smsguard
-  audience: sms-api
-  default_ttl_s: 900
-  max_ttl_s: 21600
-  keys:
-    - {{kid: bench-ed25519, algorithm: EdDSA, private_key_file: {key_file}}}
-upstreams:
+{trusted}{tokens}upstreams:
   smsgate:
     url: http://127.0.0.1:{upstream_port}/3rdparty/v1
     credentials: {{type: basic, username: "${{BENCH_SMSGATE_USER}}", password: "${{BENCH_SMSGATE_PASSWORD}}"}}

@@ -470,9 +470,7 @@ class Observer:
 
     def finish(self, scope: Scope, record: RequestRecord, duration_s: float, plan: ObservePlan) -> None:
         """Count the request (in the metrics at the batch's flush) and write its access event."""
-        status = record.status or (_CLIENT_CLOSED if record.reason in _GONE else 500)  # as `_outcome`, inline
-        rule = record.rule
-        route = f"{scope['method']} {rule.full_path}" if rule is not None else (record.route or "none")
+        status, route = self._outcome(scope, record)
         if plan.count:
             self._count(record, route, status, duration_s, scope)
         if plan.access and (plan.probes or not record.probe) and status >= self._least_logged:
